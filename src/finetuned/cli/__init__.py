@@ -1,0 +1,1 @@
+"""The `finetuned` command line: thin commands over library functions."""

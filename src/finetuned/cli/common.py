@@ -1,0 +1,40 @@
+"""What every command shares: the --root option and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from finetuned.config import ConfigError
+from finetuned.workspace import Workspace
+
+console = Console()
+err_console = Console(stderr=True)
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option("--root", "-r", envvar="FINETUNED_ROOT", show_envvar=True,
+                 help="The workspace folder (default: the current folder)."),
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def workspace(root: Path | None, must_exist: bool = True) -> Workspace:
+    ws = Workspace.at(root)
+    if must_exist and not ws.config_path.exists() and not ws.control.exists():
+        fail(f"{ws.root} is not a finetuned workspace (run: finetuned init {ws.root})")
+    return ws
+
+
+def load_config_or_exit(ws: Workspace):  # noqa: ANN201 - Config
+    try:
+        return ws.load_config()
+    except ConfigError as exc:
+        fail(str(exc), 2)

@@ -1,0 +1,50 @@
+"""finetuned queue: the queue as a table, or as queue.json."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from finetuned.cli.common import RootOption, console, workspace
+from finetuned.fsio import read_json
+from finetuned.queue.render import queue_document
+from finetuned.queue.store import JobStore
+
+HELP = """Show the queue: the job in training first, then the rest in the order they will run.
+
+examples:
+  finetuned queue
+  finetuned queue --json | jq '.queue[].file'
+"""
+
+
+def queue(
+    as_json: Annotated[bool, typer.Option("--json", help="Print control/queue.json.")] = False,
+    root: RootOption = None,
+) -> None:
+    ws = workspace(root)
+    try:
+        doc = read_json(ws.queue_json)
+    except (OSError, ValueError):
+        # No daemon has written it yet: the records say the same, without progress.
+        store = JobStore(ws).load()
+        doc = queue_document(store.active(), None, None)
+    if as_json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return
+    current = doc.get("current")
+    if current:
+        console.print(f"current: [bold]{current['id']}[/bold]  step {current['step']} ({current['progress']})"
+                      + (f"  ETA {current['eta']}" if current.get("eta") else ""))
+    if not doc["queue"]:
+        console.print("the queue is empty")
+        return
+    table = Table("#", "id", "file", "priority", "size", "added", "status")
+    for n, entry in enumerate(doc["queue"], 1):
+        style = "bold" if entry["status"] in ("training", "paused") else ""
+        table.add_row(str(n), entry["id"], entry["file"], entry["priority"], entry["size"], entry["added"],
+                      entry["status"], style=style)
+    console.print(table)

@@ -1,0 +1,126 @@
+"""The workspace's `config.json` (SPEC section 6), validated with pydantic.
+
+Every section is its own model, so a component receives only its part
+(`config.training`, `config.lora`). Unknown keys are errors: a typo must not
+silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from finetuned.fsio import atomic_write_json
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(_Section):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainingSettings(_Section):
+    epochs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_seq_len: int = Field(1024, ge=16)
+    seed: int = 42
+    checkpoint_every_steps: int = Field(100, gt=0)
+    log_every_steps: int = Field(10, gt=0)
+    mode: Literal["continuous", "independent"] = "continuous"
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class ControlSettings(_Section):
+    pause_release_after_seconds: float = Field(600, ge=0)
+    # A step (or a model load) silent for this long is treated as hung: the worker is killed.
+    step_timeout_seconds: float = Field(1800, gt=0)
+    # How often a job whose worker crashed is tried again before it fails.
+    max_retries: int = Field(2, ge=0)
+
+
+class InboxSettings(_Section):
+    settle_seconds: float = Field(2, ge=0)
+    poll_seconds: float = Field(1.0, gt=0)
+
+
+class DataSettings(_Section):
+    train_on_prompt: bool = False
+    system_prompt: str | None = None
+    holdout_fraction: float = Field(0.05, ge=0, lt=1)
+    max_holdout: int = Field(200, ge=0)
+    packing: bool = True
+    overlong: Literal["drop", "truncate"] = "drop"
+    skip_bad_lines: bool = False
+
+
+class MonitorSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: str | None = None
+
+
+class LifecycleSettings(_Section):
+    keep_checkpoints: int = Field(3, ge=1)
+
+
+class Config(_Section):
+    base_model: str = "builtin:smollm2-135m-instruct"
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    inbox: InboxSettings = Field(default_factory=InboxSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+
+
+class ConfigError(Exception):
+    """A config.json that cannot be used; the message is one line naming the key."""
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{path}: unknown key '{key}'"
+    got = first.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {json.dumps(got)})"
+    more = len(err.errors()) - 1
+    tail = f"; and {more} more problem(s)" if more else ""
+    return f"{path}: {key}: {first['msg']}{got_text}{tail}"
+
+
+def load_config(path: Path) -> Config:
+    """Read config.json; a missing file gets the defaults written out."""
+    if not path.exists():
+        config = Config()
+        save_config(path, config)
+        return config
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must hold a JSON object")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def save_config(path: Path, config: Config) -> None:
+    atomic_write_json(path, config.model_dump(mode="json"))

@@ -1,0 +1,1 @@
+"""The daemon: watches the inbox, keeps the queue, supervises the training worker."""

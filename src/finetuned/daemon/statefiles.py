@@ -1,0 +1,94 @@
+"""The files a person or a program reads to see what the daemon is doing.
+
+`control/queue.json` and `control/status.json` (SPEC section 3) and the
+`status/*.json` details, each written atomically. The daemon calls `write`
+when something changed and at least every heartbeat interval, so a reader can
+tell a live daemon from a dead one by the heartbeat's age.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import datetime
+from typing import Any
+
+import psutil
+
+from finetuned.fsio import atomic_write_json
+from finetuned.queue.job import Job, JobStatus
+from finetuned.queue.render import Progress, human_duration, queue_document
+from finetuned.queue.store import JobStore
+from finetuned.workspace import Workspace
+
+HEARTBEAT_SECONDS = 1.0
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts).isoformat(timespec="seconds")
+
+
+def system_health(ws: Workspace) -> dict[str, Any]:
+    vm = psutil.virtual_memory()
+    disk = shutil.disk_usage(ws.root)
+    return {
+        "time": iso(time.time()),
+        "ram_total_gb": round(vm.total / 2**30, 2), "ram_used_percent": vm.percent,
+        "disk_free_gb": round(disk.free / 2**30, 2), "disk_total_gb": round(disk.total / 2**30, 2),
+        "cpu_percent": psutil.cpu_percent(interval=None), "cpu_count": os.cpu_count(),
+        "gpu": None,
+    }
+
+
+class StateWriter:
+    def __init__(self, ws: Workspace, started: float) -> None:
+        self.ws = ws
+        self.started = started
+        self._last_write = 0.0
+        self._last_health = 0.0
+
+    def due(self) -> bool:
+        return time.time() - self._last_write >= HEARTBEAT_SECONDS
+
+    def write(
+        self, store: JobStore, current: Job | None, progress: Progress | None, state: str, phase: str | None,
+        worker_pid: int | None, reason: str = "",
+    ) -> None:
+        now = time.time()
+        active = store.active()
+        atomic_write_json(self.ws.queue_json, queue_document(active, current, progress))
+        atomic_write_json(self.ws.status_json, {
+            "state": state, "reason": reason, "pid": os.getpid(), "worker_pid": worker_pid,
+            "started": iso(self.started), "heartbeat": iso(now), "heartbeat_unix": now,
+            "current_job": current.id if current else None, "phase": phase,
+            "paused": self.ws.pause_file.exists(),
+        })
+        training: dict[str, Any] = {"job": None, "state": state, "time": iso(now)}
+        if current is not None:
+            training["job"] = {
+                "id": current.id, "file": current.file, "priority": current.priority,
+                "status": current.status.value, "phase": phase, "examples": current.examples,
+            }
+            if progress is not None and progress.job_id == current.id:
+                training["job"].update({
+                    "step": progress.step, "total_steps": progress.total, "percent": progress.percent,
+                    "loss": progress.loss, "learning_rate": progress.learning_rate,
+                    "tokens_per_second": progress.tokens_per_second,
+                    "examples_per_second": progress.examples_per_second,
+                    "eta_seconds": progress.eta_seconds, "eta": human_duration(progress.eta_seconds),
+                })
+        atomic_write_json(self.ws.training_status_json, training)
+        counts = {s.value: 0 for s in JobStatus}
+        for job in store.jobs.values():
+            counts[job.status.value] += 1
+        waiting = [j for j in active if j.status == JobStatus.QUEUED]
+        atomic_write_json(self.ws.queue_status_json, {
+            "time": iso(now), "counts": counts, "queued": len(waiting),
+            "queued_high": sum(j.priority == "high" for j in waiting),
+            "queued_examples": sum(j.examples or 0 for j in waiting),
+        })
+        if now - self._last_health >= 10:
+            atomic_write_json(self.ws.system_health_json, system_health(self.ws))
+            self._last_health = now
+        self._last_write = now

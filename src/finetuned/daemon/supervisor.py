@@ -1,0 +1,87 @@
+"""The training worker as seen from the daemon: start, talk, watch, kill.
+
+The worker is a spawned child in its own process group; the daemon records
+how it died (exit code or signal) and tells a deliberate stop from a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
+
+from finetuned.worker.main import main as worker_main
+from finetuned.worker.protocol import Message
+
+log = logging.getLogger(__name__)
+
+
+class WorkerHandle:
+    def __init__(self, ws_root: str) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that runs threads
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, args=(child, ws_root, os.getpid()), name="finetuned-worker")
+        self.process.start()
+        child.close()
+        self.pid = self.process.pid
+        self.last_heard = time.time()
+        self.stopping = False
+        log.info("started training worker pid %s", self.pid)
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
+
+    def send(self, message: Message) -> bool:
+        try:
+            self._conn.send(message)
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def receive(self) -> list[Message]:
+        messages: list[Message] = []
+        try:
+            while self._conn.poll():
+                messages.append(self._conn.recv())
+        except (EOFError, OSError):
+            pass
+        if messages:
+            self.last_heard = time.time()
+        return messages
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def exit_reason(self) -> str:
+        code = self.process.exitcode
+        if code is None:
+            return "still running"
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (killed: out of memory?)" if -code == signal.SIGKILL else ""
+            return f"worker died from {name}{hint}"
+        return f"worker exited with code {code}"
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            try:
+                self.process.kill()
+            except (ProcessLookupError, ValueError):
+                pass
+        self.process.join(5)
+
+    def shutdown(self, timeout: float = 10) -> None:
+        """Ask the worker to exit; kill it if it does not."""
+        self.stopping = True
+        self.send({"type": "shutdown"})
+        self.process.join(timeout)
+        if self.process.is_alive():
+            log.warning("worker %s did not exit in %.0fs; killing it", self.pid, timeout)
+            self.kill()
+        self._conn.close()

@@ -1,0 +1,45 @@
+"""Logging into `logs/NAME_YYYYMMDD.log`, one line per event, a new file each day."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class DailyFileHandler(logging.FileHandler):
+    """Writes to `logs/PREFIX_YYYYMMDD.log`, switching file when the date changes."""
+
+    def __init__(self, folder: Path, prefix: str) -> None:
+        self.folder = folder
+        self.prefix = prefix
+        self.day = datetime.now().strftime("%Y%m%d")
+        folder.mkdir(parents=True, exist_ok=True)
+        super().__init__(self._path(), encoding="utf-8")
+
+    def _path(self) -> Path:
+        return self.folder / f"{self.prefix}_{self.day}.log"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        day = datetime.now().strftime("%Y%m%d")
+        if day != self.day:
+            self.day = day
+            self.close()
+            self.baseFilename = str(self._path())
+            self.stream = self._open()
+        super().emit(record)
+        self.flush()
+
+
+def setup_logging(root: Path, prefix: str, stream: bool = True) -> None:
+    handlers: list[logging.Handler] = [DailyFileHandler(root / "logs", prefix)]
+    if stream:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+    for noisy in ("httpx", "urllib3", "filelock", "watchdog"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

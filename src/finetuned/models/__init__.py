@@ -1,0 +1,1 @@
+"""Base models: the built-ins, loading, LoRA wrapping."""

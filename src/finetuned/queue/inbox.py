@@ -1,0 +1,116 @@
+"""Finding dropped files that are complete.
+
+A file is taken only once its size and modification time have not changed for
+`inbox.settle_seconds`, so a slow copy is never read half-written. Hidden and
+temporary names are someone's work in progress and are left alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from finetuned.config import InboxSettings
+from finetuned.queue.job import Priority
+from finetuned.workspace import IGNORED_SUFFIXES, Workspace
+
+
+def is_ignored(name: str) -> bool:
+    return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    since: float
+
+
+class Inbox:
+    def __init__(self, ws: Workspace, settings: InboxSettings) -> None:
+        self.ws = ws
+        self.settings = settings
+        self._seen: dict[Path, _Seen] = {}
+
+    def folders(self) -> list[tuple[Path, Priority]]:
+        return [(self.ws.inbox_priority, "high"), (self.ws.inbox_normal, "normal"), (self.ws.inbox, "normal")]
+
+    def scan(self, now: float | None = None) -> list[tuple[Path, Priority]]:
+        """Settled files, priority first, each class oldest first."""
+        now = time.time() if now is None else now
+        ready: list[tuple[float, int, Path, Priority]] = []
+        present: set[Path] = set()
+        for rank, (folder, priority) in enumerate(self.folders()):
+            try:
+                entries = list(folder.iterdir())
+            except FileNotFoundError:
+                continue
+            for path in entries:
+                if is_ignored(path.name):
+                    continue
+                try:
+                    st = path.lstat()
+                except FileNotFoundError:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    continue
+                present.add(path)
+                seen = self._seen.get(path)
+                if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
+                    self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+                    continue
+                settle = self.settings.settle_seconds
+                if now - seen.since >= settle and now - st.st_mtime_ns / 1e9 >= settle:
+                    ready.append((st.st_mtime_ns / 1e9, rank, path, priority))
+        for gone in set(self._seen) - present:
+            del self._seen[gone]
+        ready.sort(key=lambda r: (r[1] > 0, r[0]))
+        return [(path, priority) for _, _, path, priority in ready]
+
+    def forget(self, path: Path) -> None:
+        self._seen.pop(path, None)
+
+    @property
+    def waiting(self) -> bool:
+        """Files are being watched for settling: scan again soon."""
+        return bool(self._seen)
+
+
+class Wakeup:
+    """File-system events wake the daemon at once; without them it still polls."""
+
+    def __init__(self, folders: list[Path]) -> None:
+        self.event = threading.Event()
+        self._observer = None
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+
+            event = self.event
+
+            class _Handler(FileSystemEventHandler):
+                def on_any_event(self, _event: object) -> None:
+                    event.set()
+
+            observer = Observer()
+            for folder in folders:
+                observer.schedule(_Handler(), str(folder), recursive=True)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+        except Exception:  # inotify limits, exotic file systems: polling still works
+            self._observer = None
+
+    @property
+    def watching(self) -> bool:
+        return self._observer is not None
+
+    def wait(self, timeout: float) -> None:
+        self.event.wait(timeout)
+        self.event.clear()
+
+    def close(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()

@@ -1,0 +1,282 @@
+"""The training recipe: one job, step by step, in the spirit of torchtune's recipes.
+
+`setup()` builds what a job needs in dependency order (model, data, start
+state, optimizer); `train()` is the whole loop. Controls act at one point, the
+optimizer-step boundary: the daemon's `yield` is read there, a checkpoint is
+written and the loop returns, with the model still loaded for the next job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from finetuned.config import Config
+from finetuned.data import DataError, JobData, prepare
+from finetuned.fsio import publish_dir, remove_tree
+from finetuned.models.loading import add_lora, load_model, load_tokenizer, resolve_base, weights_hash
+from finetuned.worker import checkpoint
+from finetuned.worker.checkpoint import TrainingProgress
+from finetuned.worker.protocol import Message, msg
+from finetuned.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    """The base model kept in memory across jobs that share it."""
+
+    key: tuple[Any, ...]
+    base_path: Path
+    base_hash: str
+    model: torch.nn.Module
+    tokenizer: Any
+    fresh: dict[str, torch.Tensor] = field(default_factory=dict)  # trainable weights at their start
+    dirty: bool = False  # weights differ from `fresh`
+
+
+def lr_at(step: int, config: Config) -> float:
+    """Linear warmup, then constant: a function of the step, so resume needs nothing else."""
+    warmup = config.training.warmup_steps
+    scale = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return config.training.learning_rate * scale
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Recipe:
+    def __init__(self, ws: Workspace, send: Callable[[Message], None], poll: Callable[[], Message | None]):
+        self.ws = ws
+        self.send = send
+        self.poll = poll
+        self.loaded: Loaded | None = None
+
+    # --- setup ----------------------------------------------------------
+    def _setup_model(self, config: Config, job_id: str) -> Loaded:
+        base_path = resolve_base(config.base_model, self.ws.base_models)
+        key = (str(base_path), config.method, config.lora.model_dump_json(), config.training.seed)
+        if self.loaded and self.loaded.key == key and not (config.method == "full" and self.loaded.dirty):
+            return self.loaded
+        self.loaded = None  # drop the old model before loading the next
+        self.send(msg("phase", job_id=job_id, phase="loading model"))
+        started = time.time()
+        seed_all(config.training.seed)  # LoRA's initial weights depend on it
+        model = load_model(base_path)
+        if config.method == "lora":
+            model = add_lora(model, config.lora)
+        fresh = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.loaded = Loaded(key, base_path, weights_hash(base_path), model, load_tokenizer(base_path), fresh)
+        log.info("loaded %s (%s) in %.1fs", config.base_model, config.method, time.time() - started)
+        return self.loaded
+
+    def _setup_data(self, config: Config, job_id: str, file: Path, loaded: Loaded) -> JobData:
+        out = self.ws.tokenized / job_id
+        if not (out / "meta.json").exists():
+            self.send(msg("phase", job_id=job_id, phase="tokenizing"))
+            prepare(file, out, loaded.tokenizer, config.data, config.training.max_seq_len)
+        t = config.training
+        return JobData.open(
+            out, batch_size=t.batch_size, grad_accum=t.grad_accum, epochs=t.epochs, max_steps=t.max_steps,
+            max_seq_len=t.max_seq_len, packing=config.data.packing, holdout_fraction=config.data.holdout_fraction,
+            max_holdout=config.data.max_holdout, seed=t.seed, pad_id=loaded.tokenizer.pad_token_id,
+        )
+
+    def _setup_state(
+        self, config: Config, job_id: str, loaded: Loaded, exclude: set[str], total: int,
+    ) -> tuple[TrainingProgress, torch.optim.Optimizer, str | None]:
+        """Weights, optimizer, RNG and progress to start from; returns where they came from."""
+        params = {n: p for n, p in loaded.model.named_parameters() if p.requires_grad}
+        optimizer = torch.optim.AdamW(
+            params.values(), lr=config.training.learning_rate, weight_decay=config.training.weight_decay,
+        )
+        own = checkpoint.latest(self.ws.job_checkpoints(job_id))
+        source = own
+        if config.training.mode == "continuous":
+            # The line's newest state carries the weights; the job's own checkpoint its data position.
+            source = checkpoint.line_head(self.ws.checkpoints, config.base_model, config.method, exclude)
+        progress = TrainingProgress(
+            job_id=job_id, step=0, total_steps=total, line_step=0, seed=config.training.seed,
+            base_model=config.base_model, base_hash=loaded.base_hash, method=config.method,
+            mode=config.training.mode,
+        )
+        if source is None:
+            self._copy_weights(params, loaded.fresh)
+            seed_all(config.training.seed)
+        else:
+            self._copy_weights(params, checkpoint.load_weights(source[1]))
+            checkpoint.load_optimizer(source[1], optimizer)
+            checkpoint.load_rng(source[1])
+            progress.line_step = source[0].line_step
+        if own is not None:
+            kept = own[0].model_dump(include={"step", "tokens", "loss_tokens", "examples", "last_loss"})
+            progress = progress.model_copy(update=kept)
+        if config.training.mode == "independent":
+            progress.line_step = progress.step
+        loaded.dirty = True
+        return progress, optimizer, str(own[1]) if own else None
+
+    @staticmethod
+    def _copy_weights(params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
+        missing = set(params) - set(weights)
+        if missing:
+            raise checkpoint.CheckpointMismatch(f"checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[0]}")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(weights[name])
+
+    # --- the job --------------------------------------------------------
+    def run(self, job_id: str, file: Path, config: Config, exclude: set[str]) -> None:
+        try:
+            loaded = self._setup_model(config, job_id)
+            data = self._setup_data(config, job_id, file, loaded)
+        except DataError as exc:
+            self.send(msg("failed", job_id=job_id, reason=str(exc), step=0, data_error=exc.report))
+            return
+        if data.total_steps == 0:
+            report = {"file": file.name, "error": "the data gives no training step", "problems": []}
+            self.send(msg("failed", job_id=job_id, reason=report["error"], step=0, data_error=report))
+            return
+        progress, optimizer, resumed_from = self._setup_state(config, job_id, loaded, exclude, data.total_steps)
+        self.send(msg("started", job_id=job_id, step=progress.step, total_steps=data.total_steps,
+                      examples=data.n_train, resumed_from=resumed_from))
+        self.train(config, loaded, data, progress, optimizer, file)
+
+    def train(
+        self, config: Config, loaded: Loaded, data: JobData, progress: TrainingProgress,
+        optimizer: torch.optim.Optimizer, file: Path,
+    ) -> None:
+        t = config.training
+        model = loaded.model
+        params = [p for p in model.parameters() if p.requires_grad]
+        job_dir = self.ws.job_checkpoints(progress.job_id)
+        metrics = open(self.ws.metrics_file(progress.job_id), "a", encoding="utf-8")  # noqa: SIM115
+        first_loss = progress.last_loss
+        record: dict[str, Any] = {}
+        model.train()
+        try:
+            while progress.step < progress.total_steps:
+                order = self.poll()
+                if order is not None and order.get("type") == "yield":
+                    path = self._save(config, progress, model, optimizer, job_dir)
+                    self.send(msg("yielded", job_id=progress.job_id, reason=order["reason"],
+                                  step=progress.step, checkpoint=str(path)))
+                    return
+                started = time.time()
+                batches = data.step_batches(progress.step)
+                loss_tokens = sum(b.n_loss_tokens for b in batches)
+                loss_sum = 0.0
+                for batch in batches:
+                    # Weight each micro-batch by its share of the step's loss tokens, as one big batch would.
+                    loss = self._loss_sum(model, batch) / max(loss_tokens, 1)
+                    loss.backward()
+                    loss_sum += loss.item()
+                lr = lr_at(progress.line_step, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if not math.isfinite(loss_sum):
+                    self.send(msg("failed", job_id=progress.job_id, step=progress.step + 1, data_error=None,
+                                  reason=f"loss became {loss_sum} at step {progress.step + 1}"))
+                    return
+                progress.step += 1
+                progress.line_step += 1
+                progress.tokens += sum(b.n_tokens for b in batches)
+                progress.loss_tokens += loss_tokens
+                progress.examples += sum(b.n_examples for b in batches)
+                progress.last_loss = loss_sum
+                first_loss = loss_sum if first_loss is None else first_loss
+                elapsed = time.time() - started
+                done = progress.step == progress.total_steps
+                record = {
+                    "step": progress.step, "line_step": progress.line_step, "loss": loss_sum, "lr": lr,
+                    "tokens": progress.tokens, "step_seconds": round(elapsed, 4), "time": time.time(),
+                }
+                if done or progress.step % t.checkpoint_every_steps == 0:
+                    self._save(config, progress, model, optimizer, job_dir)
+                    record["val_loss"] = self._val_loss(model, data)
+                if done or progress.step == 1 or progress.step % t.log_every_steps == 0:
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    log.info("job %s step %d/%d loss %.4f lr %.2e%s", progress.job_id, progress.step,
+                             progress.total_steps, loss_sum, lr,
+                             f" val_loss {record['val_loss']:.4f}" if "val_loss" in record else "")
+                self.send(msg("step", job_id=progress.job_id, step=progress.step, total_steps=progress.total_steps,
+                              loss=loss_sum, lr=lr, tokens=progress.tokens, examples=progress.examples,
+                              step_seconds=elapsed))
+        finally:
+            metrics.close()
+        summary = self._publish(config, loaded, data, progress, file, first_loss, record.get("val_loss"))
+        self.send(msg("completed", job_id=progress.job_id, summary=summary))
+
+    @staticmethod
+    def _loss_sum(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        device = next(model.parameters()).device
+        out = model(
+            input_ids=batch.input_ids.to(device),
+            attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
+            position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
+        )
+        logits = out.logits[:, :-1].float()
+        labels = batch.labels[:, 1:].to(device)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                               ignore_index=-100, reduction="sum")
+
+    @torch.no_grad()
+    def _val_loss(self, model: torch.nn.Module, data: JobData) -> float | None:
+        total, tokens = 0.0, 0
+        model.eval()
+        try:
+            for batch in data.holdout_batches():
+                total += self._loss_sum(model, batch).item()
+                tokens += batch.n_loss_tokens
+        finally:
+            model.train()
+        return total / tokens if tokens else None
+
+    def _save(self, config: Config, progress: TrainingProgress, model: torch.nn.Module,
+              optimizer: torch.optim.Optimizer, job_dir: Path) -> Path:
+        weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        path = checkpoint.save(job_dir, progress, weights, optimizer, config.lifecycle.keep_checkpoints)
+        self.send(msg("checkpoint", job_id=progress.job_id, step=progress.step, path=str(path)))
+        return path
+
+    def _publish(self, config: Config, loaded: Loaded, data: JobData, progress: TrainingProgress,
+                 file: Path, first_loss: float | None, val_loss: float | None) -> dict[str, Any]:
+        """Write the finished adapter (or model) to models/adapters/JOB_ID/, whole or not at all."""
+        final = self.ws.adapter_dir(progress.job_id)
+        summary = {
+            "job_id": progress.job_id, "base_model": config.base_model, "base_path": str(loaded.base_path),
+            "base_hash": loaded.base_hash, "method": config.method, "mode": config.training.mode,
+            "steps": progress.step, "total_steps": progress.total_steps, "line_step": progress.line_step,
+            "examples_trained": progress.examples, "train_examples": data.n_train, "holdout_examples": data.n_holdout,
+            "tokens": progress.tokens, "loss_tokens": progress.loss_tokens, "first_loss": first_loss,
+            "final_loss": progress.last_loss, "val_loss": val_loss, "config": config.model_dump(mode="json"),
+        }
+        if final.exists():
+            return summary  # published before a crash cut the report short
+        tmp = final.with_name(f".{final.name}.tmp")
+        remove_tree(tmp)
+        loaded.model.save_pretrained(tmp)
+        if config.method == "full":
+            loaded.tokenizer.save_pretrained(tmp)
+        (tmp / "job.json").write_text(json.dumps(summary, indent=2) + "\n")
+        publish_dir(tmp, final)
+        return summary

@@ -1,0 +1,144 @@
+"""The daemon as a user runs it: a real `finetuned run` process training builtin:tiny."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from helpers import (
+    chat_lines,
+    check_queue_shape,
+    drop,
+    job_records,
+    jobs_by_file,
+    pid_alive,
+    read_json,
+    status_of,
+    wait_for,
+    where_is,
+)
+
+
+def test_two_files_train_in_order_and_publish_adapters(ws, start_daemon):
+    """Two drops train one after the other; each publishes a loadable adapter and the loss falls."""
+    daemon = start_daemon(ws)
+    drop(ws, "first.jsonl", chat_lines(24, "hi"))
+    drop(ws, "second.jsonl", chat_lines(24, "yo"))
+    shapes_seen = set()
+
+    def both_done() -> bool:
+        doc = read_json(ws.queue_json)
+        if doc:
+            check_queue_shape(doc)
+            shapes_seen.update(e["status"] for e in doc["queue"])
+        return status_of(ws, "first.jsonl") == "completed" and status_of(ws, "second.jsonl") == "completed"
+
+    wait_for(both_done, 180, "both jobs to complete", interval=0.05, daemon=daemon)
+    assert "training" in shapes_seen and "queued" in shapes_seen
+    jobs = jobs_by_file(ws)
+    first, second = jobs["first.jsonl"], jobs["second.jsonl"]
+    assert first["runs"][0]["ended"] <= second["runs"][0]["started"], "jobs must train one after the other"
+    assert (ws.completed / "first.jsonl").exists() and (ws.completed / "second.jsonl").exists()
+    assert not list(ws.queued.iterdir())
+    doc = read_json(ws.queue_json)
+    assert doc["queue"] == [] and doc["current"] is None
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    for job in (first, second):
+        adapter = ws.adapter_dir(job["id"])
+        record = read_json(adapter / "job.json")
+        assert record["status"] == "completed"
+        assert record["steps"] == record["total_steps"] == 12  # 24 examples / batch 2, one epoch
+        assert record["examples_trained"] == 24
+        assert record["tokens"] > 0 and len(record["sha256"]) == 64
+        base = AutoModelForCausalLM.from_pretrained(record["base_path"])
+        PeftModel.from_pretrained(base, adapter)
+        losses = [json.loads(line)["loss"] for line in ws.metrics_file(job["id"]).read_text().splitlines()]
+        assert losses[-1] < losses[0] * 0.7, f"loss should fall on a learnable task: {losses}"
+    log = ws.daemon_log().read_text()
+    assert "step 12/12 loss" in log and "completed" in log
+
+
+def test_half_copied_file_is_not_taken_until_complete(ws, start_daemon):
+    """A file that is still growing under its final name waits until it stops growing."""
+    daemon = start_daemon(ws)
+    ws.create()
+    lines = [json.dumps(r) + "\n" for r in chat_lines(20)]
+    path = ws.inbox_normal / "slow.jsonl"
+    with open(path, "w") as f:
+        for line in lines[:10]:
+            f.write(line)
+        f.flush()
+        for line in lines[10:]:  # keeps growing for ~2 s, each pause shorter than settle_seconds
+            time.sleep(0.1)
+            f.write(line)
+            f.flush()
+            assert path.exists(), "a growing file must stay in the inbox"
+    job = wait_for(lambda: jobs_by_file(ws).get("slow.jsonl"), 30, "the file to be taken", daemon=daemon)
+    wait_for(lambda: job_records(ws)[job["id"]]["examples"] is not None, 30, "validation", daemon=daemon)
+    assert job_records(ws)[job["id"]]["examples"] == 20
+
+
+def test_bad_file_goes_to_failed_and_daemon_goes_on(ws, start_daemon):
+    daemon = start_daemon(ws)
+    (ws.inbox_normal / "garbage.jsonl").write_bytes(b"\x00\xff\xfe not json at all\n" * 50)
+    drop(ws, "good.jsonl", chat_lines(4))
+    wait_for(lambda: status_of(ws, "good.jsonl") == "completed", 120, "the good file", daemon=daemon)
+    assert status_of(ws, "garbage.jsonl") == "failed"
+    assert (ws.failed / "garbage.jsonl").exists()
+    report = read_json(ws.failed / "garbage.jsonl.error.json")
+    assert report["error"], report
+    assert daemon.proc.poll() is None
+
+
+def test_second_daemon_on_the_same_workspace_is_refused(ws, start_daemon):
+    daemon = start_daemon(ws)
+    wait_for(lambda: read_json(ws.status_json), 30, "the first daemon to start", daemon=daemon)
+    second = subprocess.run([sys.executable, "-m", "finetuned", "run", "--root", str(ws.root), "--no-monitor"],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0
+    assert "another finetuned daemon" in second.stderr
+    assert daemon.proc.poll() is None
+
+
+def test_sigkill_mid_training_loses_nothing_and_resumes(ws, start_daemon):
+    """SIGKILL the daemon mid-job: the worker dies with it; a restart finishes the job from its checkpoint."""
+    daemon = start_daemon(ws)
+    drop(ws, "long.jsonl", chat_lines(60))
+    drop(ws, "later.jsonl", chat_lines(6))
+    wait_for(lambda: (jobs_by_file(ws).get("long.jsonl") or {}).get("step", 0) >= 10, 120,
+             "two checkpoints", daemon=daemon)
+    worker = daemon.worker_pid()
+    assert worker and pid_alive(worker)
+    daemon.kill()
+    wait_for(lambda: not pid_alive(worker), 10, "the worker to die with its daemon")
+    for job in job_records(ws).values():
+        assert len(where_is(ws, job)) == 1, (job["file"], where_is(ws, job))
+
+    daemon = start_daemon(ws)
+    wait_for(lambda: status_of(ws, "later.jsonl") == "completed", 180, "both jobs after restart", daemon=daemon)
+    jobs = jobs_by_file(ws)
+    long = jobs["long.jsonl"]
+    assert long["status"] == "completed"
+    assert long["runs"][1]["from_step"] >= 10, "the second run must resume from a checkpoint"
+    record = read_json(ws.adapter_dir(long["id"]) / "job.json")
+    assert record["steps"] == record["total_steps"] == 30
+    for job in jobs.values():
+        assert len(where_is(ws, job)) == 1, (job["file"], where_is(ws, job))
+
+
+def test_sigterm_checkpoints_and_requeues(ws, start_daemon):
+    daemon = start_daemon(ws)
+    drop(ws, "job.jsonl", chat_lines(60))
+    wait_for(lambda: (jobs_by_file(ws).get("job.jsonl") or {}).get("step", 0) >= 3, 120, "training", daemon=daemon)
+    assert daemon.stop() == 0
+    job = jobs_by_file(ws)["job.jsonl"]
+    assert job["status"] == "queued"
+    assert not pid_alive(int(daemon.proc.pid))
+    status = read_json(ws.status_json)
+    assert status["state"] == "stopped"
+

@@ -1,0 +1,182 @@
+"""Shared test helpers: workspaces on the tiny model, a real daemon process, polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from finetuned.config import Config, save_config
+from finetuned.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def tiny_config(**training: Any) -> Config:
+    """A config that trains builtin:tiny in well under a second a step."""
+    config = Config(base_model="builtin:tiny")
+    config.training.batch_size = 2
+    config.training.max_seq_len = 128
+    config.training.learning_rate = 5e-3
+    config.training.warmup_steps = 0
+    config.training.log_every_steps = 1
+    config.training.checkpoint_every_steps = 5
+    config.inbox.settle_seconds = 0.3
+    config.inbox.poll_seconds = 0.2
+    config.data.holdout_fraction = 0.0
+    for key, value in training.items():
+        setattr(config.training, key, value)
+    return config
+
+
+def make_workspace(root: Path, config: Config | None = None) -> Workspace:
+    ws = Workspace.at(root)
+    ws.create()
+    save_config(ws.config_path, config or tiny_config())
+    return ws
+
+
+def chat_lines(n: int, tag: str = "hi") -> list[dict[str, Any]]:
+    """A learnable toy task: the answer is a fixed function of the question."""
+    return [
+        {"messages": [{"role": "user", "content": f"Say {tag} number {i % 5}."},
+                      {"role": "assistant", "content": f"{tag} {i % 5} {tag} {i % 5}."}]}
+        for i in range(n)
+    ]
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def drop(ws: Workspace, name: str, records: list[dict[str, Any]], priority: bool = False) -> Path:
+    """Drop a file as a careful user would: written aside, then renamed into the inbox."""
+    folder = ws.inbox_priority if priority else ws.inbox_normal
+    tmp = write_jsonl(folder / f".{name}.part", records)
+    final = folder / name
+    tmp.rename(final)
+    return final
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition",
+             interval: float = 0.1, daemon: DaemonProcess | None = None) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if daemon is not None and daemon.proc.poll() is not None:
+            raise AssertionError(f"daemon exited ({daemon.proc.returncode}) waiting for {what}:\n{daemon.output()}")
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" +
+                         (f"\n{daemon.output()}" if daemon else ""))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def job_records(ws: Workspace) -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in ws.jobs.glob("*.json"):
+        record = read_json(path)
+        if record:
+            out[record["id"]] = record
+    return out
+
+
+def jobs_by_file(ws: Workspace) -> dict[str, dict[str, Any]]:
+    return {r["file"]: r for r in job_records(ws).values()}
+
+
+def status_of(ws: Workspace, file: str) -> str | None:
+    record = jobs_by_file(ws).get(file)
+    return record["status"] if record else None
+
+
+class DaemonProcess:
+    """`finetuned run` as a real process, its output kept in a file for failure messages."""
+
+    def __init__(self, ws: Workspace, log_path: Path) -> None:
+        self.ws = ws
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "finetuned", "run", "--root", str(ws.root), "--no-monitor"],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def worker_pid(self) -> int | None:
+        status = read_json(self.ws.status_json) or {}
+        return status.get("worker_pid")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def where_is(ws: Workspace, job: dict[str, Any]) -> list[Path]:
+    """Every place a job's file is found, to check it is in exactly one."""
+    places = []
+    for folder in (ws.inbox, ws.inbox_normal, ws.inbox_priority):
+        places += [p for p in folder.iterdir() if p.is_file() and p.name == job["file"]]
+    places += [p for p in ws.queued.iterdir() if p.name.endswith("__" + job["file"])]
+    for folder in (ws.completed, ws.failed, ws.skipped):
+        places += [p for p in folder.iterdir() if p.name == job["file"] or p.name.startswith(job["file"].split(".")[0] + "." + job["id"])]
+    return places
+
+
+SPEC_QUEUE_KEYS = {"id", "file", "priority", "size", "added", "status"}
+
+
+def check_queue_shape(doc: dict[str, Any]) -> None:
+    """control/queue.json as SPEC section 3 shows it."""
+    assert set(doc) >= {"queue", "current"}, doc
+    for entry in doc["queue"]:
+        assert set(entry) >= SPEC_QUEUE_KEYS, entry
+        assert entry["priority"] in ("high", "normal")
+        assert entry["status"] in ("queued", "training", "paused")
+        assert entry["size"].endswith(" examples") or entry["size"] == "checking"
+        time.strptime(entry["added"], "%Y-%m-%d %H:%M:%S")
+    if doc["current"] is not None:
+        assert set(doc["current"]) >= {"id", "progress", "step", "eta"}, doc["current"]
+        assert doc["current"]["progress"].endswith("%")
+        assert "/" in doc["current"]["step"]

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import os
+import time
+
+from finetuned.config import InboxSettings
+from finetuned.queue.inbox import Inbox
+from finetuned.workspace import Workspace
+
+
+def make(tmp_path, settle=1.0):
+    ws = Workspace.at(tmp_path)
+    ws.create()
+    return ws, Inbox(ws, InboxSettings(settle_seconds=settle))
+
+
+def test_file_is_taken_only_after_it_settles(tmp_path):
+    ws, inbox = make(tmp_path)
+    path = ws.inbox_normal / "a.jsonl"
+    path.write_text("x")
+    old = time.time() - 100
+    os.utime(path, (old, old))
+    t0 = time.time()
+    assert inbox.scan(t0) == []  # first sight
+    assert inbox.scan(t0 + 0.5) == []
+    assert inbox.scan(t0 + 1.1) == [(path, "normal")]
+
+
+def test_growth_restarts_the_wait(tmp_path):
+    ws, inbox = make(tmp_path)
+    path = ws.inbox_normal / "a.jsonl"
+    path.write_text("x")
+    t0 = time.time() + 10
+    inbox.scan(t0)
+    path.write_text("xy")
+    assert inbox.scan(t0 + 1.1) == []
+    assert inbox.scan(t0 + 2.2) == [(path, "normal")]
+
+
+def test_hidden_temporary_and_folders_are_ignored_and_priority_comes_first(tmp_path):
+    ws, inbox = make(tmp_path, settle=0)
+    for name in (".hidden.jsonl", "a.jsonl.tmp", "b.part", "c.crdownload"):
+        (ws.inbox_normal / name).write_text("x")
+    (ws.inbox_normal / "sub").mkdir()
+    (ws.inbox_normal / "n.jsonl").write_text("x")
+    (ws.inbox / "root.jsonl").write_text("x")
+    (ws.inbox_priority / "p.jsonl").write_text("x")
+    t = time.time() + 5
+    inbox.scan(t)
+    found = inbox.scan(t + 1)
+    assert found[0] == (ws.inbox_priority / "p.jsonl", "high")
+    assert {p.name for p, _ in found} == {"p.jsonl", "n.jsonl", "root.jsonl"}

@@ -1,0 +1,47 @@
+"""config.json: defaults written when missing, one clear line naming a wrong key or value."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from finetuned.config import Config, ConfigError, load_config
+
+
+def test_missing_config_gets_the_defaults_written(tmp_path):
+    path = tmp_path / "config.json"
+    config = load_config(path)
+    assert config == Config()
+    written = json.loads(path.read_text())
+    assert written["base_model"] == "builtin:smollm2-135m-instruct"
+    assert written["training"]["mode"] == "continuous"
+    assert written["lora"] == {"r": 16, "alpha": 32.0, "dropout": 0.05, "target_modules": "all-linear"}
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ({"training": {"batch_sise": 4}}, "unknown key 'training.batch_sise'"),
+    ({"training": {"batch_size": -1}}, "training.batch_size"),
+    ({"method": "qlorax"}, "method"),
+    ({"training": {"mode": "sometimes"}}, "training.mode"),
+])
+def test_bad_config_names_the_key(tmp_path, content, expected):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_reports_a_bad_config_in_one_line_without_traceback(tmp_path):
+    subprocess.run([sys.executable, "-m", "finetuned", "init", str(tmp_path)], check=True, capture_output=True)
+    (tmp_path / "config.json").write_text('{"training": {"epochs": "many"}}')
+    result = subprocess.run([sys.executable, "-m", "finetuned", "run", "--root", str(tmp_path), "--no-monitor"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "training.epochs" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
