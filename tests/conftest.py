@@ -7,9 +7,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import DaemonProcess, make_workspace  # noqa: E402
+from helpers import DaemonProcess, make_workspace
 
-from finetuned.models.builtin import materialize  # noqa: E402
+from finetuned.models.builtin import materialize
 
 
 @pytest.fixture(scope="session")

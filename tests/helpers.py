@@ -159,8 +159,9 @@ def where_is(ws: Workspace, job: dict[str, Any]) -> list[Path]:
     for folder in (ws.inbox, ws.inbox_normal, ws.inbox_priority):
         places += [p for p in folder.iterdir() if p.is_file() and p.name == job["file"]]
     places += [p for p in ws.queued.iterdir() if p.name.endswith("__" + job["file"])]
+    renamed = job["file"].split(".")[0] + "." + job["id"]  # fsio.unique_path's name on a collision
     for folder in (ws.completed, ws.failed, ws.skipped):
-        places += [p for p in folder.iterdir() if p.name == job["file"] or p.name.startswith(job["file"].split(".")[0] + "." + job["id"])]
+        places += [p for p in folder.iterdir() if p.name == job["file"] or p.name.startswith(renamed)]
     return places
 
 

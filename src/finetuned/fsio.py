@@ -8,6 +8,7 @@ durable.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -72,10 +73,8 @@ def publish_dir(tmp: Path, final: Path) -> None:
 
 
 def remove_file(path: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def remove_tree(path: Path) -> None:

@@ -13,16 +13,19 @@ from helpers import (
     drop,
     job_records,
     jobs_by_file,
+    make_workspace,
     pid_alive,
     read_json,
     status_of,
+    tiny_config,
     wait_for,
     where_is,
 )
 
 
-def test_two_files_train_in_order_and_publish_adapters(ws, start_daemon):
+def test_two_files_train_in_order_and_publish_adapters(tmp_path, tiny_model_dir, start_daemon):
     """Two drops train one after the other; each publishes a loadable adapter and the loss falls."""
+    ws = make_workspace(tmp_path / "ws", tiny_config(epochs=4, learning_rate=3e-2))
     daemon = start_daemon(ws)
     drop(ws, "first.jsonl", chat_lines(24, "hi"))
     drop(ws, "second.jsonl", chat_lines(24, "yo"))
@@ -42,8 +45,7 @@ def test_two_files_train_in_order_and_publish_adapters(ws, start_daemon):
     assert first["runs"][0]["ended"] <= second["runs"][0]["started"], "jobs must train one after the other"
     assert (ws.completed / "first.jsonl").exists() and (ws.completed / "second.jsonl").exists()
     assert not list(ws.queued.iterdir())
-    doc = read_json(ws.queue_json)
-    assert doc["queue"] == [] and doc["current"] is None
+    wait_for(lambda: read_json(ws.queue_json) == {"queue": [], "current": None}, 5, "queue.json to empty")
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -52,15 +54,15 @@ def test_two_files_train_in_order_and_publish_adapters(ws, start_daemon):
         adapter = ws.adapter_dir(job["id"])
         record = read_json(adapter / "job.json")
         assert record["status"] == "completed"
-        assert record["steps"] == record["total_steps"] == 12  # 24 examples / batch 2, one epoch
-        assert record["examples_trained"] == 24
+        assert record["steps"] == record["total_steps"] >= 3
+        assert record["examples_trained"] == 4 * 24  # four epochs
         assert record["tokens"] > 0 and len(record["sha256"]) == 64
         base = AutoModelForCausalLM.from_pretrained(record["base_path"])
         PeftModel.from_pretrained(base, adapter)
         losses = [json.loads(line)["loss"] for line in ws.metrics_file(job["id"]).read_text().splitlines()]
-        assert losses[-1] < losses[0] * 0.7, f"loss should fall on a learnable task: {losses}"
+        assert losses[-1] < losses[0] - 2.0, f"loss should fall on a learnable task: {losses}"
     log = ws.daemon_log().read_text()
-    assert "step 12/12 loss" in log and "completed" in log
+    assert f"step {record['steps']}/{record['steps']} loss" in log and "completed" in log
 
 
 def test_half_copied_file_is_not_taken_until_complete(ws, start_daemon):
@@ -126,7 +128,8 @@ def test_sigkill_mid_training_loses_nothing_and_resumes(ws, start_daemon):
     assert long["status"] == "completed"
     assert long["runs"][1]["from_step"] >= 10, "the second run must resume from a checkpoint"
     record = read_json(ws.adapter_dir(long["id"]) / "job.json")
-    assert record["steps"] == record["total_steps"] == 30
+    assert record["steps"] == record["total_steps"] > long["runs"][1]["from_step"]
+    assert record["examples_trained"] == 60
     for job in jobs.values():
         assert len(where_is(ws, job)) == 1, (job["file"], where_is(ws, job))
 

@@ -8,7 +8,6 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from finetuned.config import ConfigError
 from finetuned.workspace import Workspace
 
 console = Console()
@@ -32,9 +31,3 @@ def workspace(root: Path | None, must_exist: bool = True) -> Workspace:
         fail(f"{ws.root} is not a finetuned workspace (run: finetuned init {ws.root})")
     return ws
 
-
-def load_config_or_exit(ws: Workspace):  # noqa: ANN201 - Config
-    try:
-        return ws.load_config()
-    except ConfigError as exc:
-        fail(str(exc), 2)

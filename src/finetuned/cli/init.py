@@ -31,7 +31,9 @@ def sample_path() -> Path:
 
 def init(
     directory: Annotated[Path, typer.Argument(help="Where to create it.")] = Path("."),
-    sample: Annotated[bool, typer.Option("--sample", help="Drop the bundled sample dataset into inbox/normal/.")] = False,
+    sample: Annotated[
+        bool, typer.Option("--sample", help="Drop the bundled sample dataset into inbox/normal/.")
+    ] = False,
 ) -> None:
     ws = Workspace.at(directory)
     try:

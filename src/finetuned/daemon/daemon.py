@@ -284,7 +284,8 @@ class Daemon:
         mean = sum(self._step_times) / len(self._step_times)
         remaining = message["total_steps"] - message["step"]
         p = self.progress or Progress(message["job_id"], 0, None)
-        p.step, p.total, p.loss, p.learning_rate = message["step"], message["total_steps"], message["loss"], message["lr"]
+        p.step, p.total = message["step"], message["total_steps"]
+        p.loss, p.learning_rate = message["loss"], message["lr"]
         p.eta_seconds = mean * remaining
         new_tokens = message["tokens"] - self._last_tokens
         if message["step_seconds"] > 0 and new_tokens >= 0:

@@ -26,7 +26,7 @@ class Outcomes:
         self.d = daemon
 
     @property
-    def store(self):  # noqa: ANN201 - JobStore; a property keeps one source of truth
+    def store(self):
         return self.d.store
 
     def handle(self, message: dict[str, Any]) -> None:

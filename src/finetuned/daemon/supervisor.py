@@ -6,6 +6,7 @@ how it died (exit code or signal) and tells a deliberate stop from a crash.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -70,10 +71,8 @@ class WorkerHandle:
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 self.process.kill()
-            except (ProcessLookupError, ValueError):
-                pass
         self.process.join(5)
 
     def shutdown(self, timeout: float = 10) -> None:

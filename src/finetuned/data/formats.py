@@ -63,9 +63,7 @@ def detect_format(record: dict[str, Any]) -> str | None:
 def parse_record(record: Any) -> tuple[str, Payload]:
     """(format, messages or text) of one parsed JSON value, or RecordProblem saying why not."""
     if isinstance(record, list):
-        raise RecordProblem(
-            "array_line", "the line holds a JSON array; one JSON object per line is expected"
-        )
+        raise RecordProblem("array_line", "the line holds a JSON array; one JSON object per line is expected")
     if not isinstance(record, dict):
         raise RecordProblem("not_object", f"expected a JSON object, got {_kind(record)}")
     name = detect_format(record)
@@ -80,10 +78,18 @@ def parse_record(record: Any) -> tuple[str, Payload]:
 
 
 def _kind(value: Any) -> str:
-    return "null" if value is None else {
-        bool: "a boolean", int: "a number", float: "a number", str: "a string",
-        list: "an array", dict: "an object",
-    }.get(type(value), type(value).__name__)
+    return (
+        "null"
+        if value is None
+        else {
+            bool: "a boolean",
+            int: "a number",
+            float: "a number",
+            str: "a string",
+            list: "an array",
+            dict: "an object",
+        }.get(type(value), type(value).__name__)
+    )
 
 
 def _string(value: Any, where: str) -> str:
@@ -162,7 +168,9 @@ def _alpaca(record: dict[str, Any]) -> list[Message]:
         messages.append(Message("system", _string(record["system"], "system")))
     history = record.get("history") or []
     if not isinstance(history, list):
-        raise RecordProblem("bad_structure", f"history is {_kind(history)}, expected [[question, answer], ...]")
+        raise RecordProblem(
+            "bad_structure", f"history is {_kind(history)}, expected [[question, answer], ...]"
+        )
     for i, pair in enumerate(history):
         if not (isinstance(pair, list) and len(pair) == 2):
             raise RecordProblem("bad_structure", f"history[{i}] must be [question, answer]")

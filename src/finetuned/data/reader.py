@@ -71,7 +71,8 @@ class FileReader:
         self.skip_long_lines = skip_long_lines
         self.sha256: str | None = None
         self.size = 0  # bytes read
-        self.array = False  # the file is one JSON array
+        self.array = False  # the file is read as one JSON array (a .json file starting with "[")
+        self.looks_like_array = False  # starts with "[" whatever its name
         self.blank_lines = 0
 
     def __iter__(self) -> Iterator[Item]:
@@ -82,7 +83,8 @@ class FileReader:
                 yield Item(1, problem=problem, fatal=True)
                 return
             stripped = head.removeprefix(_UTF8_BOM).lstrip()
-            self.array = self.path.suffix.lower() == ".json" and stripped.startswith(b"[")
+            self.looks_like_array = stripped.startswith(b"[")
+            self.array = self.looks_like_array and self.path.suffix.lower() == ".json"
             f.seek(0)
             lines = self._array(f, hasher) if self.array else self._lines(f, hasher)
             complete = yield from lines
@@ -98,7 +100,9 @@ class FileReader:
             self.size += len(raw)
             ended = raw.endswith(b"\n")
             if not ended and len(raw) > limit:
-                problem = RecordProblem("line_too_long", f"line {line_no} is longer than {human_bytes(limit)}")
+                problem = RecordProblem(
+                    "line_too_long", f"line {line_no} is longer than {human_bytes(limit)}"
+                )
                 yield Item(line_no, problem=problem)
                 if not self.skip_long_lines:
                     log.info("%s: stopped reading at over-long line %d", self.path.name, line_no)
@@ -150,20 +154,30 @@ def _parse_line(line_no: int, body: bytes, *, last: bool) -> Item:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Item(line_no, problem=RecordProblem(
-            "not_utf8", f"line {line_no} is not UTF-8 (byte 0x{body[exc.start]:02x} at column {exc.start + 1})"
-        ))
+        return Item(
+            line_no,
+            problem=RecordProblem(
+                "not_utf8",
+                f"line {line_no} is not UTF-8 (byte 0x{body[exc.start]:02x} at column {exc.start + 1})",
+            ),
+        )
     try:
         return Item(line_no, value=json.loads(text))
     except json.JSONDecodeError as exc:
         if last:
             # No closing newline and no valid JSON: the writer was cut off mid-record.
-            return Item(line_no, problem=RecordProblem(
-                "truncated", f"the last line ({line_no}) is cut off: {exc.msg} at column {exc.colno}"
-            ))
-        return Item(line_no, problem=RecordProblem(
-            "invalid_json", f"line {line_no} is not valid JSON: {exc.msg} at column {exc.colno}"
-        ))
+            return Item(
+                line_no,
+                problem=RecordProblem(
+                    "truncated", f"the last line ({line_no}) is cut off: {exc.msg} (column {exc.colno})"
+                ),
+            )
+        return Item(
+            line_no,
+            problem=RecordProblem(
+                "invalid_json", f"line {line_no} is not valid JSON: {exc.msg} (column {exc.colno})"
+            ),
+        )
 
 
 class _ArrayScanner:
@@ -187,7 +201,7 @@ class _ArrayScanner:
 
     def _more(self) -> None:
         self.base_line, self.base = self.line_at(self.pos), 0
-        self.buf, self.pos = self.buf[self.pos:], 0
+        self.buf, self.pos = self.buf[self.pos :], 0
         chunk = self.f.read(max(CHUNK, len(self.buf)))
         self.hasher.update(chunk)
         self.size += len(chunk)
@@ -225,13 +239,16 @@ class _ArrayScanner:
                 self.pos += 1
                 self._skip_ws()
                 if self.pos < len(self.buf):
-                    raise RecordProblem("invalid_json", f"data after the end of the array at line "
-                                        f"{self.line_at(self.pos)}")
+                    raise RecordProblem(
+                        "invalid_json", f"data after the end of the array at line {self.line_at(self.pos)}"
+                    )
                 return
             if not first:
                 if self.buf[self.pos] != ",":
-                    raise RecordProblem("invalid_json", f"expected ',' or ']' between array elements at line "
-                                        f"{self.line_at(self.pos)}")
+                    raise RecordProblem(
+                        "invalid_json",
+                        f"expected ',' or ']' between array elements at line {self.line_at(self.pos)}",
+                    )
                 self.pos += 1
                 self._skip_ws()
                 self._expect_more()
@@ -245,11 +262,13 @@ class _ArrayScanner:
             try:
                 value, end = self.json.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as exc:
-                if self.eof or not _maybe_incomplete(exc, len(self.buf)):
-                    kind = "truncated" if self.eof and _maybe_incomplete(exc, len(self.buf)) else "invalid_json"
+                incomplete = _maybe_incomplete(exc, len(self.buf))
+                if self.eof or not incomplete:
+                    kind = "truncated" if self.eof and incomplete else "invalid_json"
                     raise RecordProblem(
-                        kind, f"the array element at line {line} is not valid JSON: {exc.msg} "
-                        f"(line {self.line_at(exc.pos)})"
+                        kind,
+                        f"the array element at line {line} is not valid JSON: {exc.msg} "
+                        f"(line {self.line_at(exc.pos)})",
                     ) from None
             else:
                 # A bare number may continue in the next chunk; objects and arrays end in a bracket.
@@ -258,7 +277,8 @@ class _ArrayScanner:
                     return value
             if len(self.buf) - self.pos > self.limit:
                 raise RecordProblem(
-                    "line_too_long", f"the array element at line {line} is longer than {human_bytes(self.limit)}"
+                    "line_too_long",
+                    f"the array element at line {line} is longer than {human_bytes(self.limit)}",
                 )
             self._more()
 

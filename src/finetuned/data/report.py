@@ -65,22 +65,35 @@ class ProblemLog:
         if counts_as_line:
             self.bad_lines += 1
 
+    def add_group(self, kind: str, message: str, lines: list[int], count: int) -> None:
+        """Record `count` bad lines of one kind at once (found after the scan, e.g. a minority format)."""
+        entry = self._entries.get(kind)
+        if entry is None:
+            entry = self._entries[kind] = _Entry(kind, message)
+        entry.lines = sorted(entry.lines + lines)[:KEEP_LINES]
+        entry.count += count
+        self.bad_lines += count
+
+    def _ordered(self) -> list[_Entry]:
+        # Whole-file problems first, then by the first line each kind was seen on: the reading order.
+        return sorted(self._entries.values(), key=lambda e: e.lines[0] if e.lines else 0)
+
     def problems(self) -> list[dict[str, Any]]:
         return [
             {"kind": e.kind, "message": e.message, "lines": list(e.lines), "count": e.count}
-            for e in self._entries.values()
+            for e in self._ordered()
         ]
 
     def summary(self, good_lines: int) -> str:
         """One line: what is wrong and where it starts."""
         parts = []
-        for e in self._entries.values():
+        for e in self._ordered():
             where = f"line {e.lines[0]}" if e.lines else "whole file"
             times = f" ({e.count} lines, first {where})" if e.count > 1 else f" ({where})"
             parts.append(f"{e.kind}{times}")
         if not self._entries:
             return "no problem"
-        first = next(iter(self._entries.values()))
+        first = self._ordered()[0]
         if len(self._entries) == 1 and first.count == 1:
             return first.message
         total = good_lines + self.bad_lines

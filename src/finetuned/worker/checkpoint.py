@@ -125,7 +125,9 @@ def latest(job_dir: Path) -> tuple[TrainingProgress, Path] | None:
     return found[-1] if found else None
 
 
-def line_head(checkpoints: Path, base_model: str, method: str, exclude: set[str]) -> tuple[TrainingProgress, Path] | None:
+def line_head(
+    checkpoints: Path, base_model: str, method: str, exclude: set[str],
+) -> tuple[TrainingProgress, Path] | None:
     """The newest checkpoint of the continuous model line on this base and method."""
     best: tuple[TrainingProgress, Path] | None = None
     if not checkpoints.is_dir():

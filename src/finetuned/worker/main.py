@@ -7,6 +7,7 @@ goes on unsupervised.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -25,10 +26,9 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
-        try:
+        # Where prctl is missing, the getppid() check in poll() still catches a dead daemon.
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass  # the getppid() check in poll() still catches it
 
 
 def _setup_logging(ws_root: Path) -> None:

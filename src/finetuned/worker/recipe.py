@@ -186,16 +186,17 @@ class Recipe:
                     loss = self._loss_sum(model, batch) / max(loss_tokens, 1)
                     loss.backward()
                     loss_sum += loss.item()
+                if not math.isfinite(loss_sum):  # fail before the step: memory keeps the last good weights
+                    optimizer.zero_grad(set_to_none=True)
+                    self.send(msg("failed", job_id=progress.job_id, step=progress.step + 1, data_error=None,
+                                  reason=f"loss became {loss_sum} at step {progress.step + 1}"))
+                    return
                 lr = lr_at(progress.line_step, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                if not math.isfinite(loss_sum):
-                    self.send(msg("failed", job_id=progress.job_id, step=progress.step + 1, data_error=None,
-                                  reason=f"loss became {loss_sum} at step {progress.step + 1}"))
-                    return
                 progress.step += 1
                 progress.line_step += 1
                 progress.tokens += sum(b.n_tokens for b in batches)
@@ -211,7 +212,9 @@ class Recipe:
                 }
                 if done or progress.step % t.checkpoint_every_steps == 0:
                     self._save(config, progress, model, optimizer, job_dir)
-                    record["val_loss"] = self._val_loss(model, data)
+                    val_loss = self._val_loss(model, data)
+                    if val_loss is not None:
+                        record["val_loss"] = val_loss
                 if done or progress.step == 1 or progress.step % t.log_every_steps == 0:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()

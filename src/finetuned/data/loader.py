@@ -1,0 +1,221 @@
+"""The trainer's view of a prepared job: which batches make optimizer step N.
+
+Every batch is a pure function of (seed, step): the holdout split, each
+epoch's shuffle (`default_rng([seed, epoch])`) and the packing of that order
+are recomputed from them, never carried as state. A resumed job asks for step
+N and gets exactly the batches an uninterrupted run would have seen, with no
+sampler position to save.
+
+Tokens stay in memory-mapped files; in RAM are only the per-example offsets and
+one epoch's order (8 bytes per example each).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finetuned.data.batches import Batch, ExampleStore, pack_rows, packed_batch, padded_batch
+from finetuned.data.tokenize import MASK, OFFSETS, TOKENS, load_meta
+
+log = logging.getLogger(__name__)
+
+# Below this many examples a holdout would be noise and would starve training.
+MIN_EXAMPLES_FOR_HOLDOUT = 20
+_HOLDOUT_STREAM = 0x686F6C64  # a SeedSequence word no epoch number reaches ("hold")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One epoch: example ids in order, and where each row (packed) or example (padded) starts."""
+
+    order: np.ndarray
+    row_starts: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.row_starts)
+
+    def row(self, r: int) -> np.ndarray:
+        end = self.row_starts[r + 1] if r + 1 < len(self.row_starts) else len(self.order)
+        return self.order[self.row_starts[r] : end]
+
+
+class JobData:
+    """Batches for one job; build with `JobData.open`."""
+
+    def __init__(
+        self,
+        store: ExampleStore,
+        meta: dict[str, Any],
+        *,
+        batch_size: int,
+        grad_accum: int,
+        epochs: int,
+        max_steps: int | None,
+        max_seq_len: int,
+        packing: bool,
+        holdout: np.ndarray,
+        train: np.ndarray,
+        seed: int,
+        pad_id: int,
+    ) -> None:
+        self.store, self.meta = store, meta
+        self.batch_size, self.grad_accum, self.epochs = batch_size, grad_accum, epochs
+        self.max_seq_len, self.packing, self.seed, self.pad_id = max_seq_len, packing, seed, pad_id
+        self.holdout_ids, self.train_ids = holdout, train
+        self.n_examples = len(store.lengths)
+        self.n_train, self.n_holdout = len(train), len(holdout)
+        self._cached: tuple[int, _Plan] | None = None
+        # Steps per epoch differ under packing (rows depend on the shuffle): count each.
+        steps = [self._steps_in(self._plan(e)) for e in range(epochs)]
+        self.epoch_first_step = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
+        natural = int(self.epoch_first_step[-1])
+        self.total_steps = min(natural, max_steps) if max_steps else natural
+
+    @classmethod
+    def open(
+        cls,
+        out_dir: Path,
+        *,
+        batch_size: int,
+        grad_accum: int,
+        epochs: int,
+        max_steps: int | None,
+        max_seq_len: int,
+        packing: bool,
+        holdout_fraction: float,
+        max_holdout: int,
+        seed: int,
+        pad_id: int,
+    ) -> JobData:
+        out_dir = Path(out_dir)
+        meta = load_meta(out_dir)
+        if meta is None:
+            raise FileNotFoundError(f"{out_dir} holds no prepared data (meta.json missing)")
+        if meta["longest"] > max_seq_len:
+            raise ValueError(
+                f"{out_dir} was prepared for max_seq_len={meta['max_seq_len']}, "
+                f"longer than {max_seq_len}: prepare it again"
+            )
+        if min(batch_size, grad_accum, epochs) < 1:
+            raise ValueError("batch_size, grad_accum and epochs must be at least 1")
+        offsets = np.load(out_dir / OFFSETS, mmap_mode="r")
+        store = ExampleStore(
+            np.memmap(out_dir / TOKENS, dtype=np.uint32, mode="r"),
+            np.memmap(out_dir / MASK, dtype=np.uint8, mode="r"),
+            offsets,
+        )
+        holdout, train = split_holdout(len(offsets) - 1, holdout_fraction, max_holdout, seed)
+        data = cls(
+            store,
+            meta,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            epochs=epochs,
+            max_steps=max_steps,
+            max_seq_len=max_seq_len,
+            packing=packing,
+            holdout=holdout,
+            train=train,
+            seed=seed,
+            pad_id=pad_id,
+        )
+        log.info(
+            "%s: %d examples (%d holdout), %d steps over %d epoch(s)%s",
+            out_dir.name,
+            data.n_examples,
+            data.n_holdout,
+            data.total_steps,
+            epochs,
+            ", packed" if packing else "",
+        )
+        return data
+
+    def _rows(self, order: np.ndarray) -> np.ndarray:
+        if self.packing:
+            return pack_rows(self.store.lengths[order], self.max_seq_len)
+        return np.arange(len(order), dtype=np.int64)
+
+    def _plan(self, epoch: int) -> _Plan:
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        order = np.random.default_rng([_seed_word(self.seed), epoch]).permutation(self.train_ids)
+        plan = _Plan(order, self._rows(order))
+        self._cached = (epoch, plan)
+        return plan
+
+    def _steps_in(self, plan: _Plan) -> int:
+        micro = -(-plan.n_rows // self.batch_size)
+        return -(-micro // self.grad_accum)
+
+    def _micro_batch(self, plan: _Plan, k: int) -> Batch:
+        rows = [plan.row(r) for r in range(k * self.batch_size, min((k + 1) * self.batch_size, plan.n_rows))]
+        if self.packing:
+            return packed_batch(self.store, rows, self.pad_id)
+        return padded_batch(self.store, [int(r[0]) for r in rows], self.pad_id)
+
+    def step_batches(self, step: int) -> list[Batch]:
+        """The grad_accum micro-batches of optimizer step `step` (0-based).
+
+        The last step of an epoch may hold fewer micro-batches, and its last one
+        fewer rows: weight the loss by `n_loss_tokens`, not by batch count.
+        """
+        if not 0 <= step < self.total_steps:
+            raise IndexError(f"step {step} outside 0..{self.total_steps - 1}")
+        epoch = int(np.searchsorted(self.epoch_first_step, step, side="right")) - 1
+        plan = self._plan(epoch)
+        local = step - int(self.epoch_first_step[epoch])
+        micro = -(-plan.n_rows // self.batch_size)
+        first = local * self.grad_accum
+        return [self._micro_batch(plan, k) for k in range(first, min(first + self.grad_accum, micro))]
+
+    def epoch_of(self, step: int) -> int:
+        return int(np.searchsorted(self.epoch_first_step, step, side="right")) - 1
+
+    def holdout_batches(self) -> Iterator[Batch]:
+        """The holdout examples, in a fixed order, batched the way training is."""
+        if not self.n_holdout:
+            return
+        plan = _Plan(self.holdout_ids, self._rows(self.holdout_ids))
+        for k in range(-(-plan.n_rows // self.batch_size)):
+            yield self._micro_batch(plan, k)
+
+    def holdout_examples(self, n: int) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, expected answer ids) of up to n holdout examples, for previews.
+
+        The answer is the last trained run of tokens (the final assistant turn);
+        for text, where everything trains, the second half of the document.
+        """
+        out = []
+        for i in self.holdout_ids[:n]:
+            tokens, mask = self.store.example(int(i))
+            trained = np.flatnonzero(mask)
+            end = int(trained[-1]) + 1
+            start = end
+            while start > 0 and mask[start - 1]:
+                start -= 1
+            if start <= 1:
+                start = len(tokens) // 2
+            out.append((tokens[:start].tolist(), tokens[start:end].tolist()))
+        return out
+
+
+def _seed_word(seed: int) -> int:
+    return seed & (2**64 - 1)  # SeedSequence takes non-negative words; configs may hold any int
+
+
+def split_holdout(n: int, fraction: float, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(holdout ids, train ids), both sorted; the holdout is seeded, `fraction` of n, at most `cap`."""
+    if n < MIN_EXAMPLES_FOR_HOLDOUT or fraction <= 0 or cap <= 0:
+        return np.empty(0, dtype=np.int64), np.arange(n, dtype=np.int64)
+    size = min(cap, max(1, round(n * fraction)))
+    chosen = np.random.default_rng([_seed_word(seed), _HOLDOUT_STREAM]).choice(n, size=size, replace=False)
+    is_holdout = np.zeros(n, dtype=bool)
+    is_holdout[chosen] = True
+    return np.flatnonzero(is_holdout), np.flatnonzero(~is_holdout)

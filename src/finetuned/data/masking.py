@@ -1,0 +1,211 @@
+"""Render examples to text with the model's chat template, and say which characters carry loss.
+
+The policy, in one place:
+- chat-like records: the content of every assistant turn plus the end-of-turn
+  marker that closes it (`<|im_end|>` for SmolLM2), so the model learns to stop;
+  never the role headers, system, user or tool turns;
+- `train_on_prompt`: every token;
+- text: every token, with EOS appended so a document ends.
+
+Spans are character ranges in the rendered text; `token_mask` maps them onto
+the tokens of the fast tokenizer through its offsets. The mask is built from
+the text's structure, never from `input_ids == pad_token_id`: SmolLM2's pad
+token is its end-of-turn token, and hiding it would teach the model never to stop.
+
+Speed: rendering every prefix of every conversation costs one template call
+per turn. Instead each role sequence (say system, user, assistant) is rendered
+once with placeholder contents into a skeleton of literal chunks; an example's
+spans then come from the lengths of its contents, checked by comparing the
+filled skeleton with the real rendering. Templates that rewrite content
+(trimming, reasoning blocks) fail that check and take the slow, exact path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from finetuned.data.formats import Message
+from finetuned.data.report import RecordProblem
+
+log = logging.getLogger(__name__)
+
+Span = tuple[int, int]
+
+# For models without a chat template. Documented in docs/data.md; the EOS after
+# each answer is what teaches the model to stop.
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '### ' ~ (message['role'] | capitalize) ~ ':\\n' ~ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token or '' }}{% endif %}"
+    "{{ '\\n\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}"
+)
+
+_MAX_SKELETONS = 4096  # distinct role sequences remembered
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return a[:n]
+
+
+def _sentinel(i: int) -> str:
+    # Private-use characters: no template transforms them, no real content holds them.
+    return f"\ue000{i}\ue001"
+
+
+@dataclass(frozen=True, slots=True)
+class _Skeleton:
+    chunks: tuple[str, ...]  # literal text around the n contents: n + 1 pieces
+    closings: dict[int, str]  # assistant turn index -> its end-of-turn text, which is trained
+
+    def fill(self, messages: Sequence[Message], text: str) -> list[Span] | None:
+        pieces = [self.chunks[0]]
+        spans = []
+        pos = len(self.chunks[0])
+        for i, m in enumerate(messages):
+            start, pos = pos, pos + len(m.content)
+            if i in self.closings:
+                spans.append((start, pos + len(self.closings[i])))
+            pieces += (m.content, self.chunks[i + 1])
+            pos += len(self.chunks[i + 1])
+        return spans if "".join(pieces) == text else None
+
+
+class ChatRenderer:
+    """Text and trained character spans of one example, for one tokenizer and policy."""
+
+    def __init__(self, tokenizer: Any, *, train_on_prompt: bool) -> None:
+        self.tokenizer = tokenizer
+        self.train_on_prompt = train_on_prompt
+        self.fallback = not getattr(tokenizer, "chat_template", None)
+        if self.fallback:
+            log.info("the tokenizer has no chat template: using the plain '### Role:' template")
+        self.eos = tokenizer.eos_token or ""
+        self._skeletons: dict[tuple[str, ...], _Skeleton | None] = {}
+
+    def _apply(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages,
+            chat_template=FALLBACK_TEMPLATE if self.fallback else None,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+        )
+
+    def render_text(self, text: str) -> tuple[str, list[Span]]:
+        full = text + self.eos
+        return full, [(0, len(full))]
+
+    def render_chat(self, messages: Sequence[Message]) -> tuple[str, list[Span]]:
+        dicts = [{"role": m.role, "content": m.content} for m in messages]
+        try:
+            text = self._apply(dicts)
+        except Exception as exc:  # jinja raise_exception() in a template: the record, not the file
+            raise RecordProblem("template_error", f"the chat template refused this record: {exc}") from None
+        if self.train_on_prompt:
+            return text, [(0, len(text))]
+        skeleton = self._skeleton(tuple(m.role for m in messages))
+        spans = skeleton.fill(messages, text) if skeleton is not None else None
+        return text, spans if spans is not None else self._spans_by_prefix(dicts, text)
+
+    def _skeleton(self, roles: tuple[str, ...]) -> _Skeleton | None:
+        if roles in self._skeletons:
+            return self._skeletons[roles]
+        if len(self._skeletons) >= _MAX_SKELETONS:
+            self._skeletons.clear()
+        skeleton = self._skeletons[roles] = self._build_skeleton(roles)
+        return skeleton
+
+    def _build_skeleton(self, roles: tuple[str, ...]) -> _Skeleton | None:
+        dicts = [{"role": r, "content": _sentinel(i)} for i, r in enumerate(roles)]
+        try:
+            full = self._apply(dicts)
+        except Exception:
+            return None
+        chunks, pos = [], 0
+        for i in range(len(roles)):
+            mark = _sentinel(i)
+            at = full.find(mark, pos)
+            if at < 0 or full.count(mark) != 1:
+                return None  # the template drops or repeats content: only the exact path can follow it
+            chunks.append(full[pos:at])
+            pos = at + len(mark)
+        chunks.append(full[pos:])
+        closings = {}
+        for i, role in enumerate(roles):
+            if role != "assistant":
+                continue
+            # What the template writes right after this answer when it is the last turn
+            # and also when more follows: their common start is the end-of-turn marker.
+            try:
+                tail = self._apply(dicts[: i + 1]).split(_sentinel(i), 1)[1]
+            except Exception:
+                tail = ""
+            closings[i] = _common_prefix(tail, chunks[i + 1]).rstrip()
+        return _Skeleton(tuple(chunks), closings)
+
+    def _spans_by_prefix(self, dicts: list[dict[str, str]], text: str) -> list[Span]:
+        """Exact spans from renderings of each prefix: an answer starts where its placeholder would."""
+        spans = []
+        mark = _sentinel(0)
+        for i, d in enumerate(dicts):
+            if d["role"] != "assistant":
+                continue
+            try:
+                probe = self._apply([*dicts[:i], {"role": "assistant", "content": mark}])
+                upto = self._apply(dicts[: i + 1])
+            except Exception:
+                probe = upto = ""
+            start = probe.find(mark)
+            if start < 0 or not text.startswith(probe[:start]) or not text.startswith(upto):
+                raise RecordProblem(
+                    "template_error",
+                    "the chat template renders an earlier turn differently once later turns follow, "
+                    "so its answers cannot be located for the loss mask",
+                )
+            if d["content"].strip():
+                # The template may put text before the content (a reasoning block): skip to it.
+                found = text.find(d["content"].strip(), start, len(upto))
+                start = found if found >= 0 else start
+            spans.append((start, start + len(text[start : len(upto)].rstrip())))
+        return spans
+
+
+def token_mask(encoding: Any, spans: Sequence[Span]) -> np.ndarray:
+    """uint8 per token: 1 where the token starts inside a trained span.
+
+    A token that straddles a span's start (a newline merged with leading spaces
+    of the answer) begins in the prompt and stays untrained: loss never leaks
+    onto prompt text.
+    """
+    n = len(encoding.ids)
+    mask = np.zeros(n, dtype=np.uint8)
+    for a, b in spans:
+        if b <= a:
+            continue
+        first, last = encoding.char_to_token(a), encoding.char_to_token(b - 1)
+        if first is None or last is None:
+            return _token_mask_by_offsets(encoding, spans)
+        if encoding.token_to_chars(first)[0] < a:
+            first += 1
+        mask[first : last + 1] = 1
+    return mask
+
+
+def _token_mask_by_offsets(encoding: Any, spans: Sequence[Span]) -> np.ndarray:
+    # Some characters map to no token (a normaliser dropped them): test every token's start.
+    starts = np.fromiter((o[0] for o in encoding.offsets), dtype=np.int64, count=len(encoding.ids))
+    mask = np.zeros(len(starts), dtype=bool)
+    for a, b in spans:
+        mask |= (starts >= a) & (starts < b)
+    return mask.astype(np.uint8)

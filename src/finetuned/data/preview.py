@@ -1,0 +1,75 @@
+"""Show one example the way training sees it, trained tokens marked.
+
+    >>> print(render({"messages": [...]}, tokenizer))
+    <|im_start|>user
+    Hi<|im_end|>
+    <|im_start|>assistant
+    [[Hello!<|im_end|>]]
+
+Masks are easy to get subtly wrong and invisible in a loss curve: this view
+(after nanochat's `visualize_tokenization`) makes them checkable by eye.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finetuned.data.formats import TEXT, parse_record, with_system_prompt
+from finetuned.data.masking import ChatRenderer, token_mask
+from finetuned.data.options import option
+from finetuned.data.reader import FileReader
+from finetuned.data.tokenize import _backend
+
+OPEN, CLOSE = "[[", "]]"
+
+
+def encode_record(record: Any, tokenizer: Any, settings: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, loss mask) of one record, exactly as `prepare` builds them (before overlong handling)."""
+    fmt, payload = parse_record(record)
+    renderer = ChatRenderer(tokenizer, train_on_prompt=bool(option(settings, "train_on_prompt")))
+    if fmt == TEXT:
+        text, spans = renderer.render_text(payload)
+    else:
+        text, spans = renderer.render_chat(with_system_prompt(payload, option(settings, "system_prompt")))
+    encoding = _backend(tokenizer).encode(text, add_special_tokens=False)
+    mask = token_mask(encoding, spans)
+    mask[0] = 0
+    return np.asarray(encoding.ids, dtype=np.int64), mask
+
+
+def trained_spans(ids: Any, mask: Any, tokenizer: Any) -> list[str]:
+    """The decoded text of each run of consecutive trained tokens."""
+    return [tokenizer.decode(list(ids[a:b])) for a, b in _runs(mask) if mask[a]]
+
+
+def render(path_or_record: Path | str | dict[str, Any], tokenizer: Any, settings: Any = None) -> str:
+    """One example as text with trained tokens inside [[ ]]; a path shows the file's first good record."""
+    record = path_or_record if isinstance(path_or_record, dict) else _first_record(Path(path_or_record))
+    ids, mask = encode_record(record, tokenizer, settings)
+    parts = []
+    for a, b in _runs(mask):
+        text = tokenizer.decode(ids[a:b].tolist())
+        parts.append(f"{OPEN}{text}{CLOSE}" if mask[a] else text)
+    return "".join(parts)
+
+
+def _runs(mask: Any) -> list[tuple[int, int]]:
+    mask = np.asarray(mask)
+    edges = np.flatnonzero(np.diff(mask.astype(np.int8))) + 1
+    bounds = [0, *edges.tolist(), len(mask)]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _first_record(path: Path) -> dict[str, Any]:
+    for item in FileReader(path, max_line_bytes=option(None, "max_line_bytes")):
+        if item.problem is None:
+            try:
+                parse_record(item.value)
+            except Exception:
+                continue
+            return item.value
+    raise ValueError(f"{path} holds no usable record")

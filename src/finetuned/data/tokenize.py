@@ -1,0 +1,329 @@
+"""Tokenise a validated file into flat arrays on disk, next to the job.
+
+`prepare` streams the file once more (bounded memory), renders each record
+(masking.py), tokenises in batches with the fast tokenizer's Rust core, and
+writes:
+
+    tokens.bin    uint32, every example's tokens back to back
+    mask.bin      uint8, 1 where the token carries loss
+    offsets.npy   int64, n_examples + 1 start positions into the two arrays
+    meta.json     counts, source SHA-256, settings and tokenizer fingerprint
+
+into a temporary folder renamed into place when complete: a crash leaves the
+prepared folder whole or absent, never half written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from array import array
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from finetuned.data.formats import TEXT, parse_record, with_system_prompt
+from finetuned.data.masking import ChatRenderer, Span, token_mask
+from finetuned.data.options import option
+from finetuned.data.reader import FileReader
+from finetuned.data.report import DataError, ProblemLog, RecordProblem
+from finetuned.data.validate import Validation, validate_file
+from finetuned.fsio import publish_dir
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+TOKENS, MASK, OFFSETS, META = "tokens.bin", "mask.bin", "offsets.npy", "meta.json"
+# Examples per tokenizer call: large enough to amortise each call's overhead (and
+# let the Rust side spread it over cores), small enough that a batch stays a few MB.
+BATCH = 2048
+
+
+@dataclass
+class PrepareSummary:
+    """What `prepare` wrote; also meta.json's counts (the job summary reports them)."""
+
+    out_dir: str
+    source: str
+    format: str
+    examples: int
+    tokens: int
+    loss_tokens: int
+    dropped_overlong: int
+    truncated: int
+    dropped_no_loss: int  # examples left with no trained token (an answer cut off by truncation)
+    skipped_lines: int  # bad lines left out under skip_bad_lines
+    longest: int  # tokens in the longest example kept
+    sha256: str
+    max_seq_len: int
+    tokenizer: str
+    seconds: float
+
+    @property
+    def loss_share(self) -> float:
+        return self.loss_tokens / self.tokens if self.tokens else 0.0
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Changes whenever the token ids or the rendering of an example could change."""
+    h = hashlib.sha256(_backend(tokenizer).to_str().encode())
+    for part in (getattr(tokenizer, "chat_template", None), tokenizer.eos_token, tokenizer.bos_token):
+        h.update(b"\x00" + json.dumps(part, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def prepared_key(tokenizer: Any, settings: Any, max_seq_len: int) -> dict[str, Any]:
+    """Everything besides the source bytes that decides the prepared arrays."""
+    return {
+        "version": FORMAT_VERSION,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_seq_len": max_seq_len,
+        "train_on_prompt": bool(option(settings, "train_on_prompt")),
+        "system_prompt": option(settings, "system_prompt"),
+        "overlong": option(settings, "overlong"),
+        "skip_bad_lines": bool(option(settings, "skip_bad_lines")),
+    }
+
+
+def load_meta(out_dir: Path) -> dict[str, Any] | None:
+    """meta.json of a prepared folder, or None when there is none (not prepared, or gone)."""
+    try:
+        with open(Path(out_dir) / META, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_current(out_dir: Path, sha256: str, tokenizer: Any, settings: Any, max_seq_len: int) -> bool:
+    """True when `out_dir` already holds this file prepared this way (skip preparing again)."""
+    meta = load_meta(out_dir)
+    key = prepared_key(tokenizer, settings, max_seq_len)
+    return meta is not None and meta.get("sha256") == sha256 and meta.get("key") == key
+
+
+def _backend(tokenizer: Any) -> Any:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; finetuned needs one (offsets)")
+    if backend.truncation is not None or backend.padding is not None:
+        # A tokenizer configured to truncate or pad would silently cut examples: use a clean copy.
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+    return backend
+
+
+class _Writer:
+    """Appends examples to the flat arrays; only the per-example lengths stay in memory."""
+
+    def __init__(self, tokens: IO[bytes], mask: IO[bytes]) -> None:
+        self.tokens, self.mask = tokens, mask
+        self.lengths = array("q")
+
+    def write(self, ids: list[np.ndarray], masks: list[np.ndarray]) -> None:
+        if ids:
+            self.tokens.write(np.concatenate(ids).tobytes())
+            self.mask.write(np.concatenate(masks).tobytes())
+            self.lengths.extend(len(x) for x in ids)
+
+    def offsets(self) -> np.ndarray:
+        offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(np.frombuffer(self.lengths, dtype=np.int64), out=offsets[1:])
+        return offsets
+
+
+class _Tokenizer:
+    """Batches of rendered examples -> token ids and loss masks, with the overlong policy."""
+
+    def __init__(self, tokenizer: Any, max_seq_len: int, overlong: str) -> None:
+        self.backend = _backend(tokenizer)
+        self.max_seq_len = max_seq_len
+        self.overlong = overlong
+        self.counts = {
+            "dropped_overlong": 0,
+            "truncated": 0,
+            "dropped_no_loss": 0,
+            "tokens": 0,
+            "loss_tokens": 0,
+            "longest": 0,
+        }
+
+    def run(self, batch: list[tuple[str, list[Span]]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        encodings = self.backend.encode_batch([text for text, _ in batch], add_special_tokens=False)
+        ids_out, masks_out = [], []
+        c = self.counts
+        for (_text, spans), enc in zip(batch, encodings, strict=True):
+            ids = np.array(enc.ids, dtype=np.uint32)
+            mask = token_mask(enc, spans)
+            if len(ids) > self.max_seq_len:
+                if self.overlong == "drop":
+                    c["dropped_overlong"] += 1
+                    continue
+                ids, mask = ids[: self.max_seq_len], mask[: self.max_seq_len]
+                c["truncated"] += 1
+            # Nothing predicts an example's first token (in a packed row the previous
+            # example would): it never carries loss, packed or not.
+            mask[0] = 0
+            n_loss = int(mask.sum())
+            if n_loss == 0:
+                c["dropped_no_loss"] += 1
+                continue
+            c["tokens"] += len(ids)
+            c["loss_tokens"] += n_loss
+            c["longest"] = max(c["longest"], len(ids))
+            ids_out.append(ids)
+            masks_out.append(mask)
+        return ids_out, masks_out
+
+
+def prepare(
+    path: Path,
+    out_dir: Path,
+    tokenizer: Any,
+    settings: Any,
+    max_seq_len: int,
+    *,
+    validation: Validation | None = None,
+) -> PrepareSummary:
+    """Tokenise `path` into `out_dir`; raise DataError (with an error report) if it cannot train.
+
+    Pass the `validation` ingestion already made to skip a second validating pass.
+    """
+    started = time.monotonic()
+    path, out_dir = Path(path), Path(out_dir)
+    if validation is None:
+        validation = validate_file(path, settings)
+    if not validation.ok:
+        raise DataError(validation.error or _report(path, "validation failed"))
+    skip = bool(option(settings, "skip_bad_lines"))
+    worker = _Tokenizer(tokenizer, max_seq_len, option(settings, "overlong"))
+    problems = ProblemLog()
+    reader = FileReader(path, max_line_bytes=option(settings, "max_line_bytes"), skip_long_lines=skip)
+    batches = _rendered_batches(reader, validation, tokenizer, settings, problems)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with open(tmp / TOKENS, "wb") as tokens_file, open(tmp / MASK, "wb") as mask_file:
+            writer = _Writer(tokens_file, mask_file)
+            for batch in batches:
+                writer.write(*worker.run(batch))
+        np.save(tmp / OFFSETS, writer.offsets())
+        examples = len(writer.lengths)
+        _check(path, validation, reader.sha256, problems, skip, examples, worker.counts)
+        summary = PrepareSummary(
+            out_dir=str(out_dir),
+            source=path.name,
+            format=validation.format or "",
+            examples=examples,
+            skipped_lines=problems.bad_lines,
+            sha256=validation.sha256 or "",
+            max_seq_len=max_seq_len,
+            tokenizer=tokenizer_fingerprint(tokenizer),
+            seconds=round(time.monotonic() - started, 3),
+            **worker.counts,
+        )
+        meta = {
+            **asdict(summary),
+            "key": prepared_key(tokenizer, settings, max_seq_len),
+            "warnings": problems.report(path.name, examples) if problems else None,
+        }
+        with open(tmp / META, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, ensure_ascii=False)
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "%s: %d examples, %d tokens (%.0f%% trained) in %.1f s; dropped %d overlong, truncated %d",
+        path.name,
+        summary.examples,
+        summary.tokens,
+        100 * summary.loss_share,
+        summary.seconds,
+        summary.dropped_overlong,
+        summary.truncated,
+    )
+    return summary
+
+
+def _rendered_batches(
+    reader: FileReader, validation: Validation, tokenizer: Any, settings: Any, problems: ProblemLog
+) -> Iterator[list[tuple[str, list[Span]]]]:
+    """The file's good records as (text, trained spans), BATCH at a time; bad ones go to `problems`."""
+    renderer = ChatRenderer(tokenizer, train_on_prompt=bool(option(settings, "train_on_prompt")))
+    system_prompt = option(settings, "system_prompt")
+    pending: list[tuple[str, list[Span]]] = []
+    for item in reader:
+        if item.problem is not None:
+            problems.add(item.problem.kind, item.problem.message, item.line)
+            continue
+        try:
+            fmt, payload = parse_record(item.value)
+            if fmt != validation.format:
+                raise RecordProblem("mixed_formats", f"a {fmt} record in a {validation.format} file")
+            if fmt == TEXT:
+                pending.append(renderer.render_text(payload))
+            else:
+                pending.append(renderer.render_chat(with_system_prompt(payload, system_prompt)))
+        except RecordProblem as problem:
+            problems.add(problem.kind, f"line {item.line}: {problem.message}", item.line)
+            continue
+        if len(pending) >= BATCH:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def _report(path: Path, error: str) -> dict[str, Any]:
+    return {"file": path.name, "error": error, "problems": [], "good_lines": 0, "bad_lines": 0}
+
+
+def _check(
+    path: Path,
+    validation: Validation,
+    sha256: str | None,
+    problems: ProblemLog,
+    skip: bool,
+    examples: int,
+    counts: dict[str, int],
+) -> None:
+    """Refuse what cannot train: bad lines (unless skipped), a changed file, no trained token."""
+    if problems and not skip:
+        raise DataError(problems.report(path.name, examples))
+    if sha256 != validation.sha256:
+        raise DataError(_report(path, "the file changed after it was validated"))
+    if examples and counts["loss_tokens"]:
+        return
+    why = []
+    if counts["dropped_overlong"]:
+        why.append(f"{counts['dropped_overlong']} longer than max_seq_len (data.overlong is 'drop')")
+    if counts["dropped_no_loss"]:
+        why.append(f"{counts['dropped_no_loss']} with no trained token left")
+    message = "no token would carry loss" + (": examples dropped, " + "; ".join(why) if why else "")
+    problems.add("no_loss_tokens", message, None, counts_as_line=False)
+    raise DataError(problems.report(path.name, 0, error=message))
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Put the complete folder in place; an older preparation is replaced, never mixed in."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out_dir, old)
+    publish_dir(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""The training recipe in-process on builtin:tiny: exact resume, NaN handling, publishing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from helpers import chat_lines, make_workspace, tiny_config, write_jsonl
+
+from finetuned.worker import checkpoint
+from finetuned.worker.recipe import Recipe
+
+
+class Driver:
+    """Plays the daemon's side of the pipe: records messages, yields on a chosen step."""
+
+    def __init__(self, yield_at: int | None = None) -> None:
+        self.messages: list[dict] = []
+        self.yield_at = yield_at
+
+    def send(self, message: dict) -> None:
+        self.messages.append(message)
+
+    def poll(self):
+        steps = [m for m in self.messages if m["type"] == "step"]
+        if self.yield_at is not None and steps and steps[-1]["step"] == self.yield_at:
+            self.yield_at = None
+            return {"type": "yield", "reason": "stop"}
+        return None
+
+    def losses(self) -> list[float]:
+        return [m["loss"] for m in self.messages if m["type"] == "step"]
+
+    def last(self, kind: str) -> dict:
+        return [m for m in self.messages if m["type"] == kind][-1]
+
+
+def run_job(ws, config, job_id, file, driver):
+    recipe = Recipe(ws, driver.send, driver.poll)
+    recipe.run(job_id, file, config, set())
+    return recipe
+
+
+@pytest.mark.parametrize("mode", ["continuous", "independent"])
+def test_stopped_and_resumed_run_logs_the_same_losses(tmp_path, tiny_model_dir, mode):
+    config = tiny_config(mode=mode, checkpoint_every_steps=100)
+    config.lora.dropout = 0.1  # resume must restore the RNG too
+    records = chat_lines(40)
+
+    ws_a = make_workspace(tmp_path / "a", config)
+    plain = Driver()
+    run_job(ws_a, config, "job", write_jsonl(tmp_path / "a.jsonl", records), plain)
+    assert plain.last("completed")
+
+    ws_b = make_workspace(tmp_path / "b", config)
+    file_b = write_jsonl(tmp_path / "b.jsonl", records)
+    interrupted = Driver(yield_at=4)
+    recipe = run_job(ws_b, config, "job", file_b, interrupted)
+    assert interrupted.last("yielded")["step"] == 4
+    recipe.run("job", file_b, config, set())  # same worker, model still loaded
+    assert interrupted.losses()[:4] == plain.losses()[:4]
+    assert interrupted.losses()[4:] == pytest.approx(plain.losses()[4:], abs=1e-6)
+    assert len(interrupted.losses()) == len(plain.losses()) > 6
+
+
+def test_resume_in_a_new_process_state_matches(tmp_path, tiny_model_dir):
+    """A new Recipe (as after a crash) resumes from the checkpoint with the same losses."""
+    config = tiny_config(checkpoint_every_steps=3)
+    records = chat_lines(40)
+    ws_a = make_workspace(tmp_path / "a", config)
+    plain = Driver()
+    run_job(ws_a, config, "job", write_jsonl(tmp_path / "a.jsonl", records), plain)
+
+    ws_b = make_workspace(tmp_path / "b", config)
+    file_b = write_jsonl(tmp_path / "b.jsonl", records)
+    first = Driver(yield_at=5)  # the yield checkpoint at 5 is removed below: resume from the periodic one at 3
+    run_job(ws_b, config, "job", file_b, first)
+    latest = checkpoint.latest(ws_b.job_checkpoints("job"))
+    assert latest[0].step == 5
+    shutil.rmtree(latest[1])
+    second = Driver()
+    run_job(ws_b, config, "job", file_b, second)
+    assert second.losses() == pytest.approx(plain.losses()[3:], abs=1e-6)
+
+
+def test_published_adapter_and_summary(tmp_path, tiny_model_dir):
+    config = tiny_config()
+    ws = make_workspace(tmp_path / "ws", config)
+    driver = Driver()
+    run_job(ws, config, "job", write_jsonl(tmp_path / "d.jsonl", chat_lines(8)), driver)
+    summary = driver.last("completed")["summary"]
+    assert summary["steps"] == summary["total_steps"] >= 1
+    assert summary["examples_trained"] == 8
+    adapter = ws.adapter_dir("job")
+    assert (adapter / "adapter_config.json").exists()
+    assert json.loads((adapter / "job.json").read_text())["steps"] == summary["steps"]
+
+
+def test_nan_loss_fails_the_job_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir):
+    config = tiny_config(checkpoint_every_steps=2, learning_rate=1e30)
+    config.training.max_grad_norm = 1e30
+    ws = make_workspace(tmp_path / "ws", config)
+    driver = Driver()
+    run_job(ws, config, "job", write_jsonl(tmp_path / "d.jsonl", chat_lines(40)), driver)
+    failed = driver.last("failed")
+    assert "loss became" in failed["reason"] and failed["step"] >= 1
+    assert not ws.adapter_dir("job").exists(), "a broken adapter must never be published"
