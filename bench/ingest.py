@@ -183,8 +183,7 @@ def table(result: dict[str, Any]) -> str:
     ]
     for name, row in result["stages"].items():
         lines.append(
-            f"| {name:<9} | {row['seconds']:>8.1f} | {row['examples_per_s']:>10,.0f} | "
-            f"{row['peak_rss_mb']:>11.0f} |"
+            f"| {name:<9} | {row['seconds']:>8.1f} | {row['examples_per_s']:>10,.0f} | {row['peak_rss_mb']:>11.0f} |"
         )
     lines.append("")
     lines.append(f"prepare: {result['tokens_per_s_prepare'] / 1e6:.2f} M tokens/s")
@@ -196,14 +195,10 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=300_000)
     parser.add_argument("--max-seq-len", type=int, default=1024)
-    parser.add_argument(
-        "--keep", type=Path, help="work in this folder and keep it (default: a temporary one)"
-    )
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="finetuned-bench-"))

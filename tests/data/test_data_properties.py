@@ -70,9 +70,7 @@ def test_every_loss_token_lies_inside_an_answer(tokenizer: Any, records: list[di
             expected = t > 0 and any(a <= start < b for a, b in spans)
             assert mask[t] == expected, f"token {t} {text[start:end]!r}: mask {mask[t]}, spans {spans}"
             if mask[t]:
-                assert any(a <= start and end <= b for a, b in spans), (
-                    "a trained token ends inside its answer"
-                )
+                assert any(a <= start and end <= b for a, b in spans), "a trained token ends inside its answer"
         if record["messages"][-1]["role"] == "assistant":
             assert mask[-2] == 1 and ids[-2] == tokenizer.eos_token_id, "the final <|im_end|> is trained"
 

@@ -34,9 +34,7 @@ def full_text(tmp_path: Path, tokenizer: Any) -> list[str]:
     return [tokenizer.decode(ids.tolist()) for ids, _ in read_prepared(tmp_path / "prepared")]
 
 
-def test_chat_multi_turn_trains_every_assistant_turn_and_its_end_token(
-    tmp_path: Path, tokenizer: Any
-) -> None:
+def test_chat_multi_turn_trains_every_assistant_turn_and_its_end_token(tmp_path: Path, tokenizer: Any) -> None:
     record = chat(
         ("system", "Answer in French."),
         ("user", "Hello"),
@@ -57,9 +55,7 @@ def test_chat_tool_turns_are_not_trained(tmp_path: Path, tokenizer: Any) -> None
         ("tool", "sunny, 21C"),
         ("assistant", "It is sunny."),
     )
-    assert prepared_spans(tmp_path, tokenizer, [record]) == [
-        ["Calling the tool." + END, "It is sunny." + END]
-    ]
+    assert prepared_spans(tmp_path, tokenizer, [record]) == [["Calling the tool." + END, "It is sunny." + END]]
 
 
 def test_sharegpt_maps_speakers_and_trains_gpt_turns(tmp_path: Path, tokenizer: Any) -> None:
@@ -81,9 +77,7 @@ def test_sharegpt_maps_speakers_and_trains_gpt_turns(tmp_path: Path, tokenizer: 
     ("input_text", "user_turn"),
     [("", "Name a colour."), ("Think of the sky.", "Name a colour.\n\nThink of the sky.")],
 )
-def test_alpaca_trains_only_the_output(
-    tmp_path: Path, tokenizer: Any, input_text: str, user_turn: str
-) -> None:
+def test_alpaca_trains_only_the_output(tmp_path: Path, tokenizer: Any, input_text: str, user_turn: str) -> None:
     record = {"instruction": "Name a colour.", "input": input_text, "output": "Blue."}
     assert prepared_spans(tmp_path, tokenizer, [record]) == [["Blue." + END]]
     text = full_text(tmp_path, tokenizer)[0]
@@ -102,9 +96,7 @@ def test_completion_trains_only_the_completion(tmp_path: Path, tokenizer: Any) -
     assert prepared_spans(tmp_path, tokenizer, [record]) == [["Paris." + END]]
 
 
-def test_text_trains_everything_after_the_first_token_and_ends_with_eos(
-    tmp_path: Path, tokenizer: Any
-) -> None:
+def test_text_trains_everything_after_the_first_token_and_ends_with_eos(tmp_path: Path, tokenizer: Any) -> None:
     record = {"text": "Bees make honey. Honey keeps for years."}
     prepared_spans(tmp_path, tokenizer, [record])
     [(ids, mask)] = read_prepared(tmp_path / "prepared")
@@ -167,8 +159,6 @@ def test_template_that_rewrites_content_still_masks_exactly(tmp_path: Path, mode
     from transformers import AutoTokenizer
 
     trimming = AutoTokenizer.from_pretrained(model_dir)
-    trimming.chat_template = trimming.chat_template.replace(
-        "message['content']", "(message['content'] | trim)"
-    )
+    trimming.chat_template = trimming.chat_template.replace("message['content']", "(message['content'] | trim)")
     record = chat(("assistant", "  Hi there.  "), ("user", " q "), ("assistant", "\nBye.\n"))
     assert prepared_spans(tmp_path, trimming, [record]) == [["Hi there." + END, "Bye." + END]]

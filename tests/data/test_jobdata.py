@@ -114,9 +114,7 @@ def test_holdout_is_seeded_capped_and_never_trained(prepared: Path, tokenizer: A
     data = open_data(prepared, tokenizer, holdout_fraction=0.2, packing=True)
     assert (data.n_holdout, data.n_train) == (7, 30)
     held = Counter(e for batch in data.holdout_batches() for e in examples_of(batch))
-    trained = Counter(
-        e for s in range(data.total_steps) for b in data.step_batches(s) for e in examples_of(b)
-    )
+    trained = Counter(e for s in range(data.total_steps) for b in data.step_batches(s) for e in examples_of(b))
     assert sum(held.values()) == 7 and not set(held) & set(trained)
     again = open_data(prepared, tokenizer, holdout_fraction=0.2)
     assert np.array_equal(again.holdout_ids, data.holdout_ids)
@@ -130,18 +128,14 @@ def test_few_examples_get_no_holdout(tmp_path: Path, tokenizer: Any) -> None:
     assert (data.n_holdout, data.n_train, list(data.holdout_batches())) == (0, 19, [])
 
 
-def test_padded_batch_keeps_the_end_of_turn_label_although_pad_equals_eos(
-    prepared: Path, tokenizer: Any
-) -> None:
+def test_padded_batch_keeps_the_end_of_turn_label_although_pad_equals_eos(prepared: Path, tokenizer: Any) -> None:
     batch = open_data(prepared, tokenizer).step_batches(0)[0]
     assert batch.position_ids is None and batch.attention_mask.shape == batch.input_ids.shape
     for r in range(batch.input_ids.shape[0]):
         n = int(batch.attention_mask[r].sum())
         trained = batch.labels[r, :n][batch.labels[r, :n] != -100].tolist()
         assert tokenizer.decode(trained).endswith(END), "the answer's end-of-turn token is trained"
-        assert (batch.labels[r, n:] == -100).all() and (
-            batch.input_ids[r, n:] == tokenizer.pad_token_id
-        ).all()
+        assert (batch.labels[r, n:] == -100).all() and (batch.input_ids[r, n:] == tokenizer.pad_token_id).all()
     assert batch.n_tokens == int(batch.attention_mask.sum())
     assert batch.n_loss_tokens == int((batch.labels != -100).sum())
 

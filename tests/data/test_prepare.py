@@ -38,9 +38,7 @@ def test_overlong_examples_are_truncated_and_counted(tmp_path: Path, tokenizer: 
     assert lengths[-3:] == [128, 128, 128] and summary.longest == 128
 
 
-def test_truncation_that_cuts_every_answer_drops_the_example(
-    tmp_path: Path, tokenizer: Any, settings: Any
-) -> None:
+def test_truncation_that_cuts_every_answer_drops_the_example(tmp_path: Path, tokenizer: Any, settings: Any) -> None:
     long_question = " ".join(f"q{i}" for i in range(300))
     path = write_jsonl(
         tmp_path / "data.jsonl",
@@ -50,18 +48,14 @@ def test_truncation_that_cuts_every_answer_drops_the_example(
     assert (summary.examples, summary.truncated, summary.dropped_no_loss) == (1, 1, 1)
 
 
-def test_no_trained_token_refuses_the_file_with_a_report(
-    tmp_path: Path, tokenizer: Any, settings: Any
-) -> None:
+def test_no_trained_token_refuses_the_file_with_a_report(tmp_path: Path, tokenizer: Any, settings: Any) -> None:
     path = write_jsonl(tmp_path / "data.jsonl", long_and_short(n_long=3, n_short=0))
     with pytest.raises(DataError) as caught:
         prepare(path, tmp_path / "out", tokenizer, settings(), 64)
     report = caught.value.report
     assert report["file"] == "data.jsonl" and report["problems"][0]["kind"] == "no_loss_tokens"
     assert "3 longer than max_seq_len" in report["error"]
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*")), (
-        "nothing half-written is left"
-    )
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*")), "nothing half-written is left"
 
 
 def test_invalid_file_raises_the_validation_report(tmp_path: Path, tokenizer: Any) -> None:
@@ -135,9 +129,7 @@ def test_real_alpaca_json_array_prepares(tmp_path: Path, tokenizer: Any, shared_
 
 def test_real_c4_text_prepares(tmp_path: Path, tokenizer: Any, shared_datasets: Path, settings: Any) -> None:
     dropped = prepare(shared_datasets / "c4_demo.jsonl", tmp_path / "drop", tokenizer, settings(), 1024)
-    cut = prepare(
-        shared_datasets / "c4_demo.jsonl", tmp_path / "cut", tokenizer, settings(overlong="truncate"), 1024
-    )
+    cut = prepare(shared_datasets / "c4_demo.jsonl", tmp_path / "cut", tokenizer, settings(overlong="truncate"), 1024)
     assert dropped.format == "text" and dropped.examples + dropped.dropped_overlong == 300
     assert dropped.dropped_overlong > 0, "c4 holds documents longer than 1024 tokens"
     assert (cut.examples, cut.truncated) == (300, dropped.dropped_overlong)

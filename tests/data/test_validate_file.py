@@ -110,9 +110,7 @@ def test_error_report_counts_good_and_bad_lines(tmp_path: Path) -> None:
     report = validate_file(path).error
     assert (report["good_lines"], report["bad_lines"]) == (3, 9)
     unknown = problem(report, "unknown_schema")
-    assert unknown["lines"] == [4, 5, 6, 7, 8] and unknown["count"] == 8, (
-        "first five line numbers, full count"
-    )
+    assert unknown["lines"] == [4, 5, 6, 7, 8] and unknown["count"] == 8, "first five line numbers, full count"
     assert report["error"].startswith("9 of 12 records bad: unknown_schema (8 lines, first line 4)")
 
 
@@ -290,3 +288,13 @@ def test_validation_does_not_touch_the_file(tmp_path: Path) -> None:
     before = (path.read_bytes(), os.stat(path).st_mtime_ns)
     validate_file(path)
     assert (path.read_bytes(), os.stat(path).st_mtime_ns) == before
+
+
+def test_what_is_not_a_readable_regular_file_is_refused_not_raised(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    for path in (fifo, folder):
+        assert problem(validate_file(path).error, "not_a_file")["count"] == 1
+    assert problem(validate_file(tmp_path / "gone.jsonl").error, "unreadable")["count"] == 1

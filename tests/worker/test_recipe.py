@@ -106,3 +106,40 @@ def test_nan_loss_fails_the_job_and_keeps_the_last_good_checkpoint(tmp_path, tin
     failed = driver.last("failed")
     assert "loss became" in failed["reason"] and failed["step"] >= 1
     assert not ws.adapter_dir("job").exists(), "a broken adapter must never be published"
+
+
+@pytest.mark.parametrize("mode", ["continuous", "independent"])
+def test_model_line_carries_on_only_in_continuous_mode(tmp_path, tiny_model_dir, mode):
+    config = tiny_config(mode=mode)
+    ws = make_workspace(tmp_path / "ws", config)
+    driver = Driver()
+    recipe = Recipe(ws, driver.send, driver.poll)
+    recipe.run("one", write_jsonl(tmp_path / "one.jsonl", chat_lines(12)), config, set())
+    first = driver.last("completed")["summary"]
+    recipe.run("two", write_jsonl(tmp_path / "two.jsonl", chat_lines(12, "yo")), config, set())
+    second = driver.last("completed")["summary"]
+    assert first["line_step"] == first["steps"]
+    if mode == "continuous":
+        assert second["line_step"] == first["line_step"] + second["steps"], "the step counter carries on"
+    else:
+        assert second["line_step"] == second["steps"], "each job starts fresh"
+    # Skipped or failed jobs are left out of the line: the next job starts from the base again.
+    recipe.run("three", write_jsonl(tmp_path / "three.jsonl", chat_lines(12)), config, {"one", "two"})
+    assert driver.last("completed")["summary"]["line_step"] == driver.last("completed")["summary"]["steps"]
+
+
+def test_full_fine_tuning_resumes_exactly_and_publishes_a_model(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(mode="independent", learning_rate=1e-3)
+    config.method = "full"
+    records = chat_lines(40)
+    plain = Driver()
+    run_job(make_workspace(tmp_path / "a", config), config, "job", write_jsonl(tmp_path / "a.jsonl", records), plain)
+    ws = make_workspace(tmp_path / "b", config)
+    file_b = write_jsonl(tmp_path / "b.jsonl", records)
+    interrupted = Driver(yield_at=3)
+    run_job(ws, config, "job", file_b, interrupted).run("job", file_b, config, set())
+    assert interrupted.losses() == pytest.approx(plain.losses(), abs=1e-6)
+    model = AutoModelForCausalLM.from_pretrained(ws.adapter_dir("job"))
+    assert model.config.hidden_size == 64

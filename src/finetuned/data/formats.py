@@ -77,19 +77,11 @@ def parse_record(record: Any) -> tuple[str, Payload]:
     return name, _PARSERS[name](record)
 
 
+_KINDS = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}
+
+
 def _kind(value: Any) -> str:
-    return (
-        "null"
-        if value is None
-        else {
-            bool: "a boolean",
-            int: "a number",
-            float: "a number",
-            str: "a string",
-            list: "an array",
-            dict: "an object",
-        }.get(type(value), type(value).__name__)
-    )
+    return "null" if value is None else _KINDS.get(type(value), type(value).__name__)
 
 
 def _string(value: Any, where: str) -> str:
@@ -127,9 +119,7 @@ def _chat(record: dict[str, Any]) -> list[Message]:
             raise RecordProblem("bad_structure", f"messages[{i}] needs 'role' and 'content'")
         role = turn["role"]
         if role not in ROLES:
-            raise RecordProblem(
-                "bad_role", f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}"
-            )
+            raise RecordProblem("bad_role", f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}")
         messages.append(Message(role, _string(turn["content"], f"messages[{i}].content")))
     return _need_assistant(messages, "messages")
 
@@ -168,9 +158,7 @@ def _alpaca(record: dict[str, Any]) -> list[Message]:
         messages.append(Message("system", _string(record["system"], "system")))
     history = record.get("history") or []
     if not isinstance(history, list):
-        raise RecordProblem(
-            "bad_structure", f"history is {_kind(history)}, expected [[question, answer], ...]"
-        )
+        raise RecordProblem("bad_structure", f"history is {_kind(history)}, expected [[question, answer], ...]")
     for i, pair in enumerate(history):
         if not (isinstance(pair, list) and len(pair) == 2):
             raise RecordProblem("bad_structure", f"history[{i}] must be [question, answer]")

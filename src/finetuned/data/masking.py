@@ -130,7 +130,7 @@ class ChatRenderer:
         dicts = [{"role": r, "content": _sentinel(i)} for i, r in enumerate(roles)]
         try:
             full = self._apply(dicts)
-        except Exception:
+        except Exception:  # a template may refuse some role orders: the exact path reports it per record
             return None
         chunks, pos = [], 0
         for i in range(len(roles)):
@@ -149,7 +149,7 @@ class ChatRenderer:
             # and also when more follows: their common start is the end-of-turn marker.
             try:
                 tail = self._apply(dicts[: i + 1]).split(_sentinel(i), 1)[1]
-            except Exception:
+            except Exception:  # a template that refuses to end on this turn: train the content alone
                 tail = ""
             closings[i] = _common_prefix(tail, chunks[i + 1]).rstrip()
         return _Skeleton(tuple(chunks), closings)
@@ -164,7 +164,7 @@ class ChatRenderer:
             try:
                 probe = self._apply([*dicts[:i], {"role": "assistant", "content": mark}])
                 upto = self._apply(dicts[: i + 1])
-            except Exception:
+            except Exception:  # refused prefixes fail the consistency check below
                 probe = upto = ""
             start = probe.find(mark)
             if start < 0 or not text.startswith(probe[:start]) or not text.startswith(upto):

@@ -22,6 +22,7 @@ from finetuned.data.formats import TEXT, parse_record, with_system_prompt
 from finetuned.data.masking import ChatRenderer, token_mask
 from finetuned.data.options import option
 from finetuned.data.reader import FileReader
+from finetuned.data.report import RecordProblem
 from finetuned.data.tokenize import _backend
 
 OPEN, CLOSE = "[[", "]]"
@@ -69,7 +70,7 @@ def _first_record(path: Path) -> dict[str, Any]:
         if item.problem is None:
             try:
                 parse_record(item.value)
-            except Exception:
+            except RecordProblem:
                 continue
             return item.value
     raise ValueError(f"{path} holds no usable record")

@@ -100,9 +100,7 @@ class FileReader:
             self.size += len(raw)
             ended = raw.endswith(b"\n")
             if not ended and len(raw) > limit:
-                problem = RecordProblem(
-                    "line_too_long", f"line {line_no} is longer than {human_bytes(limit)}"
-                )
+                problem = RecordProblem("line_too_long", f"line {line_no} is longer than {human_bytes(limit)}")
                 yield Item(line_no, problem=problem)
                 if not self.skip_long_lines:
                     log.info("%s: stopped reading at over-long line %d", self.path.name, line_no)
@@ -144,9 +142,7 @@ def _sniff(head: bytes) -> RecordProblem | None:
         if head.startswith(bom):
             return RecordProblem("not_utf8", f"the file is {name}; save it as UTF-8")
     if b"\x00" in head:
-        return RecordProblem(
-            "binary", "the file looks binary (NUL bytes in its first 8 KiB), not JSON Lines text"
-        )
+        return RecordProblem("binary", "the file looks binary (NUL bytes in its first 8 KiB), not JSON Lines text")
     return None
 
 
@@ -174,9 +170,7 @@ def _parse_line(line_no: int, body: bytes, *, last: bool) -> Item:
             )
         return Item(
             line_no,
-            problem=RecordProblem(
-                "invalid_json", f"line {line_no} is not valid JSON: {exc.msg} (column {exc.colno})"
-            ),
+            problem=RecordProblem("invalid_json", f"line {line_no} is not valid JSON: {exc.msg} (column {exc.colno})"),
         )
 
 
@@ -267,8 +261,7 @@ class _ArrayScanner:
                     kind = "truncated" if self.eof and incomplete else "invalid_json"
                     raise RecordProblem(
                         kind,
-                        f"the array element at line {line} is not valid JSON: {exc.msg} "
-                        f"(line {self.line_at(exc.pos)})",
+                        f"the array element at line {line} is not valid JSON: {exc.msg} (line {self.line_at(exc.pos)})",
                     ) from None
             else:
                 # A bare number may continue in the next chunk; objects and arrays end in a bracket.

@@ -80,8 +80,7 @@ class ProblemLog:
 
     def problems(self) -> list[dict[str, Any]]:
         return [
-            {"kind": e.kind, "message": e.message, "lines": list(e.lines), "count": e.count}
-            for e in self._ordered()
+            {"kind": e.kind, "message": e.message, "lines": list(e.lines), "count": e.count} for e in self._ordered()
         ]
 
     def summary(self, good_lines: int) -> str:

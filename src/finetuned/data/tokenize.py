@@ -172,7 +172,7 @@ class _Tokenizer:
                 c["truncated"] += 1
             # Nothing predicts an example's first token (in a packed row the previous
             # example would): it never carries loss, packed or not.
-            mask[0] = 0
+            mask[:1] = 0
             n_loss = int(mask.sum())
             if n_loss == 0:
                 c["dropped_no_loss"] += 1

@@ -7,6 +7,7 @@ The daemon calls `validate_file` at ingestion; a file that fails goes to
 from __future__ import annotations
 
 import logging
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,26 +45,23 @@ class _Seen:
 
 
 def validate_file(path: Path, settings: Any = None) -> Validation:
+    """Check one file; never raises for what the file holds or for I/O errors reading it."""
     path = Path(path)
     skip = bool(option(settings, "skip_bad_lines"))
     reader = FileReader(path, max_line_bytes=option(settings, "max_line_bytes"), skip_long_lines=skip)
     problems = ProblemLog()
     seen: dict[str, _Seen] = {}
-    fatal = False
-    for item in reader:
-        if item.problem is not None:
-            problems.add(item.problem.kind, item.problem.message, item.line, counts_as_line=not item.fatal)
-            fatal = fatal or item.fatal
-            continue
-        try:
-            fmt, _payload = parse_record(item.value)
-        except RecordProblem as problem:
-            problems.add(problem.kind, f"line {item.line}: {problem.message}", item.line)
-            continue
-        entry = seen.setdefault(fmt, _Seen())
-        entry.count += 1
-        if len(entry.lines) < KEEP_LINES:
-            entry.lines.append(item.line)
+    try:
+        # A FIFO or device would block open() or never end: only regular files are read.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise RecordProblem("not_a_file", "not a regular file")
+        fatal = _scan(reader, problems, seen)
+    except RecordProblem as problem:
+        problems.add(problem.kind, problem.message, None, counts_as_line=False)
+        fatal = True
+    except OSError as exc:
+        problems.add("unreadable", f"cannot read the file: {exc.strerror or exc}", None, counts_as_line=False)
+        fatal = True
 
     fmt = _majority(seen, problems)
     examples = seen[fmt].count if fmt else 0
@@ -101,6 +99,26 @@ def validate_file(path: Path, settings: Any = None) -> Validation:
         report["error"] = "no good record: " + report["error"]
     log.info("%s refused: %s", path.name, report["error"] if report else "?")
     return Validation(False, fmt, examples, reader.sha256, error=report)
+
+
+def _scan(reader: FileReader, problems: ProblemLog, seen: dict[str, _Seen]) -> bool:
+    """Read every record into `problems` and `seen` (format -> count, first lines); True if fatal."""
+    fatal = False
+    for item in reader:
+        if item.problem is not None:
+            problems.add(item.problem.kind, item.problem.message, item.line, counts_as_line=not item.fatal)
+            fatal = fatal or item.fatal
+            continue
+        try:
+            fmt, _payload = parse_record(item.value)
+        except RecordProblem as problem:
+            problems.add(problem.kind, f"line {item.line}: {problem.message}", item.line)
+            continue
+        entry = seen.setdefault(fmt, _Seen())
+        entry.count += 1
+        if len(entry.lines) < KEEP_LINES:
+            entry.lines.append(item.line)
+    return fatal
 
 
 def _majority(seen: dict[str, _Seen], problems: ProblemLog) -> str | None:

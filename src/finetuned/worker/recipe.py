@@ -69,12 +69,12 @@ class Recipe:
 
     # --- setup ----------------------------------------------------------
     def _setup_model(self, config: Config, job_id: str) -> Loaded:
-        base_path = resolve_base(config.base_model, self.ws.base_models)
-        key = (str(base_path), config.method, config.lora.model_dump_json(), config.training.seed)
+        key = (config.base_model, config.method, config.lora.model_dump_json(), config.training.seed)
         if self.loaded and self.loaded.key == key and not (config.method == "full" and self.loaded.dirty):
             return self.loaded
         self.loaded = None  # drop the old model before loading the next
         self.send(msg("phase", job_id=job_id, phase="loading model"))
+        base_path = resolve_base(config.base_model, self.ws.base_models)  # a built-in is written out once
         started = time.time()
         seed_all(config.training.seed)  # LoRA's initial weights depend on it
         model = load_model(base_path)
