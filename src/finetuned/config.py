@@ -64,6 +64,7 @@ class DataSettings(_Section):
     packing: bool = True
     overlong: Literal["drop", "truncate"] = "drop"
     skip_bad_lines: bool = False
+    max_line_bytes: int = Field(64 * 2**20, gt=0)
 
 
 class MonitorSettings(_Section):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from finetuned.cli import add, controls, init, queue, run, status
+from finetuned.cli import add, cancel, controls, init, queue, run, status
 
 app = typer.Typer(
     name="finetuned",
@@ -21,6 +21,8 @@ app.command(help=queue.HELP)(queue.queue)
 app.command(help=add.HELP)(add.add)
 for control in (controls.pause, controls.resume, controls.stop, controls.skip):
     app.command()(control)
+app.command(help=cancel.CANCEL_HELP)(cancel.cancel)
+app.command(help=cancel.FRONT_HELP)(cancel.front)
 
 
 def main() -> None:

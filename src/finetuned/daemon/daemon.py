@@ -23,6 +23,7 @@ from finetuned.daemon.statefiles import StateWriter
 from finetuned.daemon.supervisor import WorkerHandle
 from finetuned.data import validate_file
 from finetuned.fsio import remove_file
+from finetuned.queue import actions
 from finetuned.queue.inbox import Inbox, Wakeup
 from finetuned.queue.job import Job, JobStatus
 from finetuned.queue.render import Progress
@@ -110,6 +111,9 @@ class Daemon:
 
     # --- one tick -------------------------------------------------------
     def tick(self) -> None:
+        for request in actions.pending(self.ws):
+            actions.answer(self.ws, self.store, request)
+            self._dirty = True
         self._ingest()
         self._collect_validations()
         self._read_worker()
@@ -267,7 +271,8 @@ class Daemon:
         link_current(self.ws, self.store.file_path(job))
         exclude = [j.id for j in self.store.jobs.values() if j.status in (JobStatus.SKIPPED, JobStatus.FAILED)]
         self.worker.send({"type": "train", "job_id": job.id, "file": str(self.store.file_path(job)),
-                          "config": self.config.model_dump(mode="json"), "line_exclude": exclude})
+                          "config": self.config.model_dump(mode="json"), "line_exclude": exclude,
+                          "sha256": job.sha256})
         log.info("job %s: training %s (step %d)", job.id, job.file, job.step)
         self._dirty = True
 

@@ -81,7 +81,8 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
             job_id = message["job_id"]
             try:
                 config = Config.model_validate(message["config"])
-                recipe.run(job_id, Path(message["file"]), config, set(message.get("line_exclude", [])))
+                recipe.run(job_id, Path(message["file"]), config, set(message.get("line_exclude", [])),
+                           message.get("sha256"))
             except Exception as exc:  # a crash of one job must reach the daemon as that job's failure
                 log.exception("job %s crashed", job_id)
                 recipe.loaded = None  # its state is unknown now: reload before the next job

@@ -1,7 +1,7 @@
 """Messages between the daemon and the training worker (plain dicts over a pipe).
 
 daemon -> worker
-  train     {job_id, file, config, line_exclude}   train this job until it ends or is told to yield
+  train     {job_id, file, sha256, config, line_exclude}   train this job until it ends or is told to yield
   yield     {reason}                               checkpoint at the next step boundary, then wait
   shutdown  {}                                     exit (the model's memory goes with the process)
 worker -> daemon

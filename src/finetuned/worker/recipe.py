@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from finetuned.config import Config
-from finetuned.data import DataError, JobData, prepare
-from finetuned.fsio import publish_dir, remove_tree
+from finetuned.data import DataError, JobData, is_current, prepare
+from finetuned.fsio import publish_dir, remove_tree, sha256_file
 from finetuned.models.loading import add_lora, load_model, load_tokenizer, resolve_base, weights_hash
 from finetuned.worker import checkpoint
 from finetuned.worker.checkpoint import TrainingProgress
@@ -85,11 +85,12 @@ class Recipe:
         log.info("loaded %s (%s) in %.1fs", config.base_model, config.method, time.time() - started)
         return self.loaded
 
-    def _setup_data(self, config: Config, job_id: str, file: Path, loaded: Loaded) -> JobData:
+    def _setup_data(self, config: Config, job_id: str, file: Path, sha256: str | None, loaded: Loaded) -> JobData:
         out = self.ws.tokenized / job_id
-        if not (out / "meta.json").exists():
+        max_len = config.training.max_seq_len
+        if not is_current(out, sha256 or sha256_file(file), loaded.tokenizer, config.data, max_len):
             self.send(msg("phase", job_id=job_id, phase="tokenizing"))
-            prepare(file, out, loaded.tokenizer, config.data, config.training.max_seq_len)
+            prepare(file, out, loaded.tokenizer, config.data, max_len)
         t = config.training
         return JobData.open(
             out, batch_size=t.batch_size, grad_accum=t.grad_accum, epochs=t.epochs, max_steps=t.max_steps,
@@ -141,10 +142,11 @@ class Recipe:
                 param.copy_(weights[name])
 
     # --- the job --------------------------------------------------------
-    def run(self, job_id: str, file: Path, config: Config, exclude: set[str]) -> None:
+    def run(self, job_id: str, file: Path, config: Config, exclude: set[str], sha256: str | None = None) -> None:
+        """Train one job to its end, or until the daemon asks it to yield."""
         try:
             loaded = self._setup_model(config, job_id)
-            data = self._setup_data(config, job_id, file, loaded)
+            data = self._setup_data(config, job_id, file, sha256, loaded)
         except DataError as exc:
             self.send(msg("failed", job_id=job_id, reason=str(exc), step=0, data_error=exc.report))
             return

@@ -1,0 +1,54 @@
+"""finetuned cancel / front: change the queue, through the daemon when it runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from finetuned.cli.common import RootOption, console, fail, workspace
+from finetuned.daemon.lock import AlreadyRunning, WorkspaceLock
+from finetuned.queue import actions
+from finetuned.queue.store import JobStore
+from finetuned.workspace import Workspace
+
+CANCEL_HELP = """Remove a queued job from the queue; its file goes to data/skipped/.
+
+The job in training is not cancelled: skip it (finetuned skip).
+
+examples:
+  finetuned cancel 20251116_014600
+"""
+
+FRONT_HELP = """Move a queued job to the front of its priority class.
+
+examples:
+  finetuned front 20251116_014600
+"""
+
+
+def _do(ws: Workspace, action: str, job_id: str) -> None:
+    try:
+        with WorkspaceLock(ws.lock_file):
+            store = JobStore(ws).load()
+            store.recover()
+            message = actions.apply(store, action, job_id)
+    except AlreadyRunning:
+        request_id = actions.submit(ws, action, job_id)
+        reply = actions.wait_reply(ws, request_id)
+        if reply is None:
+            fail("the daemon did not answer within 15 s; the request stays in control/requests/")
+        if not reply["ok"]:
+            fail(reply["message"])
+        message = reply["message"]
+    except actions.ActionError as exc:
+        fail(str(exc))
+    console.print(message)
+
+
+def cancel(job_id: Annotated[str, typer.Argument(help="The queued job's id.")], root: RootOption = None) -> None:
+    _do(workspace(root), "cancel", job_id)
+
+
+def front(job_id: Annotated[str, typer.Argument(help="The queued job's id.")], root: RootOption = None) -> None:
+    _do(workspace(root), "front", job_id)

@@ -1,0 +1,88 @@
+"""Changes to the queue that a user asks for: cancel a job, move one to the front.
+
+The daemon owns `data/queued/`, so while it runs these go through it as request
+files (`control/requests/ID.json`, answered by `ID.reply.json`); with no daemon
+running, the caller takes the workspace lock and applies them directly. Both
+paths call `apply`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from finetuned.fsio import atomic_write_json, read_json, remove_file
+from finetuned.queue.job import JobStatus
+from finetuned.queue.store import JobNotFound, JobStore
+from finetuned.workspace import Workspace
+
+ACTIONS = ("cancel", "front")
+
+
+class ActionError(Exception):
+    pass
+
+
+def apply(store: JobStore, action: str, job_id: str) -> str:
+    """Do it; return one line saying what happened, or raise ActionError."""
+    try:
+        job = store.get(job_id)
+    except JobNotFound as exc:
+        raise ActionError(str(exc)) from None
+    if action == "cancel":
+        if job.status != JobStatus.QUEUED:
+            hint = " (use skip for the job in training)" if job.status.active else ""
+            raise ActionError(f"job {job_id} is {job.status.value}, not queued{hint}")
+        store.move(job, JobStatus.SKIPPED, "cancelled")
+        return f"job {job_id} cancelled; {job.file} is in data/skipped/"
+    if action == "front":
+        if job.status != JobStatus.QUEUED:
+            raise ActionError(f"job {job_id} is {job.status.value}, not queued")
+        job.order = store.front_order(job.priority)
+        store.save(job)
+        return f"job {job_id} moved to the front of the {job.priority} queue"
+    raise ActionError(f"unknown action '{action}' (known: {', '.join(ACTIONS)})")
+
+
+def requests_dir(ws: Workspace) -> Path:
+    return ws.control / "requests"
+
+
+def submit(ws: Workspace, action: str, job_id: str) -> str:
+    request_id = f"{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"
+    folder = requests_dir(ws)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / f"{request_id}.json", {"action": action, "job_id": job_id})
+    return request_id
+
+
+def wait_reply(ws: Workspace, request_id: str, timeout: float = 15) -> dict[str, Any] | None:
+    path = requests_dir(ws) / f"{request_id}.reply.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists():
+            reply = read_json(path)
+            remove_file(path)
+            return reply
+        time.sleep(0.05)
+    return None
+
+
+def pending(ws: Workspace) -> list[Path]:
+    folder = requests_dir(ws)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.json") if not p.name.endswith(".reply.json"))
+
+
+def answer(ws: Workspace, store: JobStore, path: Path) -> None:
+    """The daemon's side: apply one request file and write its reply."""
+    try:
+        request = read_json(path)
+        message, ok = apply(store, request["action"], request["job_id"]), True
+    except (ActionError, KeyError, ValueError, TypeError) as exc:
+        message, ok = str(exc), False
+    atomic_write_json(path.with_name(path.stem + ".reply.json"), {"ok": ok, "message": message})
+    remove_file(path)
