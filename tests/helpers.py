@@ -181,3 +181,25 @@ def check_queue_shape(doc: dict[str, Any]) -> None:
         assert set(doc["current"]) >= {"id", "progress", "step", "eta"}, doc["current"]
         assert doc["current"]["progress"].endswith("%")
         assert "/" in doc["current"]["step"]
+
+
+def logged_losses(ws: Workspace, job_id: str) -> dict[int, float]:
+    """Per-step losses from logs/metrics; a step logged twice (redone after a crash) keeps its last value."""
+    path = ws.metrics_file(job_id)
+    if not path.exists():
+        return {}
+    losses = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        losses[record["step"]] = record["loss"]
+    return losses
+
+
+def last_step(ws: Workspace, file: str) -> int:
+    job = jobs_by_file(ws).get(file)
+    return max(logged_losses(ws, job["id"]), default=0) if job else 0
+
+
+def queue_status(ws: Workspace, file: str) -> str | None:
+    doc = read_json(ws.queue_json) or {"queue": []}
+    return next((e["status"] for e in doc["queue"] if e["file"] == file), None)

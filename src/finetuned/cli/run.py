@@ -36,6 +36,6 @@ def run(
     from finetuned.daemon.daemon import Daemon  # after the config check: a typo answers at once
 
     try:
-        Daemon(ws, config).run()
+        Daemon(ws, config, monitor=not no_monitor).run()
     except AlreadyRunning as exc:
         fail(str(exc))

@@ -34,9 +34,10 @@ log = logging.getLogger("finetuned.daemon")
 
 
 class Daemon:
-    def __init__(self, ws: Workspace, config: Config) -> None:
+    def __init__(self, ws: Workspace, config: Config, monitor: bool = True) -> None:
         self.ws = ws
         self.config = config
+        self.monitor_enabled = monitor
         self.store = JobStore(ws)
         self.inbox = Inbox(ws, config.inbox)
         self.worker: WorkerHandle | None = None
@@ -61,6 +62,7 @@ class Daemon:
             self.store.load().recover()
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+            server = self._start_monitor()
             wakeup = Wakeup([self.ws.inbox, self.ws.control])
             log.info("daemon started on %s (pid %d, base model %s, %s)", self.ws.root, os.getpid(),
                      self.config.base_model, "watching" if wakeup.watching else "polling")
@@ -71,6 +73,19 @@ class Daemon:
             finally:
                 wakeup.close()
                 self._close()
+                if server is not None:
+                    server.stop()
+
+    def _start_monitor(self):  # noqa: ANN202 - MonitorServer | None; imported only when wanted
+        if not self.monitor_enabled:
+            return None
+        from finetuned.monitor.server import MonitorServer
+
+        server = MonitorServer(self.ws, self.config.monitor)
+        server.start()
+        self.state_writer.monitor_url = server.url
+        log.info("monitor at %s", server.url)
+        return server
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.shutdown_requested += 1

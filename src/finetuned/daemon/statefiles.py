@@ -47,6 +47,7 @@ class StateWriter:
         self.started = started
         self._last_write = 0.0
         self._last_health = 0.0
+        self.monitor_url: str | None = None
 
     def due(self) -> bool:
         return time.time() - self._last_write >= HEARTBEAT_SECONDS
@@ -62,7 +63,7 @@ class StateWriter:
             "state": state, "reason": reason, "pid": os.getpid(), "worker_pid": worker_pid,
             "started": iso(self.started), "heartbeat": iso(now), "heartbeat_unix": now,
             "current_job": current.id if current else None, "phase": phase,
-            "paused": self.ws.pause_file.exists(),
+            "paused": self.ws.pause_file.exists(), "monitor_url": self.monitor_url,
         })
         training: dict[str, Any] = {"job": None, "state": state, "time": iso(now)}
         if current is not None:
