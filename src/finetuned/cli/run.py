@@ -34,8 +34,11 @@ def run(
         fail(str(exc), 2)
     setup_logging(ws.root, "daemon")
     from finetuned.daemon.daemon import Daemon  # after the config check: a typo answers at once
+    from finetuned.monitor.server import MonitorRefused
 
     try:
         Daemon(ws, config, monitor=not no_monitor).run()
     except AlreadyRunning as exc:
         fail(str(exc))
+    except MonitorRefused as exc:
+        fail(str(exc), 2)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,11 @@ class Daemon:
         self.started = time.time()
         self.state_writer = StateWriter(ws, self.started)
         self.outcomes = Outcomes(self)
+        self.worker_factory: Callable[[str], WorkerHandle] = WorkerHandle
         self._validator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate")
         self._validating: dict[str, Future[Any]] = {}
         self._dirty = True
+        self._written_revision = -1
         self._step_times: list[float] = []
         self._last_tokens = 0
 
@@ -274,7 +277,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("%s; keeping the settings in use", exc)
         if self.worker is None:
-            self.worker = WorkerHandle(str(self.ws.root))
+            self.worker = self.worker_factory(str(self.ws.root))
         self.current = job
         self.progress = Progress(job.id, job.step, job.total_steps)
         self.phase = "starting"
@@ -316,7 +319,8 @@ class Daemon:
 
     # --- reporting ------------------------------------------------------
     def write_state(self, force: bool = False, state: str | None = None) -> None:
-        if not (force or self._dirty or self.state_writer.due()):
+        changed = self._dirty or self.store.revision != self._written_revision
+        if not (force or changed or self.state_writer.due()):
             return
         if state is None:
             if self.current is None:
@@ -326,6 +330,7 @@ class Daemon:
         self.state_writer.write(self.store, self.current, self.progress, state, self.phase,
                                 self.worker.pid if self.worker else None)
         self._dirty = False
+        self._written_revision = self.store.revision
 
 
 def link_current(ws: Workspace, target: Path) -> None:

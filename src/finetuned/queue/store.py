@@ -38,6 +38,7 @@ class JobStore:
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self.jobs: dict[str, Job] = {}
+        self.revision = 0  # bumped on every write: readers of derived files know when to refresh
 
     # --- reading --------------------------------------------------------
     def load(self) -> JobStore:
@@ -73,6 +74,7 @@ class JobStore:
     def save(self, job: Job) -> None:
         atomic_write_json(self.ws.jobs / f"{job.id}.json", job.model_dump(mode="json"))
         self.jobs[job.id] = job
+        self.revision += 1
 
     def new_id(self, when: datetime | None = None) -> str:
         stem = (when or datetime.now()).strftime("%Y%m%d_%H%M%S")

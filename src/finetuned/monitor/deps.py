@@ -1,0 +1,43 @@
+"""Shared dependencies: settings, the workspace's files, and the guard every API router uses.
+
+Settings come through `get_settings` so a test can swap them with
+`app.dependency_overrides[get_settings]`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from finetuned.monitor.files import Files
+from finetuned.monitor.security import SAFE_METHODS, cross_site, host_allowed, token_ok
+from finetuned.monitor.settings import MonitorConfig
+
+
+async def get_settings(request: Request) -> MonitorConfig:
+    return request.app.state.settings
+
+
+async def get_files(request: Request) -> Files:
+    return request.app.state.files
+
+
+SettingsDep = Annotated[MonitorConfig, Depends(get_settings)]
+FilesDep = Annotated[Files, Depends(get_files)]
+
+
+async def guard(request: Request, settings: SettingsDep) -> None:
+    """Host, then origin (for anything that changes state), then token; see security.py for why."""
+    if not host_allowed(request, settings):
+        raise HTTPException(403, "this monitor answers only to a loopback host name (127.0.0.1, localhost)")
+    if request.method not in SAFE_METHODS:
+        why = cross_site(request)
+        if why is not None:
+            raise HTTPException(403, f"refused {why}: only the monitor's own page may change anything")
+    if not token_ok(request, settings):
+        raise HTTPException(401, "this monitor needs its token: 'Authorization: Bearer TOKEN', or log in at /login",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+Guarded = [Depends(guard)]

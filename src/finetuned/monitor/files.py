@@ -1,0 +1,190 @@
+"""Reading the daemon's files cheaply and safely, from many request threads at once.
+
+Every file is written atomically by the daemon, so a read sees a whole file or the
+previous one; a file that is missing or unreadable reads as None. Results are cached by
+(mtime, size) so a page polling every second costs a `stat` per file, and metrics
+JSONL files are read incrementally from where the last read stopped: a job of 180k
+steps is parsed once, not once per poll.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from finetuned.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+JOB_ID = re.compile(r"^\d{8}_\d{6}(?:_\d+)?$")
+
+
+def previews_file(ws: Workspace, job_id: str) -> Path:
+    """`logs/previews/JOB_ID.jsonl`, written by the worker's preview rounds."""
+    named = getattr(ws, "previews_file", None)  # the workspace will name it; until then, here
+    return named(job_id) if callable(named) else ws.logs / "previews" / f"{job_id}.jsonl"
+
+
+def _no_constant(_name: str) -> None:
+    return None  # NaN and Infinity are not JSON; a browser could not parse them
+
+
+def loads(text: str | bytes) -> Any:
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class _Jsonl:
+    """One append-only JSONL file, parsed incrementally; records keyed so a later line wins."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path = path
+        self.key = key
+        self.inode = 0
+        self.offset = 0
+        self.records: dict[Any, dict[str, Any]] = {}
+        self.sorted: list[dict[str, Any]] | None = []
+        self.lock = threading.Lock()
+
+    def read(self) -> list[dict[str, Any]]:
+        with self.lock:
+            try:
+                st = self.path.stat()
+            except OSError:
+                self.inode, self.offset, self.records, self.sorted = 0, 0, {}, []
+                return []
+            if st.st_ino != self.inode or st.st_size < self.offset:  # replaced or truncated: start over
+                self.inode, self.offset, self.records, self.sorted = st.st_ino, 0, {}, []
+            if st.st_size > self.offset:
+                self._read_new()
+            if self.sorted is None:
+                self.sorted = sorted(self.records.values(), key=lambda r: r[self.key])
+            return self.sorted
+
+    def _read_new(self) -> None:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1  # a line still being appended waits for the next read
+        for line in chunk[:end].splitlines():
+            try:
+                record = loads(line)
+            except ValueError:
+                continue  # a torn line from a crash mid-write: its step is logged again on resume
+            if isinstance(record, dict) and isinstance(record.get(self.key), int | float):
+                self.records[record[self.key]] = record
+        self.offset += end
+        self.sorted = None
+
+
+class Files:
+    """The workspace as the monitor sees it."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self._json: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+        self._jsonl: dict[tuple[Path, str], _Jsonl] = {}
+        self._lock = threading.Lock()
+
+    def doc(self, path: Path) -> Any:
+        sig = signature(path)
+        if sig is None:
+            return None
+        cached = self._json.get(path)
+        if cached is not None and cached[0] == sig:
+            return cached[1]
+        try:
+            with open(path, "rb") as f:
+                value = loads(f.read())
+        except (OSError, ValueError):
+            return None
+        self._json[path] = (sig, value)
+        return value
+
+    def jsonl(self, path: Path, key: str) -> list[dict[str, Any]]:
+        with self._lock:
+            reader = self._jsonl.get((path, key))
+            if reader is None:
+                reader = self._jsonl[(path, key)] = _Jsonl(path, key)
+        return reader.read()
+
+    # --- named files ----------------------------------------------------
+    def status(self) -> dict[str, Any] | None:
+        return self.doc(self.ws.status_json)
+
+    def queue(self) -> dict[str, Any] | None:
+        return self.doc(self.ws.queue_json)
+
+    def training(self) -> dict[str, Any] | None:
+        return self.doc(self.ws.training_status_json)
+
+    def queue_status(self) -> dict[str, Any] | None:
+        return self.doc(self.ws.queue_status_json)
+
+    def health(self) -> dict[str, Any] | None:
+        return self.doc(self.ws.system_health_json)
+
+    def config(self) -> dict[str, Any]:
+        return self.doc(self.ws.config_path) or {}
+
+    def metrics(self, job_id: str) -> list[dict[str, Any]]:
+        return self.jsonl(self.ws.metrics_file(job_id), "step")
+
+    def previews(self, job_id: str) -> list[dict[str, Any]]:
+        return self.jsonl(previews_file(self.ws, job_id), "step")
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        if not JOB_ID.match(job_id):
+            return None
+        record = self.doc(self.ws.jobs / f"{job_id}.json")
+        return record if isinstance(record, dict) else None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        out = []
+        try:
+            names = os.listdir(self.ws.jobs)
+        except OSError:
+            return []
+        for name in sorted(names):
+            if name.endswith(".json") and JOB_ID.match(name[:-5]):
+                record = self.job(name[:-5])
+                if record is not None:
+                    out.append(record)
+        return out
+
+    def metric_job_ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.ws.metrics)
+        except OSError:
+            return []
+        return sorted(n[:-6] for n in names if n.endswith(".jsonl") and JOB_ID.match(n[:-6]))
+
+    def adapter_record(self, job_id: str) -> dict[str, Any] | None:
+        if not JOB_ID.match(job_id):
+            return None
+        return self.doc(self.ws.adapter_dir(job_id) / "job.json")
+
+    def error_report(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """`data/failed/NAME.error.json` of a failed job, never a path outside data/failed."""
+        if job.get("status") != "failed" or not isinstance(job.get("path"), str):
+            return None
+        path = (self.ws.root / job["path"]).resolve()
+        if path.parent != self.ws.failed.resolve():
+            return None
+        report = self.doc(path.with_name(path.name + ".error.json"))
+        return report if isinstance(report, dict) else None
+
+    def signatures(self, paths: list[Path]) -> tuple[Any, ...]:
+        return tuple(signature(p) for p in paths)

@@ -1,0 +1,48 @@
+"""Status, health and the live event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from finetuned.monitor.deps import FilesDep, Guarded, SettingsDep
+from finetuned.monitor.events import EventWatcher
+from finetuned.monitor.views import health_view, status_view
+
+router = APIRouter(prefix="/api", tags=["status"], dependencies=Guarded)
+
+# Files are polled this often per connected page: a stat of a handful of files.
+POLL_SECONDS = 0.25
+
+
+@router.get("/status")
+async def status(files: FilesDep, settings: SettingsDep) -> dict[str, Any]:
+    """The daemon's state and heartbeat age, the job now training with its rates and ETAs, queue counts."""
+    return status_view(files, settings)
+
+
+@router.get("/health")
+async def health(files: FilesDep) -> dict[str, Any]:
+    """RAM, disk and CPU as the daemon last measured them, and the GPUs when NVML is available."""
+    return health_view(files)
+
+
+@router.get("/events", response_class=EventSourceResponse)
+async def events(request: Request, files: FilesDep, settings: SettingsDep) -> AsyncIterable[ServerSentEvent]:
+    """Server-sent events: `status`, `queue`, `metrics`, `previews`, `health`, `jobs`, each when its files change.
+
+    The first events after (re)connecting are a full snapshot, so a reconnecting page
+    needs no `Last-Event-ID` replay.
+    """
+    watcher = EventWatcher(files, settings)
+    stopping = request.app.state.stopping
+    yield ServerSentEvent(event="hello", data={"now": time.time()}, retry=2000)
+    while not stopping.is_set():
+        for name, payload in watcher.changes():
+            yield ServerSentEvent(event=name, data=payload, id=str(watcher.sent))
+        await asyncio.sleep(POLL_SECONDS)
