@@ -54,6 +54,8 @@ class ControlSettings(_Section):
 class InboxSettings(_Section):
     settle_seconds: float = Field(2, ge=0)
     poll_seconds: float = Field(1.0, gt=0)
+    # The same bytes dropped again are refused as a duplicate unless this is set.
+    allow_duplicates: bool = False
 
 
 class DataSettings(_Section):

@@ -22,6 +22,7 @@ from helpers import (
     wait_for,
 )
 
+from finetuned.config import save_config
 from finetuned.worker import checkpoint
 
 
@@ -156,6 +157,9 @@ def test_a_long_pause_releases_the_model_and_resume_reloads(tmp_path, tiny_model
 def test_interrupted_run_logs_the_same_losses_as_an_uninterrupted_one(long_ws, start_daemon):
     """Pause, stop, preemption and SIGKILL mid-job: every step's loss matches a run left alone (1e-6)."""
     ws = long_ws
+    config = ws.load_config()
+    config.inbox.allow_duplicates = True  # the same data twice: once left alone, once interrupted
+    save_config(ws.config_path, config)
     daemon = start_daemon(ws)
     records = chat_lines(120)
     drop(ws, "reference.jsonl", records)

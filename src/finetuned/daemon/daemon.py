@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetuned.config import Config, ConfigError
 from finetuned.daemon.lock import WorkspaceLock
@@ -23,6 +23,7 @@ from finetuned.daemon.outcomes import Outcomes
 from finetuned.daemon.statefiles import StateWriter
 from finetuned.daemon.supervisor import WorkerHandle
 from finetuned.data import validate_file
+from finetuned.data.report import file_report
 from finetuned.fsio import remove_file
 from finetuned.queue import actions
 from finetuned.queue.inbox import Inbox, Wakeup
@@ -30,6 +31,9 @@ from finetuned.queue.job import Job, JobStatus
 from finetuned.queue.render import Progress
 from finetuned.queue.store import JobStore
 from finetuned.workspace import Workspace
+
+if TYPE_CHECKING:
+    from finetuned.monitor.server import MonitorServer
 
 log = logging.getLogger("finetuned.daemon")
 
@@ -79,7 +83,7 @@ class Daemon:
                 if server is not None:
                     server.stop()
 
-    def _start_monitor(self):  # noqa: ANN202 - MonitorServer | None; imported only when wanted
+    def _start_monitor(self) -> MonitorServer | None:
         if not self.monitor_enabled:
             return None
         from finetuned.monitor.server import MonitorServer
@@ -149,6 +153,10 @@ class Daemon:
                 log.error("could not take %s: %s", path, exc)
                 continue
             log.info("job %s: %s queued (%s priority)", job.id, job.file, priority)
+            if self.store.file_path(job).is_symlink():
+                # Only the link moved: whatever it points to, inside the workspace or not, is left untouched.
+                message = "symlinks are not accepted: copy the file into the inbox instead"
+                self.outcomes.fail(job, message, file_report(job.file, "symlink", message))
             self._dirty = True
         for job in self.store.active():
             if not job.validated and job.id not in self._validating and job.status == JobStatus.QUEUED:
@@ -172,10 +180,26 @@ class Daemon:
             if not result.ok:
                 self.outcomes.fail(job, result.error["error"], result.error)
                 continue
+            twin = self._same_content(job, result.sha256)
+            if twin is not None:
+                message = (f"the same content as job {twin.id} ({twin.file}, {twin.status.value}); "
+                           "set inbox.allow_duplicates to train it again")
+                self.outcomes.fail(job, message, file_report(job.file, "duplicate", message))
+                continue
             job.examples, job.format, job.sha256 = result.examples, result.format, result.sha256
             self.store.save(job)
             log.info("job %s: %d %s examples", job.id, job.examples, job.format)
             self._dirty = True
+
+    def _same_content(self, job: Job, sha256: str | None) -> Job | None:
+        """A job already queued or trained on these exact bytes (failed and skipped ones don't count)."""
+        if sha256 is None or self.config.inbox.allow_duplicates:
+            return None
+        for other in self.store.jobs.values():
+            if other.id != job.id and other.sha256 == sha256 and other.status not in (
+                    JobStatus.FAILED, JobStatus.SKIPPED):
+                return other
+        return None
 
     def _read_worker(self) -> None:
         if self.worker is None:

@@ -107,3 +107,10 @@ class ProblemLog:
             "good_lines": good_lines,
             "bad_lines": self.bad_lines,
         }
+
+
+def file_report(file: str, kind: str, message: str) -> dict[str, Any]:
+    """A report for a problem of the whole file (a symlink, a duplicate), not of its lines."""
+    problems = ProblemLog()
+    problems.add(kind, message, counts_as_line=False)
+    return problems.report(file, 0, error=message)

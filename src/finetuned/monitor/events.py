@@ -32,6 +32,10 @@ class EventWatcher:
         self.seen[name] = key
         return True
 
+    def next_id(self) -> str:
+        self.sent += 1
+        return str(self.sent)
+
     def changes(self) -> list[tuple[str, Any]]:
         files, ws = self.files, self.files.ws
         out: list[tuple[str, Any]] = []
@@ -50,7 +54,6 @@ class EventWatcher:
                 out.append(("metrics", metrics))
             if self._changed("previews", (job, signature(previews_file(ws, job)))):
                 out.append(("previews", {"job_id": job, "rounds": files.previews(job)[-MAX_ROUNDS:]}))
-        self.sent += len(out)
         return out
 
     def _metrics(self, job: str) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ Pure functions of what `Files` reads, so the API, the event stream and /metrics 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -114,10 +115,13 @@ def status_view(files: Files, settings: MonitorConfig, now: float | None = None)
     training = training_view(files)
     eta_queue, partial = queue_eta(files, training)
     return {
-        "now": now, "daemon": daemon, "training": training, "queue_status": files.queue_status(),
+        "now": now, "workspace": str(files.ws.root), "daemon": daemon, "training": training,
+        "queue_status": files.queue_status(),
         "eta_queue_seconds": eta_queue, "eta_queue": human_duration(eta_queue), "eta_queue_partial": partial,
-        "settings": {"stale_after_seconds": settings.stale_after_seconds, "max_upload_mb": settings.max_upload_mb,
-                     "preview_every_steps": settings.preview_every_steps},
+        "settings": {
+            "stale_after_seconds": settings.stale_after_seconds, "max_upload_mb": settings.max_upload_mb,
+            "preview_every_steps": settings.preview_every_steps,
+        },
     }
 
 
@@ -194,7 +198,7 @@ def line_history(files: Files, max_points: int = 4000) -> dict[str, Any]:
         rows += [(_number(p.get("time")) or 0.0, job_id, p) for p in files.metrics(job_id)]
     rows.sort(key=lambda r: (r[0], r[2]["step"]))
     line_steps = [r[2].get("line_step") for r in rows]
-    by_line = all(isinstance(s, int) for s in line_steps) and all(a <= b for a, b in zip(line_steps, line_steps[1:]))
+    by_line = all(isinstance(s, int) for s in line_steps) and all(a <= b for a, b in itertools.pairwise(line_steps))
     points: list[Point] = []
     segments: list[dict[str, Any]] = []
     x, last_step = 0, {}

@@ -30,7 +30,8 @@ async def queue(files: FilesDep) -> dict[str, Any]:
     return queue_view(files)
 
 
-def _ask_daemon(files: FilesDep, settings: SettingsDep, action: Literal["cancel", "front"], job_id: str) -> ActionResult:
+def _ask_daemon(files: FilesDep, settings: SettingsDep, action: Literal["cancel", "front"], job_id: str,
+                ) -> ActionResult:
     if files.job(job_id) is None:
         raise HTTPException(404, f"no job {job_id}")
     daemon = daemon_view(files.status(), settings, time.time())

@@ -44,5 +44,5 @@ async def events(request: Request, files: FilesDep, settings: SettingsDep) -> As
     yield ServerSentEvent(event="hello", data={"now": time.time()}, retry=2000)
     while not stopping.is_set():
         for name, payload in watcher.changes():
-            yield ServerSentEvent(event=name, data=payload, id=str(watcher.sent))
+            yield ServerSentEvent(event=name, data=payload, id=watcher.next_id())
         await asyncio.sleep(POLL_SECONDS)

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api/upload", tags=["upload"], dependencies=Guarded)
                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def upload(
     request: Request, files: FilesDep, settings: SettingsDep,
-    name: Annotated[str, Query(min_length=1, max_length=1024, description="the file's name; only its base name is kept")],
+    name: Annotated[str, Query(min_length=1, max_length=1024, description="the file's name; its base name is kept")],
     priority: Annotated[QueuePriority, Query(description="high puts it into inbox/priority/")] = "normal",
 ) -> UploadResult:
     """The request body is the file itself (JSONL, or a JSON array), streamed to disk; the daemon queues it."""

@@ -1,0 +1,142 @@
+/* Charts of the monitor, drawn by uPlot (vendored beside this file, MIT licence). */
+"use strict";
+
+const COLORS = {
+  raw: "rgba(87,181,255,0.32)", smooth: "#57b5ff", val: "#e0a84a", grid: "rgba(255,255,255,0.06)",
+  axis: "#8a96a6", boundary: "rgba(181,156,255,0.55)", label: "#b59cff", exact: "#3fb97a",
+};
+
+/* Debiased exponential moving average, as TensorBoard smooths: the first points are not dragged to zero. */
+function smooth(values, weight) {
+  const out = new Array(values.length);
+  let last = 0, n = 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (v == null || !isFinite(v)) { out[i] = null; continue; }
+    last = last * weight + (1 - weight) * v;
+    n++;
+    out[i] = last / (1 - Math.pow(weight, n));
+  }
+  return out;
+}
+
+function fmtAxis(v) {
+  if (v == null) return "";
+  const a = Math.abs(v);
+  if (a >= 1e6) return (v / 1e6).toFixed(a >= 1e7 ? 0 : 1) + "M";
+  if (a >= 1e4) return (v / 1e3).toFixed(0) + "k";
+  if (a >= 1000) return (v / 1e3).toFixed(1) + "k";
+  return String(+v.toFixed(4));
+}
+
+/* Vertical lines where a job begins, labelled with its file: the model line's history at a glance. */
+function boundariesPlugin(getSegments) {
+  return {
+    hooks: {
+      draw: (u) => {
+        const segs = getSegments();
+        if (!segs || segs.length < 2) return;
+        const ctx = u.ctx, top = u.bbox.top, height = u.bbox.height, dpr = devicePixelRatio || 1;
+        ctx.save();
+        ctx.font = `${11 * dpr}px system-ui, sans-serif`;
+        ctx.textBaseline = "top";
+        let lastLabelEnd = -Infinity;
+        for (let i = 1; i < segs.length; i++) {
+          const x = Math.round(u.valToPos(segs[i].start, "x", true));
+          if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
+          ctx.strokeStyle = COLORS.boundary;
+          ctx.setLineDash([4 * dpr, 4 * dpr]);
+          ctx.lineWidth = dpr;
+          ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+          const name = segs[i].file || segs[i].job_id;
+          const label = name.length > 22 ? name.slice(0, 21) + "…" : name;
+          const w = ctx.measureText(label).width;
+          if (x + 4 * dpr > lastLabelEnd && x + w < u.bbox.left + u.bbox.width) {
+            ctx.fillStyle = COLORS.label;
+            ctx.fillText(label, x + 4 * dpr, top + 4 * dpr);
+            lastLabelEnd = x + w + 12 * dpr;
+          }
+        }
+        ctx.restore();
+      },
+    },
+  };
+}
+
+function axis(extra) {
+  return Object.assign({
+    stroke: COLORS.axis, grid: { stroke: COLORS.grid, width: 1 }, ticks: { stroke: COLORS.grid, width: 1 },
+    font: "11px system-ui, sans-serif",
+  }, extra);
+}
+
+class LossChart {
+  constructor(el, height) {
+    this.el = el;
+    this.height = height;
+    this.segments = [];
+    this.data = [[], [], [], []];
+    this.plot = null;
+    new ResizeObserver(() => this.resize()).observe(el);
+  }
+
+  options(width) {
+    return {
+      width, height: this.height, pxAlign: false,
+      cursor: { points: { size: 6 }, drag: { x: true, y: false } },
+      legend: { show: false },
+      scales: { x: { time: false } },
+      axes: [axis({ values: (u, vals) => vals.map(fmtAxis) }), axis({ size: 52, values: (u, vals) => vals.map(fmtAxis) })],
+      series: [
+        { label: "step" },
+        { label: "train", stroke: COLORS.raw, width: 1, points: { show: false } },
+        { label: "smoothed", stroke: COLORS.smooth, width: 2, points: { show: false } },
+        { label: "validation", stroke: COLORS.val, width: 2, spanGaps: true,
+          points: { show: true, size: 6, fill: COLORS.val, stroke: COLORS.val } },
+      ],
+      plugins: [boundariesPlugin(() => this.segments)],
+    };
+  }
+
+  /* xs ascending; losses and vals aligned with xs (null where not measured). */
+  set(xs, losses, vals, segments) {
+    this.segments = segments || [];
+    const weight = xs.length > 400 ? 0.97 : xs.length > 60 ? 0.9 : 0.6;
+    this.data = [xs, losses, smooth(losses, weight), vals];
+    if (!this.plot) {
+      if (!xs.length) return;
+      this.plot = new uPlot(this.options(this.width()), this.data, this.el);
+    } else {
+      this.plot.setData(this.data);
+    }
+  }
+
+  width() { return Math.max(200, this.el.clientWidth); }
+
+  resize() {
+    if (this.plot) this.plot.setSize({ width: this.width(), height: this.height });
+  }
+}
+
+class ExactChart {
+  constructor(el) {
+    this.el = el;
+    this.plot = null;
+    new ResizeObserver(() => { if (this.plot) this.plot.setSize({ width: Math.max(200, el.clientWidth), height: 120 }); }).observe(el);
+  }
+
+  set(steps, rates) {
+    const data = [steps, rates.map((r) => (r == null ? null : 100 * r))];
+    if (this.plot) { this.plot.setData(data); return; }
+    if (!steps.length) return;
+    this.plot = new uPlot({
+      width: Math.max(200, this.el.clientWidth), height: 120, legend: { show: false },
+      scales: { x: { time: false }, y: { range: [0, 100] } },
+      axes: [axis({ values: (u, vals) => vals.map(fmtAxis) }), axis({ size: 44, values: (u, vals) => vals.map((v) => v + "%") })],
+      series: [{}, { label: "exact match", stroke: COLORS.exact, width: 2, fill: "rgba(63,185,122,0.10)",
+        points: { show: true, size: 5, fill: COLORS.exact } }],
+    }, data, this.el);
+  }
+}
+
+window.FTCharts = { LossChart, ExactChart, smooth };
