@@ -67,6 +67,8 @@ class DataSettings(_Section):
     overlong: Literal["drop", "truncate"] = "drop"
     skip_bad_lines: bool = False
     max_line_bytes: int = Field(64 * 2**20, gt=0)
+    # Tokenise queued files in a second process while the current job trains.
+    prepare_ahead: bool = True
 
 
 class MonitorSettings(_Section):

@@ -145,3 +145,22 @@ def test_sigterm_checkpoints_and_requeues(ws, start_daemon):
     status = read_json(ws.status_json)
     assert status["state"] == "stopped"
 
+
+
+def test_queued_files_are_tokenised_while_another_trains(ws, start_daemon):
+    """The next file is prepared during the current job; one that cannot train fails while it waits."""
+    daemon = start_daemon(ws)
+    drop(ws, "long.jsonl", chat_lines(80))
+    wait_for(lambda: status_of(ws, "long.jsonl") == "training", 60, "long to start", daemon=daemon)
+    drop(ws, "next.jsonl", chat_lines(6, "yo"))
+    overlong = [{"text": "word " * 400}] * 3  # every example longer than max_seq_len: nothing would train
+    drop(ws, "overlong.jsonl", overlong)
+    wait_for(lambda: status_of(ws, "overlong.jsonl") == "failed", 120, "overlong to fail early", daemon=daemon)
+    assert status_of(ws, "long.jsonl") == "training", "a bad queued file fails before its turn"
+    next_id = jobs_by_file(ws)["next.jsonl"]["id"]
+    wait_for(lambda: (ws.tokenized / next_id / "meta.json").exists(), 120, "next.jsonl tokenised ahead",
+             daemon=daemon)
+    assert status_of(ws, "next.jsonl") == "queued"
+    report = read_json(ws.failed / "overlong.jsonl.error.json")
+    assert "max_seq_len" in json.dumps(report), report
+    wait_for(lambda: status_of(ws, "next.jsonl") == "completed", 240, "next to train", daemon=daemon)

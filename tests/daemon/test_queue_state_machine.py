@@ -96,6 +96,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.tmp = tempfile.TemporaryDirectory()
         config = tiny_config()
         config.inbox.settle_seconds = 0
+        config.data.prepare_ahead = False  # the preparer is a real process; this test is about the queue
         self.ws = make_workspace(Path(self.tmp.name) / "ws", config)
         self.disk: dict[str, int] = {}
         self.trained: dict[str, list[int]] = defaultdict(list)

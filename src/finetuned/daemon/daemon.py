@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from finetuned.config import Config, ConfigError
 from finetuned.daemon.lock import WorkspaceLock
 from finetuned.daemon.outcomes import Outcomes
+from finetuned.daemon.prefetch import Prefetcher
 from finetuned.daemon.statefiles import StateWriter
 from finetuned.daemon.supervisor import WorkerHandle
 from finetuned.data import validate_file
@@ -55,6 +56,7 @@ class Daemon:
         self.started = time.time()
         self.state_writer = StateWriter(ws, self.started)
         self.outcomes = Outcomes(self)
+        self.prefetch = Prefetcher(self)
         self.worker_factory: Callable[[str], WorkerHandle] = WorkerHandle
         self._validator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate")
         self._validating: dict[str, Future[Any]] = {}
@@ -118,6 +120,7 @@ class Daemon:
         if self.worker is not None:
             self.worker.shutdown()
             self.worker = None
+        self.prefetch.close()
         if self.current is not None and self.current.status != JobStatus.QUEUED:
             self.store.end_run(self.current, "daemon stopped")
             self.store.move(self.current, JobStatus.QUEUED, "daemon stopped; resumes from its last checkpoint")
@@ -127,7 +130,7 @@ class Daemon:
         log.info("daemon stopped")
 
     def _sleep_seconds(self) -> float:
-        if self.worker is not None or self.inbox.waiting or self._validating:
+        if self.worker is not None or self.prefetch.busy or self.inbox.waiting or self._validating:
             return 0.1
         return self.config.inbox.poll_seconds
 
@@ -140,6 +143,7 @@ class Daemon:
         self._collect_validations()
         self._read_worker()
         self._watch_worker()
+        self.prefetch.tick()
         self._apply_controls()
         self._schedule()
         self.write_state()
@@ -292,7 +296,7 @@ class Daemon:
         if self.current is not None or self.shutdown_requested or self.ws.pause_file.exists():
             return
         job = self._next_job()
-        if job is not None:
+        if job is not None and job.id != self.prefetch.busy:  # else wait: it is being tokenised now
             self._start(job)
 
     def _start(self, job: Job) -> None:

@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from finetuned.worker.main import main as worker_main
@@ -21,16 +22,17 @@ log = logging.getLogger(__name__)
 
 
 class WorkerHandle:
-    def __init__(self, ws_root: str) -> None:
+    def __init__(self, ws_root: str, target: Callable[..., None] = worker_main, name: str = "training worker") -> None:
         ctx = mp.get_context("spawn")  # never fork a process that runs threads
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child, ws_root, os.getpid()), name="finetuned-worker")
+        self.process = ctx.Process(target=target, args=(child, ws_root, os.getpid()), name=f"finetuned {name}")
         self.process.start()
         child.close()
         self.pid = self.process.pid
+        self.name = name
         self.last_heard = time.time()
         self.stopping = False
-        log.info("started training worker pid %s", self.pid)
+        log.info("started %s pid %s", name, self.pid)
 
     @property
     def connection(self) -> Connection:
@@ -81,6 +83,6 @@ class WorkerHandle:
         self.send({"type": "shutdown"})
         self.process.join(timeout)
         if self.process.is_alive():
-            log.warning("worker %s did not exit in %.0fs; killing it", self.pid, timeout)
+            log.warning("%s %s did not exit in %.0fs; killing it", self.name, self.pid, timeout)
             self.kill()
         self._conn.close()

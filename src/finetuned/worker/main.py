@@ -24,7 +24,7 @@ log = logging.getLogger("finetuned.worker")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         # Where prctl is missing, the getppid() check in poll() still catches a dead daemon.
         with contextlib.suppress(OSError, AttributeError):
@@ -40,7 +40,7 @@ def _setup_logging(ws_root: Path) -> None:
 def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     if os.getppid() != parent_pid:  # the daemon died before the kernel could be told
         return
     root = Path(ws_root)

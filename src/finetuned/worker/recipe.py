@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from finetuned.config import Config
-from finetuned.data import DataError, JobData, is_current, prepare
+from finetuned.data import DataError, JobData, is_current, load_meta, prepare
 from finetuned.fsio import publish_dir, remove_tree, sha256_file
 from finetuned.models.loading import add_lora, load_model, load_tokenizer, resolve_base, weights_hash
 from finetuned.worker import checkpoint
@@ -274,6 +274,7 @@ class Recipe:
             "examples_trained": progress.examples, "train_examples": data.n_train, "holdout_examples": data.n_holdout,
             "tokens": progress.tokens, "loss_tokens": progress.loss_tokens, "first_loss": first_loss,
             "final_loss": progress.last_loss, "val_loss": val_loss, "config": config.model_dump(mode="json"),
+            "data": _data_summary(load_meta(self.ws.tokenized / progress.job_id)),
         }
         if final.exists():
             return summary  # published before a crash cut the report short
@@ -285,3 +286,12 @@ class Recipe:
         (tmp / "job.json").write_text(json.dumps(summary, indent=2) + "\n")
         publish_dir(tmp, final)
         return summary
+
+
+def _data_summary(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What tokenising did to the file: kept, dropped or cut examples, for the job's record."""
+    if meta is None:
+        return None
+    keys = ("format", "examples", "tokens", "loss_tokens", "dropped_overlong", "truncated", "dropped_no_loss",
+            "skipped_lines", "longest", "max_seq_len", "warnings")
+    return {k: meta[k] for k in keys if k in meta}

@@ -2,7 +2,7 @@
 "use strict";
 
 const COLORS = {
-  raw: "rgba(87,181,255,0.32)", smooth: "#57b5ff", val: "#e0a84a", grid: "rgba(255,255,255,0.06)",
+  raw: "rgba(87,181,255,0.45)", smooth: "#57b5ff", val: "#e0a84a", grid: "rgba(255,255,255,0.06)",
   axis: "#8a96a6", boundary: "rgba(181,156,255,0.55)", label: "#b59cff", exact: "#3fb97a",
 };
 
@@ -41,13 +41,16 @@ function boundariesPlugin(getSegments) {
         ctx.font = `${11 * dpr}px system-ui, sans-serif`;
         ctx.textBaseline = "top";
         let lastLabelEnd = -Infinity;
-        for (let i = 1; i < segs.length; i++) {
-          const x = Math.round(u.valToPos(segs[i].start, "x", true));
-          if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
-          ctx.strokeStyle = COLORS.boundary;
-          ctx.setLineDash([4 * dpr, 4 * dpr]);
-          ctx.lineWidth = dpr;
-          ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+        for (let i = 0; i < segs.length; i++) {
+          let x = Math.round(u.valToPos(segs[i].start, "x", true));
+          if (x > u.bbox.left + u.bbox.width) continue;
+          if (i > 0 && x >= u.bbox.left) {
+            ctx.strokeStyle = COLORS.boundary;
+            ctx.setLineDash([4 * dpr, 4 * dpr]);
+            ctx.lineWidth = dpr;
+            ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+          }
+          x = Math.max(x, u.bbox.left);
           const name = segs[i].file || segs[i].job_id;
           const label = name.length > 22 ? name.slice(0, 21) + "…" : name;
           const w = ctx.measureText(label).width;
