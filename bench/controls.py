@@ -161,7 +161,8 @@ def main() -> None:
         print(f"{model:<10} {r['step']:>8.2f} {r['pause']:>8.2f} {r['resume']:>9.2f} {r['preempt']:>10.2f} "
               f"{r['return']:>9.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"cpu_count": os.cpu_count(), "results": results}, indent=2) + "\n")
+    previous = json.loads(RESULTS.read_text())["results"] if RESULTS.exists() else {}
+    RESULTS.write_text(json.dumps({"cpu_count": os.cpu_count(), "results": {**previous, **results}}, indent=2) + "\n")
     print(f"\nwritten to {RESULTS}")
 
 

@@ -75,6 +75,12 @@ class MonitorSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token: str | None = None
+    preview_every_steps: int = Field(50, ge=0)  # 0: no previews
+    preview_examples: int = Field(3, ge=1)
+    preview_max_new_tokens: int = Field(64, gt=0)
+    preview_seconds: float = Field(20, gt=0)  # hard limit for one preview round
+    preview_budget: float = Field(0.05, ge=0, le=1)  # share of training time previews may take
+    max_upload_mb: int = Field(512, gt=0)
 
 
 class LifecycleSettings(_Section):

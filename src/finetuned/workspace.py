@@ -157,6 +157,12 @@ class Workspace:
     def metrics_file(self, job_id: str) -> Path:
         return self.metrics / f"{job_id}.jsonl"
 
+    def previews_file(self, job_id: str) -> Path:
+        return self.logs / "previews" / f"{job_id}.jsonl"
+
+    def tensorboard_dir(self, job_id: str) -> Path:
+        return self.logs / "tensorboard" / job_id
+
     def job_checkpoints(self, job_id: str) -> Path:
         return self.checkpoints / job_id
 

@@ -143,3 +143,30 @@ def test_full_fine_tuning_resumes_exactly_and_publishes_a_model(tmp_path, tiny_m
     assert interrupted.losses() == pytest.approx(plain.losses(), abs=1e-6)
     model = AutoModelForCausalLM.from_pretrained(ws.adapter_dir("job"))
     assert model.config.hidden_size == 64
+
+
+def test_previews_are_written_within_budget_and_do_not_change_training(tmp_path, tiny_model_dir):
+    config = tiny_config(checkpoint_every_steps=1000)
+    config.data.holdout_fraction = 0.2
+    records = chat_lines(60)
+    plain = Driver()
+    config.monitor.preview_every_steps = 0
+    run_job(make_workspace(tmp_path / "a", config), config, "job", write_jsonl(tmp_path / "a.jsonl", records), plain)
+
+    config.monitor.preview_every_steps = 1
+    config.monitor.preview_budget = 1.0  # generous: one round per step until it runs ahead of training time
+    config.monitor.preview_max_new_tokens = 8
+    ws = make_workspace(tmp_path / "b", config)
+    watched = Driver()
+    run_job(ws, config, "job", write_jsonl(tmp_path / "b.jsonl", records), watched)
+    assert watched.losses() == pytest.approx(plain.losses(), abs=1e-6), "previews must not change training"
+    rounds = [json.loads(line) for line in ws.previews_file("job").read_text().splitlines()]
+    assert rounds, "some preview rounds must run"
+    assert len(rounds) <= len(plain.losses())
+    spent = sum(r["seconds"] for r in rounds)
+    train = sum(m["step_seconds"] for m in watched.messages if m["type"] == "step")
+    assert spent <= train + max(r["seconds"] for r in rounds), "previews stay within their budget"
+    item = rounds[0]["items"][0]
+    assert set(item) == {"prompt", "expected", "answer", "exact"} and item["expected"]
+    assert 0.0 <= rounds[-1]["exact_match"] <= 1.0
+    assert list((ws.logs / "tensorboard" / "job").glob("events.out.tfevents.*")), "TensorBoard event files"

@@ -28,6 +28,8 @@ from finetuned.fsio import publish_dir, remove_tree, sha256_file
 from finetuned.models.loading import add_lora, load_model, load_tokenizer, resolve_base, weights_hash
 from finetuned.worker import checkpoint
 from finetuned.worker.checkpoint import TrainingProgress
+from finetuned.worker.metrics import MetricsLog
+from finetuned.worker.previews import Previewer
 from finetuned.worker.protocol import Message, msg
 from finetuned.workspace import Workspace
 
@@ -167,7 +169,9 @@ class Recipe:
         model = loaded.model
         params = [p for p in model.parameters() if p.requires_grad]
         job_dir = self.ws.job_checkpoints(progress.job_id)
-        metrics = open(self.ws.metrics_file(progress.job_id), "a", encoding="utf-8")  # noqa: SIM115
+        metrics = MetricsLog(self.ws.metrics_file(progress.job_id), self.ws.tensorboard_dir(progress.job_id))
+        previews = Previewer(config.monitor, loaded.tokenizer, self.ws.previews_file(progress.job_id))
+        train_seconds = 0.0  # this run's time in steps: the previews' budget is a share of it
         first_loss = progress.last_loss
         record: dict[str, Any] = {}
         model.train()
@@ -207,10 +211,12 @@ class Recipe:
                 progress.last_loss = loss_sum
                 first_loss = loss_sum if first_loss is None else first_loss
                 elapsed = time.time() - started
+                train_seconds += elapsed
                 done = progress.step == progress.total_steps
                 record = {
                     "step": progress.step, "line_step": progress.line_step, "loss": loss_sum, "lr": lr,
                     "tokens": progress.tokens, "step_seconds": round(elapsed, 4), "time": time.time(),
+                    "tokens_per_second": round(sum(b.n_tokens for b in batches) / max(elapsed, 1e-9), 1),
                 }
                 if done or progress.step % t.checkpoint_every_steps == 0:
                     self._save(config, progress, model, optimizer, job_dir)
@@ -218,14 +224,16 @@ class Recipe:
                     if val_loss is not None:
                         record["val_loss"] = val_loss
                 if done or progress.step == 1 or progress.step % t.log_every_steps == 0:
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
+                    metrics.write(record)
                     log.info("job %s step %d/%d loss %.4f lr %.2e%s", progress.job_id, progress.step,
                              progress.total_steps, loss_sum, lr,
                              f" val_loss {record['val_loss']:.4f}" if "val_loss" in record else "")
                 self.send(msg("step", job_id=progress.job_id, step=progress.step, total_steps=progress.total_steps,
                               loss=loss_sum, lr=lr, tokens=progress.tokens, examples=progress.examples,
                               step_seconds=elapsed))
+                if previews.due(progress.step):
+                    previews.run(model, data.holdout_examples(config.monitor.preview_examples), progress.step,
+                                 train_seconds)
         finally:
             metrics.close()
         summary = self._publish(config, loaded, data, progress, file, first_loss, record.get("val_loss"))

@@ -1,0 +1,42 @@
+"""Where a job's numbers go: `logs/metrics/JOB_ID.jsonl` and TensorBoard event files.
+
+The loop hands over one record per logged step; the monitor and TensorBoard read
+the files, never the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCALARS = ("loss", "val_loss", "lr", "tokens_per_second")
+
+
+class MetricsLog:
+    def __init__(self, jsonl: Path, tensorboard_dir: Path) -> None:
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb: Any = SummaryWriter(logdir=str(tensorboard_dir), flush_secs=30)
+        except Exception as exc:  # TensorBoard files are a convenience: training goes on without them
+            log.warning("no TensorBoard event files: %s", exc)
+            self._tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for name in SCALARS:
+                if record.get(name) is not None:
+                    self._tb.add_scalar(f"train/{name}", record[name], record["line_step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()

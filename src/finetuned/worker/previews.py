@@ -1,0 +1,81 @@
+"""Previews: what the model now answers on a few held-out prompts of the current file.
+
+They run between optimizer steps, every `monitor.preview_every_steps`, greedy and
+with a hard time limit per round; their total time stays under
+`monitor.preview_budget` of the job's training time (a round is skipped while
+previews are ahead of their budget), so watching never slows training much and a
+stuck generation can never hang it. Greedy decoding draws no random numbers, so
+previews do not change the training run. Results go to `logs/previews/JOB_ID.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finetuned.config import MonitorSettings
+
+log = logging.getLogger(__name__)
+
+
+class Previewer:
+    def __init__(self, settings: MonitorSettings, tokenizer: Any, path: Path) -> None:
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.path = path
+        self.spent = 0.0
+
+    def due(self, step: int) -> bool:
+        every = self.settings.preview_every_steps
+        return bool(every) and step % every == 0
+
+    def run(self, model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], step: int,
+            train_seconds: float) -> dict[str, Any] | None:
+        if not examples:
+            return None
+        if self.spent > self.settings.preview_budget * train_seconds:
+            log.info("preview at step %d skipped: previews are ahead of their %.0f%% budget", step,
+                     100 * self.settings.preview_budget)
+            return None
+        started = time.monotonic()
+        deadline = started + self.settings.preview_seconds
+        device = next(model.parameters()).device
+        items = []
+        model.eval()
+        try:
+            with torch.no_grad():
+                for prompt, expected in examples:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    ids = torch.tensor([prompt], device=device)
+                    out = model.generate(
+                        input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_time=left,
+                        max_new_tokens=self.settings.preview_max_new_tokens,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                    )
+                    answer = self._text(out[0, len(prompt):].tolist())
+                    wanted = self._text(expected)
+                    items.append({"prompt": self._text(prompt[-200:]), "expected": wanted, "answer": answer,
+                                  "exact": answer == wanted})
+                    del out
+        finally:
+            model.train()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        seconds = time.monotonic() - started
+        self.spent += seconds
+        record = {"step": step, "time": time.time(), "seconds": round(seconds, 3), "items": items,
+                  "exact_match": sum(i["exact"] for i in items) / len(items) if items else None}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return record
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
