@@ -83,8 +83,22 @@ class MonitorSettings(_Section):
     max_upload_mb: int = Field(512, gt=0)
 
 
+class ConsolidateSchedule(_Section):
+    every_jobs: int | None = Field(None, gt=0)  # consolidate after every N completed jobs
+    daily_at: str | None = Field(None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")  # "HH:MM", when idle
+
+
 class LifecycleSettings(_Section):
     keep_checkpoints: int = Field(3, ge=1)
+    # Below this much free space (plus the expected size) a checkpoint waits and the line pauses.
+    min_free_gb: float = Field(2.0, ge=0)
+    consolidate: ConsolidateSchedule = Field(default_factory=ConsolidateSchedule)
+
+
+class NotifySettings(_Section):
+    webhook: str | None = None  # receives a JSON POST per event
+    command: str | None = None  # runs with the same JSON on stdin
+    timeout_seconds: float = Field(10, gt=0)
 
 
 class Config(_Section):
@@ -97,6 +111,7 @@ class Config(_Section):
     data: DataSettings = Field(default_factory=DataSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
 
 
 class ConfigError(Exception):
