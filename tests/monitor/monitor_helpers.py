@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -146,3 +147,43 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
         return status, json.loads(raw)
     except ValueError:
         return status, raw.decode(errors="replace")
+
+
+class EventReader:
+    """Reads a server-sent event stream in a thread, keeping (time, event, data) in arrival order."""
+
+    def __init__(self, url: str) -> None:
+        self.events: list[tuple[float, str, Any]] = []
+        self.response = urllib.request.urlopen(url, timeout=30)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        name, data = "message", []
+        try:
+            for raw in self.response:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+                elif not line and data:
+                    self.events.append((time.time(), name, json.loads("\n".join(data))))
+                    name, data = "message", []
+        except (OSError, ValueError, AttributeError):
+            pass  # the stream was closed, by the server or by close()
+
+    def close(self) -> None:
+        self.response.close()
+        self.thread.join(5)
+
+    def wait(self, predicate, timeout: float = 5) -> tuple[float, str, Any]:
+        deadline = time.time() + timeout
+        seen = 0
+        while time.time() < deadline:
+            for event in self.events[seen:]:
+                if predicate(event):
+                    return event
+            seen = len(self.events)
+            time.sleep(0.02)
+        raise AssertionError(f"no such event in {timeout}s; got {[e[1] for e in self.events]}")

@@ -21,7 +21,7 @@ from finetuned.monitor.upload import UploadError, safe_name
 
 def test_beyond_loopback_without_a_token_refuses_to_start(state: StateWorkspace):
     for host in ("0.0.0.0", "192.168.1.20", "::", "myhost.lan"):
-        with pytest.raises(MonitorRefused, match="monitor.token"):
+        with pytest.raises(MonitorRefused, match=r"monitor\.token"):
             MonitorServer(state.ws, MonitorSettings(host=host, port=0))
     MonitorServer(state.ws, MonitorSettings(host="0.0.0.0", port=0, token="s3cret"))  # allowed, not started
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):

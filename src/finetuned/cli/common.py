@@ -10,8 +10,8 @@ from rich.console import Console
 
 from finetuned.workspace import Workspace
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 RootOption = Annotated[
     Path | None,

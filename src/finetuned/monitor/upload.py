@@ -29,14 +29,12 @@ class UploadError(Exception):
 
 def safe_name(raw: str) -> str:
     """The base name only, in a harmless alphabet, not hidden, with a .jsonl or .json extension."""
-    name = unicodedata.normalize("NFC", raw.replace("\\", "/").split("/")[-1])
-    name = _UNSAFE.sub("_", name).strip("._ ")  # a leading dot would hide it from the inbox forever
-    lower = name.lower()
-    ext = next((e for e in EXTENSIONS if lower.endswith(e)), None)
+    name = _UNSAFE.sub("_", unicodedata.normalize("NFC", raw.replace("\\", "/").split("/")[-1]))
+    ext = next((e for e in EXTENSIONS if name.lower().endswith(e)), None)
     if ext is None:
         raise UploadError(415, f"'{raw[:80]}' is not a .jsonl or .json file")
-    stem = name[: -len(ext)].rstrip("._ ") or "upload"
-    return stem[: MAX_NAME - len(ext)] + ext.lower()
+    stem = name[: -len(ext)].strip("._ ") or "upload"  # a leading dot would hide it from the inbox forever
+    return stem[: MAX_NAME - len(ext)] + ext
 
 
 def _final_path(folder: Path, name: str, part: Path) -> Path:

@@ -28,6 +28,7 @@ STATE = "state.json"
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.pt"
 RNG = "rng.pt"
+KEEP = "KEEP"  # a user's marker: retention never removes this checkpoint
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -158,5 +159,7 @@ def load_rng(path: Path) -> None:
 
 
 def prune(job_dir: Path, keep: int) -> None:
+    """Remove all but the newest `keep` checkpoints; one holding a KEEP file is never removed."""
     for _progress, path in complete(job_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        if not (path / KEEP).exists():
+            shutil.rmtree(path, ignore_errors=True)

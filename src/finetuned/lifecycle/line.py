@@ -1,0 +1,250 @@
+"""Which version the model line trains on, and every switch between versions, on record.
+
+`config.json`'s `base_model` is the current version. `use` and `rollback`
+change it (atomically), append the switch to `models/versions.jsonl` and log
+it in `logs/daemon_YYYYMMDD.log`, so a config never drifts silently.
+
+A switch starts a fresh line on the chosen version: jobs that finished before
+it are left out of the line (`line_exclusions`, for the daemon). A switch is
+refused while a job is part-way through training on the current base, because
+its steps are in no version yet and it would resume on a different base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from finetuned.config import Config, ConfigError, save_config
+from finetuned.daemon.lock import AlreadyRunning, WorkspaceLock, holder
+from finetuned.fsio import read_json, remove_file
+from finetuned.lifecycle.errors import LifecycleError, UnfinishedWork
+from finetuned.lifecycle.records import parse_time, read_jobs
+from finetuned.lifecycle.versions import Version, ensure_recorded, find, lineage
+from finetuned.logs import FORMAT
+from finetuned.queue.job import Job, JobStatus, now_text
+from finetuned.worker import checkpoint
+from finetuned.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+HISTORY = "versions.jsonl"
+SWITCHES = ("use", "rollback")  # a consolidation that switches also writes a "use" entry
+DAEMON_ANSWER_SECONDS = 15.0
+
+
+def history_path(ws: Workspace) -> Path:
+    return ws.models / HISTORY
+
+
+def read_history(ws: Workspace) -> list[dict[str, Any]]:
+    path = history_path(ws)
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:  # a line cut by a crash: the rest still counts
+            continue
+    return entries
+
+
+def _append_line(path: Path, line: str) -> None:
+    """One write with O_APPEND: concurrent writers (the daemon's logger) never split a line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append_history(ws: Workspace, entry: dict[str, Any]) -> None:
+    record = {"time": now_text(), "unix": time.time(), **entry}
+    _append_line(history_path(ws), json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def log_event(ws: Workspace, message: str, level: int = logging.INFO) -> None:
+    """A line in today's daemon log, in the daemon's own format, from any process."""
+    record = logging.LogRecord("finetuned.lifecycle", level, __file__, 0, message, None, None)
+    line = logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S").format(record)
+    _append_line(ws.daemon_log(), line + "\n")
+    log.debug(message)  # the line above is the record; a daemon's own handler must not write it twice
+
+
+def line_started(ws: Workspace) -> float | None:
+    """When the current version became current (unix time), or None if it never changed."""
+    for entry in reversed(read_history(ws)):
+        if entry.get("action") in SWITCHES:
+            return float(entry["unix"])
+    return None
+
+
+def _last_trained(job: Job) -> float | None:
+    ends = [parse_time(run.ended) for run in job.runs if run.ended]
+    return max((t for t in ends if t is not None), default=None)
+
+
+def line_exclusions(ws: Workspace, jobs: Iterable[Job]) -> list[str]:
+    """Jobs the model line must not continue from: finished before the latest switch of version.
+
+    The daemon adds these to `line_exclude`, so a job after `use`/`rollback` starts from the
+    chosen version itself, not from an old line's last checkpoint on that same base.
+    """
+    started = line_started(ws)
+    if started is None:
+        return []
+    out = []
+    for job in jobs:
+        if job.status.active:
+            continue
+        ended = _last_trained(job)
+        if ended is not None and ended <= started:
+            out.append(job.id)
+    return sorted(out)
+
+
+def unfinished(ws: Workspace, base_model: str) -> list[str]:
+    """Jobs part-way through training on `base_model`, each as a line saying so."""
+    found = []
+    for job in read_jobs(ws).values():
+        if job.status in (JobStatus.TRAINING, JobStatus.PAUSED):
+            found.append(f"job {job.id} ({job.file}) is {job.status.value} at step {job.step}")
+            continue
+        if job.status != JobStatus.QUEUED:
+            continue
+        last = checkpoint.latest(ws.job_checkpoints(job.id))
+        if last is not None and last[0].base_model == base_model:
+            found.append(f"job {job.id} ({job.file}) has trained {last[0].step} of its steps and waits to resume")
+    return found
+
+
+def daemon_pid(ws: Workspace) -> int | None:
+    return holder(ws.lock_file)
+
+
+def daemon_current_job(ws: Workspace) -> str | None:
+    """The job a live daemon is training (or holding paused) now, from control/status.json."""
+    if daemon_pid(ws) is None:
+        return None
+    try:
+        return read_json(ws.status_json).get("current_job")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def lifecycle_lock(ws: Workspace, what: str) -> Iterator[None]:
+    """One consolidation, switch or gc at a time per workspace."""
+    lock = WorkspaceLock(ws.models / ".lifecycle.lock")
+    try:
+        lock.acquire()
+    except AlreadyRunning:
+        raise LifecycleError(f"cannot {what} now: another consolidate, use, rollback or gc runs on this "
+                             "workspace; try again when it ends") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def quiet_daemon(ws: Workspace) -> Iterator[None]:
+    """Keep a live daemon from starting a job while the base changes: `.pause` until a tick has seen it."""
+    if daemon_pid(ws) is None or ws.pause_file.exists():
+        yield
+        return
+    touched = time.time()
+    ws.pause_file.touch()
+    try:
+        deadline = touched + DAEMON_ANSWER_SECONDS
+        while True:  # a heartbeat written after the touch means a whole tick saw the pause
+            try:
+                if read_json(ws.status_json).get("heartbeat_unix", 0) > touched + 0.05:
+                    break
+            except (OSError, ValueError, AttributeError):
+                pass
+            if time.time() > deadline or daemon_pid(ws) is None:
+                if daemon_pid(ws) is None:
+                    break
+                raise LifecycleError(f"the daemon did not answer within {DAEMON_ANSWER_SECONDS:.0f}s; nothing changed")
+            time.sleep(0.1)
+        yield
+    finally:
+        remove_file(ws.pause_file)
+
+
+def refuse_if_unfinished(ws: Workspace, base_model: str, action: str) -> None:
+    busy = unfinished(ws, base_model)
+    if busy:
+        raise UnfinishedWork(
+            f"cannot {action} now: {busy[0]}{f' (and {len(busy) - 1} more)' if len(busy) > 1 else ''}; "
+            "its steps are in no version yet. Let it finish (or cancel it), or pass --force to switch anyway")
+
+
+def switch(ws: Workspace, target: Version, action: str, force: bool = False, note: str = "",
+           extra: dict[str, Any] | None = None) -> Version:
+    """Make `target` current: config.json's base_model, the history and the daemon log. The lock is held."""
+    try:
+        config = ws.load_config()
+    except ConfigError as exc:
+        raise LifecycleError(str(exc)) from None
+    previous = config.base_model
+    if not force:
+        refuse_if_unfinished(ws, previous, action)
+    with quiet_daemon(ws):
+        if not force:  # again, now that no job can start: one may have begun since the first look
+            refuse_if_unfinished(ws, previous, action)
+        ensure_recorded(ws, previous)  # the version we leave gets its version.json too
+        config = ws.load_config()
+        config.base_model = target.base_model
+        save_config(ws.config_path, config)
+        append_history(ws, {"action": action, "version": target.id, "base_model": target.base_model,
+                            "previous": previous, "note": note, "forced": force, **(extra or {})})
+        log_event(ws, f"{action}: base model is now {target.id} (base_model={target.base_model!r}, "
+                      f"was {previous!r})" + (f"; {note}" if note else ""))
+    return target
+
+
+def current(ws: Workspace, config: Config | None = None) -> Version:
+    from finetuned.lifecycle.versions import describe
+
+    config = config or ws.load_config()
+    return describe(ws, config.base_model)
+
+
+def use(ws: Workspace, ref: str, force: bool = False) -> Version:
+    """Train on version `ref` from the next job on."""
+    with lifecycle_lock(ws, "switch versions"):
+        base = ws.load_config().base_model
+        target = find(ws, ref, base)
+        if target.base_model == base:
+            return target
+        if not target.recorded:
+            target = ensure_recorded(ws, target.base_model)
+        return switch(ws, target, "use", force)
+
+
+def rollback(ws: Workspace, ref: str, force: bool = False) -> Version:
+    """Make an older version current again; nothing is deleted, so `use` can go forward again."""
+    with lifecycle_lock(ws, "roll back"):
+        base = ws.load_config().base_model
+        now = current(ws)
+        target = find(ws, ref, base)
+        if target.base_model == base:
+            raise LifecycleError(f"{target.id} is already the current version")
+        older = {v.id for v in lineage(ws, now, base)[1:]}
+        if target.id not in older and not (target.name == now.name and target.version < now.version):
+            raise LifecycleError(f"{target.id} is not older than the current version {now.id}; "
+                                 f"use: finetuned use {target.id}")
+        if not target.recorded:
+            target = ensure_recorded(ws, target.base_model)
+        return switch(ws, target, "rollback", force, extra={"from": now.id})

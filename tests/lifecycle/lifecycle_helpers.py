@@ -1,0 +1,110 @@
+"""Real trained adapters on builtin:tiny, finished the way the daemon finishes a job; the CLI; logits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from helpers import drop, tiny_config
+
+from finetuned.config import Config
+from finetuned.daemon.outcomes import job_record
+from finetuned.fsio import atomic_write_json, sha256_file
+from finetuned.queue.job import Job, JobStatus
+from finetuned.queue.store import JobStore
+from finetuned.worker import checkpoint
+from finetuned.worker.recipe import Recipe
+from finetuned.workspace import Workspace
+
+
+class Driver:
+    """The daemon's side of the worker pipe: records reports, asks for a yield after a chosen step."""
+
+    def __init__(self, yield_at: int | None = None) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.yield_at = yield_at
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    def poll(self) -> dict[str, Any] | None:
+        steps = [m for m in self.messages if m["type"] == "step"]
+        if self.yield_at is not None and steps and steps[-1]["step"] == self.yield_at:
+            self.yield_at = None
+            return {"type": "yield", "reason": "stop"}
+        return None
+
+    def last(self, kind: str) -> dict[str, Any]:
+        return [m for m in self.messages if m["type"] == kind][-1]
+
+
+def train_job(ws: Workspace, name: str, records: list[dict[str, Any]], yield_at: int | None = None,
+              keep_all: bool = False) -> Job:
+    """Admit a file, train it in-process with the config in config.json, and record the outcome.
+
+    A completed job gets the daemon's ending (record, job.json, checkpoints pruned to the final one
+    unless `keep_all`); a yielded one goes back to queued with its checkpoint, as a stop does.
+    """
+    config = ws.load_config()  # as the daemon does at each job start
+    store = JobStore(ws).load()
+    job = store.admit(drop(ws, name, records), "normal")
+    job.examples, job.format, job.sha256 = len(records), "chat", sha256_file(store.file_path(job))
+    store.save(job)
+    store.start_run(job)
+    store.move(job, JobStatus.TRAINING, "started")
+    driver = Driver(yield_at)
+    exclude = {j.id for j in store.jobs.values() if j.status in (JobStatus.SKIPPED, JobStatus.FAILED)}
+    Recipe(ws, driver.send, driver.poll).run(job.id, store.file_path(job), config, exclude, job.sha256)
+    if yield_at is not None:
+        job.step = driver.last("yielded")["step"]
+        store.end_run(job, "stop")
+        store.move(job, JobStatus.QUEUED, f"stop at step {job.step}")
+        return job
+    summary = driver.last("completed")["summary"]
+    store.end_run(job, "completed")
+    job.summary, job.step = summary, summary["steps"]
+    store.move(job, JobStatus.COMPLETED, f"trained {summary['steps']} steps")
+    atomic_write_json(ws.adapter_dir(job.id) / "job.json", job_record(job))
+    if not keep_all:
+        checkpoint.prune(ws.job_checkpoints(job.id), 1)
+    shutil.rmtree(ws.tokenized / job.id, ignore_errors=True)
+    return job
+
+
+def lifecycle_config(**training: Any) -> Config:
+    config = tiny_config(**training)
+    config.lifecycle.min_free_gb = 0.0
+    config.monitor.preview_every_steps = 0
+    return config
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real entry point, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "finetuned", *args], capture_output=True, text=True,
+                          input=stdin, timeout=300)
+
+
+def logits(model_dir_or_model: Any, tokens: list[int] | None = None):
+    """Logits of a fixed prompt, float32 on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = model_dir_or_model
+    if isinstance(model, (str, Path)):
+        model = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)
+    model.eval()
+    ids = torch.tensor([tokens or [1, 40, 300, 2000, 17, 5, 900, 3]])
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def base_plus_adapter_logits(base_dir: Path, adapter_dir: Path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    return logits(PeftModel.from_pretrained(model, str(adapter_dir)))

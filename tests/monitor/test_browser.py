@@ -1,0 +1,157 @@
+"""The page in a real browser (Debian's chromium, headless) on a real daemon training builtin:tiny.
+
+Screenshots go to test-artifacts/ (git-ignored): monitor.png mid-training, monitor-phone.png narrow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO, chat_lines, drop, jobs_by_file, make_workspace, wait_for
+from monitor_helpers import MonitoredDaemon, monitor_config
+
+from finetuned.monitor.files import previews_file
+
+pytestmark = pytest.mark.timeout(300)
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags chromium phones home, and a closed network refuses it loudly.
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def _playwright():
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        sync_playwright = expect = None
+    if sync_playwright is None or not os.path.exists(CHROMIUM):
+        missing = "playwright" if sync_playwright is None else CHROMIUM
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} is missing: `make test` installs it")
+        pytest.skip(f"{missing} is missing (make test installs it)")
+    return sync_playwright, expect
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_playwright, _ = _playwright()
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture(scope="module")
+def expect():
+    return _playwright()[1]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """A workspace with some history: a short job finishes first, a long one trains, another waits."""
+    root = tmp_path_factory.mktemp("browser")
+    config = monitor_config(epochs=3, checkpoint_every_steps=8)
+    config.data.holdout_fraction = 0.1  # validation loss on the chart
+    ws = make_workspace(root / "ws", config)
+    drop(ws, "warmup.jsonl", chat_lines(12, "go"), priority=True)
+    drop(ws, "arithmetic_20k.jsonl", chat_lines(400, "hi"))
+    drop(ws, "puzzles_v3.jsonl", chat_lines(60, "yo"))
+    process = MonitoredDaemon(ws, root / "daemon.out")
+    process.wait_url()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def page(browser, daemon: MonitoredDaemon):
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(daemon.url)
+    yield page
+    context.close()
+    assert not errors, f"script errors on the page: {errors}"
+
+
+def _long_job_step(daemon: MonitoredDaemon) -> int:
+    job = jobs_by_file(daemon.ws).get("arithmetic_20k.jsonl") or {}
+    return job.get("step", 0) if job.get("status") == "training" else 0
+
+
+def test_page_shows_queue_and_loss_and_is_screenshotted(page, daemon: MonitoredDaemon, expect):
+    expect(page.get_by_test_id("queue")).to_contain_text("arithmetic_20k.jsonl", timeout=60_000)
+    expect(page.get_by_test_id("now-file")).to_have_text("arithmetic_20k.jsonl", timeout=90_000)
+    expect(page.get_by_test_id("loss")).not_to_have_text("–", timeout=30_000)
+    expect(page.locator("#chart canvas")).to_be_visible()
+    expect(page.locator("#hist-table")).to_contain_text("warmup.jsonl")
+    # A preview round, in the shape the worker writes, so the panel shows what a user will see.
+    job = jobs_by_file(daemon.ws)["arithmetic_20k.jsonl"]["id"]
+    path = previews_file(daemon.ws, job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rounds = []
+    for n, step in enumerate((8, 16, 24)):
+        items = [{"prompt": f"Say hi number {i}.", "expected": f"hi {i} hi {i}.",
+                  "answer": f"hi {i} hi {i}." if i < n + 2 else f"hi {i} hi", "exact": i < n + 2} for i in range(4)]
+        rounds.append({"step": step, "time": time.time(), "seconds": 0.6, "items": items,
+                       "exact_match": sum(i["exact"] for i in items) / len(items)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    expect(page.locator("#prev-table")).to_contain_text("Say hi number 3.", timeout=10_000)
+    wait_for(lambda: _long_job_step(daemon) >= 24, 120, "a few dozen steps on the chart", daemon=daemon)
+    page.wait_for_timeout(1500)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "monitor.png"), full_page=True)
+    phone = page.context.browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                             is_mobile=True, has_touch=True)
+    narrow = phone.new_page()
+    narrow.goto(daemon.url)
+    expect(narrow.get_by_test_id("loss")).not_to_have_text("–", timeout=15_000)
+    narrow.wait_for_timeout(1000)
+    width = narrow.evaluate("document.documentElement.scrollWidth")
+    narrow.screenshot(path=str(ARTIFACTS / "monitor-phone.png"), full_page=True)
+    phone.close()
+    assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
+
+
+def test_pause_and_resume_buttons(page, daemon: MonitoredDaemon, expect):
+    state = page.get_by_test_id("state")
+    expect(state).to_have_text("training", timeout=90_000)
+    page.get_by_role("button", name="Pause").click()
+    expect(state).to_have_text("paused", timeout=20_000)
+    assert daemon.ws.pause_file.exists()
+    page.get_by_role("button", name="Resume").click()
+    expect(state).to_have_text("training", timeout=20_000)
+    assert not daemon.ws.pause_file.exists()
+
+
+def test_upload_with_the_file_picker_queues_the_file(page, daemon: MonitoredDaemon, expect, tmp_path: Path):
+    upload = tmp_path / "fresh_batch.jsonl"
+    upload.write_text("".join(json.dumps(r) + "\n" for r in chat_lines(16, "new")))
+    page.locator("#file-input").set_input_files(str(upload))
+    expect(page.locator("#upload-status")).to_contain_text("inbox/normal/", timeout=10_000)
+    expect(page.get_by_test_id("queue")).to_contain_text("fresh_batch.jsonl", timeout=20_000)
+    assert jobs_by_file(daemon.ws)["fresh_batch.jsonl"]["status"] == "queued"
+
+
+def test_skip_asks_for_confirmation(page, daemon: MonitoredDaemon, expect):
+    expect(page.get_by_test_id("now-file")).to_have_text("arithmetic_20k.jsonl", timeout=60_000)
+    page.get_by_role("button", name="Skip").click()
+    dialog = page.locator("#confirm")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("arithmetic_20k.jsonl")
+    dialog.get_by_role("button", name="Keep training").click()
+    expect(dialog).to_be_hidden()
+    assert not daemon.ws.skip_file.exists(), "keeping it must not skip"
+    page.get_by_role("button", name="Skip").click()
+    dialog.get_by_role("button", name="Skip job").click()
+    wait_for(lambda: jobs_by_file(daemon.ws)["arithmetic_20k.jsonl"]["status"] == "skipped", 30,
+             "the job to be skipped", daemon=daemon)
+    expect(page.locator("#hist-table")).to_contain_text("skipped", timeout=10_000)
+    expect(page.get_by_test_id("now-file")).not_to_have_text("arithmetic_20k.jsonl", timeout=20_000)
+
