@@ -62,7 +62,7 @@ class Consolidation:
     message: str  # one line for the user: what was written and whether it is current
 
 
-def _no_progress(_what: str, _done: int, _total: int) -> None:
+def no_progress(_what: str, _done: int, _total: int) -> None:
     return None
 
 
@@ -112,7 +112,7 @@ def _copy_extras(source: Path, out: Path) -> None:
 
 
 def merge_into(base_dir: Path, adapter: Adapter, out: Path, dtype: str | None,
-               report: ProgressFn = _no_progress, stage: int = 1) -> None:
+               report: ProgressFn = no_progress, stage: int = 1) -> None:
     """Write base + adapter, merged, as a plain model folder (a full fine-tune's model is saved as it is)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -156,7 +156,7 @@ def _line_moved(ws: Workspace, adapter: Adapter) -> str | None:
 def consolidate(ws: Workspace, job_id: str | None = None, note: str = "", progress: ProgressFn | None = None,
                 use: bool = True, force: bool = False) -> Consolidation:
     """Merge an adapter (default: the line's latest) into its base as the next version; make it current."""
-    report = progress or _no_progress
+    report = progress or no_progress
     try:
         config = ws.load_config()
     except ConfigError as exc:

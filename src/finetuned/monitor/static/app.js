@@ -289,8 +289,10 @@ function renderPreviews() {
   $("prev-summary").textContent = `step ${fmtInt(last.step)} · exact match ${hits}/${items.length}` +
     (num(last.exact_match) ? ` (${Math.round(100 * last.exact_match)}%)` : "") + (num(last.seconds) ? ` · ${last.seconds.toFixed(1)} s` : "");
   $("prev-table").tBodies[0].replaceChildren(...items.map((i) => h("tr", {},
-    h("td", { class: "text" }, i.prompt), h("td", { class: "text" }, i.expected), h("td", { class: "text" }, i.answer),
-    h("td", { class: "center" }, i.exact ? h("span", { class: "mark-ok", title: "exact match" }, "✓") : h("span", { class: "mark-no", title: "differs" }, "✗")))));
+    h("td", { class: "text", "data-label": "Prompt" }, i.prompt),
+    h("td", { class: "text", "data-label": "Expected" }, i.expected),
+    h("td", { class: "text", "data-label": "Model" }, i.answer),
+    h("td", { class: "center", "data-label": "Match" }, i.exact ? h("span", { class: "mark-ok", title: "exact match" }, "✓") : h("span", { class: "mark-no", title: "differs" }, "✗")))));
 }
 
 /* --- history -------------------------------------------------------------- */
@@ -321,13 +323,13 @@ function renderHistory() {
     if (j.error) detail.push(h("details", {}, h("summary", {}, "error report"), h("pre", {}, JSON.stringify(j.error, null, 2))));
     return h("tr", { "data-id": j.id },
       h("td", {}, h("div", { class: "h-file" }, j.file), h("div", { class: "h-id" }, j.id), detail),
-      h("td", {}, h("span", { class: `badge badge-${j.status}` }, j.status)),
-      h("td", { class: "num" }, num(j.step) ? `${fmtInt(j.step)}${num(j.total_steps) ? " / " + fmtInt(j.total_steps) : ""}` : "–"),
-      h("td", { class: "num" }, fmtInt(sum.examples_trained != null ? sum.examples_trained : j.examples)),
-      h("td", { class: "num" }, num(sum.final_loss) ? `${fmtLoss(sum.first_loss)} → ${fmtLoss(sum.final_loss)}` : "–"),
-      h("td", { class: "num" }, fmtLoss(sum.val_loss)),
-      h("td", { class: "num" }, j.train_seconds ? fmtDuration(j.train_seconds) : "–"),
-      h("td", { class: "muted small" }, shortTime(j.ended)));
+      h("td", { "data-label": "State" }, h("span", { class: `badge badge-${j.status}` }, j.status)),
+      h("td", { class: "num", "data-label": "Steps" }, num(j.step) ? `${fmtInt(j.step)}${num(j.total_steps) ? " / " + fmtInt(j.total_steps) : ""}` : "–"),
+      h("td", { class: "num", "data-label": "Examples" }, fmtInt(sum.examples_trained != null ? sum.examples_trained : j.examples)),
+      h("td", { class: "num", "data-label": "Loss" }, num(sum.final_loss) ? `${fmtLoss(sum.first_loss)} → ${fmtLoss(sum.final_loss)}` : "–"),
+      h("td", { class: "num", "data-label": "Val loss" }, fmtLoss(sum.val_loss)),
+      h("td", { class: "num", "data-label": "Time" }, j.train_seconds ? fmtDuration(j.train_seconds) : "–"),
+      h("td", { class: "muted small", "data-label": "Ended" }, shortTime(j.ended)));
   }));
 }
 

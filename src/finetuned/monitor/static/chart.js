@@ -85,7 +85,7 @@ class LossChart {
 
   options(width) {
     return {
-      width, height: this.height, pxAlign: false,
+      width, height: this.heightFor(width), pxAlign: false,
       cursor: { points: { size: 6 }, drag: { x: true, y: false } },
       legend: { show: false },
       scales: { x: { time: false } },
@@ -116,8 +116,11 @@ class LossChart {
 
   width() { return Math.max(200, this.el.clientWidth); }
 
+  /* Shorter on a phone, so the chart does not fill the screen with one line. */
+  heightFor(width) { return Math.round(Math.min(this.height, Math.max(200, width * 0.6))); }
+
   resize() {
-    if (this.plot) this.plot.setSize({ width: this.width(), height: this.height });
+    if (this.plot) this.plot.setSize({ width: this.width(), height: this.heightFor(this.width()) });
   }
 }
 
