@@ -22,7 +22,10 @@ run: install
 	$(BIN)/finetuned init $(WORKSPACE) --sample
 	$(BIN)/finetuned run --root $(WORKSPACE)
 
+# The browser tests drive Debian's chromium (CI runs as root on a fresh Debian machine);
+# playwright never downloads a browser of its own.
 test: install
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest
 
 lint: install

@@ -13,6 +13,7 @@ from helpers import drop, tiny_config
 from finetuned.config import Config
 from finetuned.daemon.outcomes import job_record
 from finetuned.fsio import atomic_write_json, sha256_file
+from finetuned.lifecycle.line import line_exclusions
 from finetuned.queue.job import Job, JobStatus
 from finetuned.queue.store import JobStore
 from finetuned.worker import checkpoint
@@ -42,11 +43,13 @@ class Driver:
 
 
 def train_job(ws: Workspace, name: str, records: list[dict[str, Any]], yield_at: int | None = None,
-              keep_all: bool = False) -> Job:
+              keep_all: bool = False, fresh_line_after_switch: bool = True) -> Job:
     """Admit a file, train it in-process with the config in config.json, and record the outcome.
 
     A completed job gets the daemon's ending (record, job.json, checkpoints pruned to the final one
     unless `keep_all`); a yielded one goes back to queued with its checkpoint, as a stop does.
+    `fresh_line_after_switch` adds `line_exclusions` to the line's exclusions, as the daemon hook
+    proposed for the daemon does.
     """
     config = ws.load_config()  # as the daemon does at each job start
     store = JobStore(ws).load()
@@ -57,6 +60,8 @@ def train_job(ws: Workspace, name: str, records: list[dict[str, Any]], yield_at:
     store.move(job, JobStatus.TRAINING, "started")
     driver = Driver(yield_at)
     exclude = {j.id for j in store.jobs.values() if j.status in (JobStatus.SKIPPED, JobStatus.FAILED)}
+    if fresh_line_after_switch:
+        exclude |= set(line_exclusions(ws, store.jobs.values()))
     Recipe(ws, driver.send, driver.poll).run(job.id, store.file_path(job), config, exclude, job.sha256)
     if yield_at is not None:
         job.step = driver.last("yielded")["step"]

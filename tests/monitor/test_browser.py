@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -137,6 +138,20 @@ def test_upload_with_the_file_picker_queues_the_file(page, daemon: MonitoredDaem
     expect(page.locator("#upload-status")).to_contain_text("inbox/normal/", timeout=10_000)
     expect(page.get_by_test_id("queue")).to_contain_text("fresh_batch.jsonl", timeout=20_000)
     assert jobs_by_file(daemon.ws)["fresh_batch.jsonl"]["status"] == "queued"
+
+
+def test_a_frozen_daemon_is_called_out_with_the_age_of_the_data(page, daemon: MonitoredDaemon, expect):
+    """SIGSTOP freezes the daemon (and its monitor): the page itself must notice the silence."""
+    expect(page.get_by_test_id("state")).to_have_text("training", timeout=60_000)
+    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    try:
+        alert = page.locator("#alert")
+        expect(alert).to_contain_text("Daemon not responding, data is 1", timeout=20_000)
+        expect(page.get_by_test_id("state")).to_have_text("not responding")
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGCONT)
+    expect(alert).to_be_hidden(timeout=15_000)
+    expect(page.get_by_test_id("state")).to_have_text("training")
 
 
 def test_skip_asks_for_confirmation(page, daemon: MonitoredDaemon, expect):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 import threading
@@ -29,7 +30,9 @@ def _daemon_side(state: StateWorkspace, stop: threading.Event) -> None:
 
 
 # Built at import: schemathesis parametrizes at collection time (its from_fixture trips on pytest 9).
-STATE = StateWorkspace(Path(tempfile.mkdtemp(prefix="finetuned-fuzz-")) / "ws")
+_ROOT = Path(tempfile.mkdtemp(prefix="finetuned-fuzz-"))
+atexit.register(shutil.rmtree, _ROOT, True)  # also when the module is collected but not run
+STATE = StateWorkspace(_ROOT / "ws")
 APP = create_app(STATE.ws, MonitorConfig(max_upload_mb=0.01))
 # the event stream never ends by design; it has its own tests
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP).exclude(path="/api/events")
@@ -43,7 +46,6 @@ def daemon_side():
     yield
     stop.set()
     thread.join(5)
-    shutil.rmtree(STATE.ws.root.parent, ignore_errors=True)
 
 
 @schema.parametrize()

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from finetuned.cli import add, cancel, controls, init, queue, run, status
+from finetuned.cli import (
+    add,
+    cancel,
+    consolidate,
+    controls,
+    doctor,
+    export,
+    gc,
+    init,
+    queue,
+    run,
+    service,
+    status,
+    versions,
+)
 
 app = typer.Typer(
     name="finetuned",
@@ -23,6 +37,15 @@ for control in (controls.pause, controls.resume, controls.stop, controls.skip):
     app.command()(control)
 app.command(help=cancel.CANCEL_HELP)(cancel.cancel)
 app.command(help=cancel.FRONT_HELP)(cancel.front)
+app.command(help=versions.VERSIONS_HELP)(versions.versions)
+app.command(help=versions.USE_HELP)(versions.use)
+app.command(help=versions.ROLLBACK_HELP)(versions.rollback)
+app.command(help=consolidate.HELP)(consolidate.consolidate)
+app.command(help=export.HELP)(export.export)
+app.command(help=gc.GC_HELP)(gc.gc)
+app.command(help=gc.KEEP_HELP)(gc.keep)
+app.command(help=doctor.HELP)(doctor.doctor)
+app.add_typer(service.app)
 
 
 def main() -> None:

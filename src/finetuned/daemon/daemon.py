@@ -50,6 +50,7 @@ class Daemon:
         self.current: Job | None = None
         self.progress: Progress | None = None
         self.phase: str | None = None
+        self.phase_reason = ""  # why the worker is held up (a full disk), shown in status.json
         self.yielding: str | None = None  # the reason of a yield sent and not yet answered
         self.paused_since: float | None = None
         self.shutdown_requested = 0
@@ -309,6 +310,7 @@ class Daemon:
         self.current = job
         self.progress = Progress(job.id, job.step, job.total_steps)
         self.phase = "starting"
+        self.phase_reason = ""
         self.yielding = None
         self._step_times = []
         self._last_tokens = 0
@@ -326,6 +328,7 @@ class Daemon:
         self.current = None
         self.progress = None
         self.phase = None
+        self.phase_reason = ""
         self.yielding = None
         unlink_current(self.ws)
 
@@ -343,7 +346,7 @@ class Daemon:
             p.tokens_per_second = new_tokens / message["step_seconds"]
         self._last_tokens = message["tokens"]
         self.progress = p
-        self.phase = "training"
+        self.phase, self.phase_reason = "training", ""
 
     # --- reporting ------------------------------------------------------
     def write_state(self, force: bool = False, state: str | None = None) -> None:
@@ -353,10 +356,12 @@ class Daemon:
         if state is None:
             if self.current is None:
                 state = "paused" if self.ws.pause_file.exists() else "idle"
+            elif self.phase_reason:
+                state = "paused"  # the worker holds the line itself (a full disk) and says why
             else:
                 state = self.current.status.value
         self.state_writer.write(self.store, self.current, self.progress, state, self.phase,
-                                self.worker.pid if self.worker else None)
+                                self.worker.pid if self.worker else None, self.phase_reason)
         self._dirty = False
         self._written_revision = self.store.revision
 

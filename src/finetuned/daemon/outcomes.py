@@ -35,8 +35,11 @@ class Outcomes:
         if kind == "ready" or job is None or message.get("job_id") != job.id:
             return
         if kind == "phase":
-            self.d.phase = message["phase"]
-            log.info("job %s: %s", job.id, message["phase"])
+            if message.get("reason") and message["reason"] != self.d.phase_reason:
+                log.warning("job %s: %s", job.id, message["reason"])
+            elif message["phase"] != self.d.phase:
+                log.info("job %s: %s", job.id, message["phase"])
+            self.d.phase, self.d.phase_reason = message["phase"], message.get("reason", "")
         elif kind == "started":
             job.total_steps, job.step = message["total_steps"], message["step"]
             self.store.save(job)
@@ -50,6 +53,7 @@ class Outcomes:
             if job.step == 1 or job.step % every == 0 or job.step == message["total_steps"]:
                 log.info("job %s: step %d/%d loss %.4f", job.id, job.step, message["total_steps"], message["loss"])
         elif kind == "checkpoint":
+            self.d.phase, self.d.phase_reason = "training", ""
             job.step = message["step"]
             self.store.save(job)
         elif kind == "yielded":

@@ -15,7 +15,7 @@ from typing import Any
 
 from finetuned.fsio import atomic_write_json, publish_dir, remove_tree
 from finetuned.lifecycle import disk
-from finetuned.lifecycle.consolidate import ProgressFn, no_progress, merge_into
+from finetuned.lifecycle.consolidate import ProgressFn, merge_into, no_progress
 from finetuned.lifecycle.errors import LifecycleError
 from finetuned.lifecycle.records import Adapter, read_adapter
 from finetuned.lifecycle.versions import Version, ensure_recorded, find, model_dtype

@@ -92,10 +92,10 @@ class Adapter:
 
     @property
     def finished(self) -> float:
-        """When the job finished: its last run's end, else when job.json was written."""
+        """When the job finished: the end of the second its last run ended in, else when job.json was written."""
         runs = self.info.get("runs") or []
         ended = parse_time(runs[-1].get("ended")) if runs else None
-        return ended if ended is not None else (self.path / JOB_JSON).stat().st_mtime
+        return ended + 0.999 if ended is not None else (self.path / JOB_JSON).stat().st_mtime
 
 
 def read_adapter(path: Path) -> Adapter | None:

@@ -31,7 +31,7 @@ from finetuned.queue.job import JobStatus
 from finetuned.worker import checkpoint
 from finetuned.workspace import Workspace
 
-KEEP = "KEEP"
+KEEP = checkpoint.KEEP  # the worker's prune honours the same marker
 QUIET_SECONDS = 3600.0
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _CHECKPOINT_TMP = re.compile(r"^checkpoint-\d+\.tmp$")

@@ -9,10 +9,13 @@ passes over it to the one before.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import re
 import shutil
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,28 +74,87 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(
-    job_dir: Path, progress: TrainingProgress, weights: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer, keep: int,
-) -> Path:
-    """Write a checkpoint of the state after `progress.step` steps; keep the newest `keep`."""
+@dataclass
+class Snapshot:
+    """A checkpoint's content copied out of the live model: training may go on while it is written."""
+
+    progress: TrainingProgress
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def snapshot(progress: TrainingProgress, weights: dict[str, torch.Tensor],
+             optimizer: torch.optim.Optimizer) -> Snapshot:
+    # The optimizer updates its state tensors in place: copy them, or the file would get later steps' values.
+    state = copy.deepcopy(optimizer.state_dict())
+    cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
+    return Snapshot(progress.model_copy(), cpu, state, rng_state())
+
+
+def path_for(job_dir: Path, step: int) -> Path:
+    return job_dir / f"checkpoint-{step}"
+
+
+def write(job_dir: Path, snap: Snapshot, keep: int) -> Path:
+    """Write a checkpoint of the state after `snap.progress.step` steps; keep the newest `keep`."""
     from safetensors.torch import save_file
 
-    final = job_dir / f"checkpoint-{progress.step}"
+    final = path_for(job_dir, snap.progress.step)
     if (final / STATE).exists():
         return final  # this exact state is already on disk (a pause right after a periodic save)
     job_dir.mkdir(parents=True, exist_ok=True)
-    tmp = job_dir / f"checkpoint-{progress.step}.tmp"
+    tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)  # a folder without state.json is debris
     tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / WEIGHTS)
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
-    torch.save(rng_state(), tmp / RNG)
-    atomic_write_json(tmp / STATE, progress.model_dump())
+    save_file(snap.weights, tmp / WEIGHTS)
+    torch.save(snap.optimizer, tmp / OPTIMIZER)
+    torch.save(snap.rng, tmp / RNG)
+    atomic_write_json(tmp / STATE, snap.progress.model_dump())
     publish_dir(tmp, final)
     prune(job_dir, keep)
     return final
+
+
+class Writer:
+    """Writes checkpoints off the training thread; at most one write is in flight.
+
+    A control's checkpoint (`wait=True`) is durable before the caller goes on; a periodic one
+    overlaps the next steps, and the next save (or `join`) waits for it first.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._written: list[tuple[int, Path]] = []
+
+    def save(self, job_dir: Path, snap: Snapshot, keep: int, wait: bool) -> Path:
+        self.join()
+        self._thread = threading.Thread(target=self._run, args=(job_dir, snap, keep), name="checkpoint")
+        self._thread.start()
+        if wait:
+            self.join()
+        return path_for(job_dir, snap.progress.step)
+
+    def _run(self, job_dir: Path, snap: Snapshot, keep: int) -> None:
+        try:
+            self._written.append((snap.progress.step, write(job_dir, snap, keep)))
+        except BaseException as exc:  # raised again on the training thread by join()
+            self._error = exc
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def written(self) -> list[tuple[int, Path]]:
+        """Checkpoints made durable since the last call."""
+        done, self._written = self._written, []
+        return done
 
 
 def read_progress(path: Path) -> TrainingProgress | None:

@@ -8,6 +8,7 @@ written and the loop returns, with the model still loaded for the next job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,20 +21,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from finetuned.config import Config
+from finetuned.config import Config, ConfigError
 from finetuned.data import DataError, JobData, is_current, load_meta, prepare
 from finetuned.fsio import publish_dir, remove_tree, sha256_file
+from finetuned.lifecycle.disk import enough_space, free_gb
 from finetuned.models.loading import add_lora, load_model, load_tokenizer, resolve_base, weights_hash
 from finetuned.worker import checkpoint
 from finetuned.worker.checkpoint import TrainingProgress
+from finetuned.worker.loss import token_loss_sum
 from finetuned.worker.metrics import MetricsLog
 from finetuned.worker.previews import Previewer
 from finetuned.worker.protocol import Message, msg
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+DISK_POLL_SECONDS = 5.0
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Recipe:
         self.send = send
         self.poll = poll
         self.loaded: Loaded | None = None
+        self.writer = checkpoint.Writer()
 
     # --- setup ----------------------------------------------------------
     def _setup_model(self, config: Config, job_id: str) -> Loaded:
@@ -178,8 +183,9 @@ class Recipe:
         try:
             while progress.step < progress.total_steps:
                 order = self.poll()
+                self._report_written(progress.job_id)
                 if order is not None and order.get("type") == "yield":
-                    path = self._save(config, progress, model, optimizer, job_dir)
+                    path = self._save(config, progress, model, optimizer, job_dir, wait=True)
                     self.send(msg("yielded", job_id=progress.job_id, reason=order["reason"],
                                   step=progress.step, checkpoint=str(path)))
                     return
@@ -189,7 +195,7 @@ class Recipe:
                 loss_sum = 0.0
                 for batch in batches:
                     # Weight each micro-batch by its share of the step's loss tokens, as one big batch would.
-                    loss = self._loss_sum(model, batch) / max(loss_tokens, 1)
+                    loss = token_loss_sum(model, batch) / max(loss_tokens, 1)
                     loss.backward()
                     loss_sum += loss.item()
                 if not math.isfinite(loss_sum):  # fail before the step: memory keeps the last good weights
@@ -219,7 +225,7 @@ class Recipe:
                     "tokens_per_second": round(sum(b.n_tokens for b in batches) / max(elapsed, 1e-9), 1),
                 }
                 if done or progress.step % t.checkpoint_every_steps == 0:
-                    self._save(config, progress, model, optimizer, job_dir)
+                    self._save(config, progress, model, optimizer, job_dir, wait=done)
                     val_loss = self._val_loss(model, data)
                     if val_loss is not None:
                         record["val_loss"] = val_loss
@@ -235,22 +241,11 @@ class Recipe:
                     previews.run(model, data.holdout_examples(config.monitor.preview_examples), progress.step,
                                  train_seconds)
         finally:
+            self.writer.join()  # nothing in flight when the job hands back control
+            self._report_written(progress.job_id)
             metrics.close()
         summary = self._publish(config, loaded, data, progress, file, first_loss, record.get("val_loss"))
         self.send(msg("completed", job_id=progress.job_id, summary=summary))
-
-    @staticmethod
-    def _loss_sum(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        device = next(model.parameters()).device
-        out = model(
-            input_ids=batch.input_ids.to(device),
-            attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
-            position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
-        )
-        logits = out.logits[:, :-1].float()
-        labels = batch.labels[:, 1:].to(device)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                               ignore_index=-100, reduction="sum")
 
     @torch.no_grad()
     def _val_loss(self, model: torch.nn.Module, data: JobData) -> float | None:
@@ -258,18 +253,40 @@ class Recipe:
         model.eval()
         try:
             for batch in data.holdout_batches():
-                total += self._loss_sum(model, batch).item()
+                total += token_loss_sum(model, batch).item()
                 tokens += batch.n_loss_tokens
         finally:
             model.train()
         return total / tokens if tokens else None
 
     def _save(self, config: Config, progress: TrainingProgress, model: torch.nn.Module,
-              optimizer: torch.optim.Optimizer, job_dir: Path) -> Path:
+              optimizer: torch.optim.Optimizer, job_dir: Path, wait: bool) -> Path:
+        """Checkpoint; with `wait` it is durable on return, else it is written beside the next steps."""
         weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        path = checkpoint.save(job_dir, progress, weights, optimizer, config.lifecycle.keep_checkpoints)
-        self.send(msg("checkpoint", job_id=progress.job_id, step=progress.step, path=str(path)))
+        snap = checkpoint.snapshot(progress, weights, optimizer)
+        self._wait_for_space(job_dir, snap, config, progress.job_id)
+        path = self.writer.save(job_dir, snap, config.lifecycle.keep_checkpoints, wait)
+        self._report_written(progress.job_id)
         return path
+
+    def _report_written(self, job_id: str) -> None:
+        for step, path in self.writer.written():
+            self.send(msg("checkpoint", job_id=job_id, step=step, path=str(path)))
+
+    def _wait_for_space(self, job_dir: Path, snap: checkpoint.Snapshot, config: Config, job_id: str) -> None:
+        """A full disk pauses the line (the daemon shows why) instead of failing a write half-way."""
+        need = sum(t.numel() * t.element_size() for t in snap.weights.values()) * 3
+        minimum = config.lifecycle.min_free_gb
+        while not enough_space(job_dir, need, minimum):
+            with contextlib.suppress(ConfigError):  # a user may lower the threshold instead of freeing space
+                minimum = self.ws.load_config().lifecycle.min_free_gb
+            if enough_space(job_dir, need, minimum):
+                break
+            reason = (f"waiting for disk space: {free_gb(job_dir):.2f} GB free, a checkpoint needs "
+                      f"{need / 2**30:.2f} GB plus lifecycle.min_free_gb {minimum:g} GB")
+            log.warning("job %s: %s", job_id, reason)
+            self.send(msg("phase", job_id=job_id, phase="waiting for disk space", reason=reason))
+            time.sleep(DISK_POLL_SECONDS)
 
     def _publish(self, config: Config, loaded: Loaded, data: JobData, progress: TrainingProgress,
                  file: Path, first_loss: float | None, val_loss: float | None) -> dict[str, Any]:

@@ -77,6 +77,7 @@ function renderLiveness() {
   $("heartbeat").textContent = num(st.age) ? `heartbeat ${st.age < 10 ? st.age.toFixed(1) : Math.round(st.age)} s ago` : "";
   $("h-beat").textContent = num(st.age) ? `${st.age.toFixed(1)} s ago` : "–";
   $("h-beat").className = st.key === "stale" ? "bad-text" : "";
+  document.body.classList.toggle("is-stale", st.key === "stale");
   const alert = $("alert");
   alert.hidden = !st.alert;
   alert.textContent = st.alert || "";

@@ -1,0 +1,54 @@
+"""finetuned service install / uninstall: a systemd user unit for the daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from finetuned.cli.common import RootOption, console, workspace
+from finetuned.lifecycle import service as unit
+
+app = typer.Typer(
+    name="service", no_args_is_help=True, rich_markup_mode=None,
+    help="""Run the daemon as a systemd user service, so it survives logouts and reboots.
+
+examples:
+  finetuned service install --root ~/training
+  systemctl --user daemon-reload && systemctl --user enable --now finetuned-training.service
+  loginctl enable-linger $USER          # start at boot, without logging in
+  finetuned service uninstall --root ~/training
+""",
+)
+
+UnitDirOption = Annotated[Path | None, typer.Option(
+    "--unit-dir", help="Where to write the unit (default: ~/.config/systemd/user).")]
+
+
+@app.command()
+def install(
+    root: RootOption = None,
+    unit_dir: UnitDirOption = None,
+    stop_timeout: Annotated[int, typer.Option(
+        "--stop-timeout", help="Seconds systemd waits for the checkpoint on stop before killing.")]
+    = unit.DEFAULT_STOP_TIMEOUT,
+) -> None:
+    """Write the unit file (runs: finetuned run --root DIR, restarts on failure)."""
+    ws = workspace(root)
+    path = unit.install(ws, unit_dir, stop_timeout=stop_timeout)
+    console.print(f"wrote {path}")
+    console.print(f"start it now and at every login: {unit.enable_command(ws)}", highlight=False)
+    console.print("start it at boot without logging in: loginctl enable-linger $USER", highlight=False)
+
+
+@app.command()
+def uninstall(root: RootOption = None, unit_dir: UnitDirOption = None) -> None:
+    """Remove the unit file (stop it first: systemctl --user disable --now finetuned-NAME.service)."""
+    ws = workspace(root, must_exist=False)
+    path = unit.uninstall(ws, unit_dir)
+    if path is None:
+        console.print(f"no unit {unit.unit_name(ws)}: nothing to do")
+        return
+    console.print(f"removed {path}; if it runs: systemctl --user disable --now {unit.unit_name(ws)}",
+                  highlight=False)

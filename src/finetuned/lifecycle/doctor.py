@@ -1,0 +1,235 @@
+"""`finetuned doctor`: one OK/WARN/FAIL line per thing that can stop training, and nothing changed on disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetuned.config import Config, ConfigError, load_config
+from finetuned.daemon.lock import holder
+from finetuned.fsio import read_json
+from finetuned.lifecycle.disk import free_gb
+from finetuned.lifecycle.versions import base_folder, describe
+from finetuned.models import builtin
+from finetuned.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+HEARTBEAT_STALE_SECONDS = 30.0
+RECENT_SECONDS = 24 * 3600.0
+
+
+@dataclass
+class Check:
+    name: str
+    level: str
+    message: str
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        value = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def check_layout(ws: Workspace) -> Check:
+    if not ws.root.is_dir():
+        return Check("workspace", FAIL, f"{ws.root} does not exist (create it: finetuned init {ws.root})")
+    missing = [str(p.relative_to(ws.root)) for p in ws.folders() if not p.is_dir()]
+    if missing:
+        return Check("workspace", WARN, f"{ws.root}: missing {', '.join(missing)} (finetuned run creates them)")
+    return Check("workspace", OK, f"{ws.root}: all folders present")
+
+
+def check_config(ws: Workspace) -> tuple[Check, Config | None]:
+    if not ws.config_path.exists():
+        return Check("config", WARN, "no config.json: finetuned run writes the defaults"), Config()
+    try:
+        config = load_config(ws.config_path)
+    except ConfigError as exc:
+        return Check("config", FAIL, str(exc)), None
+    except OSError as exc:
+        return Check("config", FAIL, f"{ws.config_path}: cannot be read: {exc}"), None
+    return Check("config", OK, f"config.json valid: {config.method} on {config.base_model}, "
+                               f"{config.training.mode} mode"), config
+
+
+def check_daemon(ws: Workspace) -> Check:
+    pid = holder(ws.lock_file)
+    status = _read(ws.status_json)
+    if pid is not None:
+        age = time.time() - float((status or {}).get("heartbeat_unix", 0))
+        since = (status or {}).get("started", "?")
+        if status is None or age > HEARTBEAT_STALE_SECONDS:
+            return Check("daemon", WARN, f"running (pid {pid}) but not answering: no heartbeat for {age:.0f}s")
+        job = f", job {status['current_job']}" if status.get("current_job") else ""
+        return Check("daemon", OK, f"running (pid {pid}) since {since}: {status.get('state')}{job}, "
+                                   f"heartbeat {age:.0f}s ago")
+    if status is None:
+        return Check("daemon", OK, "not running (never started here)")
+    if status.get("state") != "stopped":
+        return Check("daemon", WARN, f"not running, and it did not stop cleanly (last heartbeat "
+                                     f"{status.get('heartbeat')}, state {status.get('state')}); "
+                                     "finetuned run resumes from the last checkpoint")
+    return Check("daemon", OK, f"not running (stopped cleanly at {status.get('heartbeat')})")
+
+
+def check_lock(ws: Workspace) -> Check:
+    pid = holder(ws.lock_file)
+    if pid is not None:
+        status = _read(ws.status_json) or {}
+        if status.get("pid") not in (None, pid):
+            return Check("lock", WARN, f"held by pid {pid}, but status.json was written by pid {status.get('pid')}")
+        return Check("lock", OK, f"held by pid {pid}")
+    try:
+        text = ws.lock_file.read_text().strip()
+    except OSError:
+        return Check("lock", OK, "free")
+    if text.isdigit():
+        # flock locks end with their process: a pid left in the file is a stale note, not a held lock.
+        who = "a live process that does not hold it (a reused pid)" if pid_alive(int(text)) else "which is gone"
+        return Check("lock", OK, f"free (stale file: it names pid {text}, {who}; harmless, the next daemon "
+                                 "takes the lock)")
+    return Check("lock", OK, "free")
+
+
+def check_base_model(ws: Workspace, config: Config, deep: bool) -> Check:
+    name = config.base_model
+    folder = base_folder(ws, name)
+    version = describe(ws, name) if (folder / "config.json").exists() else None
+    label = f"{name}" + (f" = {version.id}" if version and version.id != name else "")
+    if not (folder / "config.json").exists():
+        if builtin.is_builtin(name):
+            key = name.removeprefix(builtin.PREFIX)
+            if key not in builtin.BUILDERS:
+                return Check("base model", FAIL, f"unknown built-in {name}")
+            if key == builtin.SMOLLM2:
+                try:
+                    builtin.gguf_path()
+                except builtin.BuiltinModelError as exc:
+                    return Check("base model", FAIL, str(exc))
+            return Check("base model", OK, f"{name}: written out to {folder} on first use")
+        return Check("base model", FAIL, f"{name}: no model folder at {folder} (no config.json)")
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        model_config = AutoConfig.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # whatever transformers raises, the answer is the same: it does not load
+        return Check("base model", FAIL, f"{label}: does not load: {exc}")
+    shape = (f"{model_config.model_type}, hidden {getattr(model_config, 'hidden_size', '?')}, "
+             f"{getattr(model_config, 'num_hidden_layers', '?')} layers, vocabulary {len(tokenizer)}")
+    if not deep:
+        return Check("base model", OK, f"{label}: config and tokenizer load ({shape}); --deep loads the weights")
+    from finetuned.models.loading import load_model, weights_hash
+
+    try:
+        model = load_model(folder)
+        params = sum(p.numel() for p in model.parameters())
+        del model
+    except Exception as exc:
+        return Check("base model", FAIL, f"{label}: weights do not load: {exc}")
+    if version is not None and version.recorded and version.weights_hash:
+        found = weights_hash(folder)
+        if found != version.weights_hash:
+            return Check("base model", FAIL, f"{label}: weights changed since version.json was written "
+                                             f"({found[:12]} != {version.weights_hash[:12]})")
+    return Check("base model", OK, f"{label}: loads ({shape}, {params / 1e6:.1f}M parameters), weights match")
+
+
+def check_disk(ws: Workspace, config: Config) -> Check:
+    free = free_gb(ws.root)
+    need = config.lifecycle.min_free_gb
+    text = f"{free:.1f} GB free on {ws.root} (lifecycle.min_free_gb {need:g})"
+    if free < need:
+        return Check("disk", FAIL, text + ": training pauses at the next checkpoint; finetuned gc --dry-run")
+    if free < 2 * need:
+        return Check("disk", WARN, text + ": little room left")
+    return Check("disk", OK, text)
+
+
+def check_accelerator() -> Check:
+    import torch
+
+    if not torch.cuda.is_available():
+        return Check("accelerator", OK, "CPU only (no CUDA device): fine for builtin:tiny, slow for real models")
+    parts = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        free, total = torch.cuda.mem_get_info(i)
+        parts.append(f"cuda:{i} {props.name}, {total / 2**30:.1f} GB ({free / 2**30:.1f} GB free)")
+    return Check("accelerator", OK, "; ".join(parts))
+
+
+def check_last_failure(ws: Workspace) -> Check:
+    reports = sorted(ws.failed.glob("*.error.json"), key=lambda p: p.stat().st_mtime) if ws.failed.is_dir() else []
+    if not reports:
+        return Check("last failure", OK, "none in data/failed")
+    newest = reports[-1]
+    body = _read(newest) or {}
+    age = time.time() - newest.stat().st_mtime
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(newest.stat().st_mtime))
+    text = f"{when}: {body.get('file', newest.name)}" + (f" (job {body['job_id']})" if body.get("job_id") else "") \
+        + f": {body.get('error', '?')}"
+    return Check("last failure", WARN if age < RECENT_SECONDS else OK, text)
+
+
+def check_log_errors(ws: Workspace) -> Check:
+    path = ws.daemon_log()
+    if not path.exists():
+        return Check("daemon log", OK, f"no {path.name} today")
+    last = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if " ERROR " in line or " CRITICAL " in line:
+                last = line.strip()
+    if last is None:
+        return Check("daemon log", OK, f"no ERROR in {path.name}")
+    return Check("daemon log", WARN, f"last error in {path.name}: {last[:300]}")
+
+
+def _guard(name: str, fn: Callable[[], Check]) -> Check:
+    try:
+        return fn()
+    except Exception as exc:  # a doctor that crashes tells nothing: report the check itself as failed
+        log.debug("check %s crashed", name, exc_info=True)
+        return Check(name, FAIL, f"the check itself failed: {type(exc).__name__}: {exc}")
+
+
+def run_checks(ws: Workspace, deep: bool = False) -> list[Check]:
+    checks = [_guard("workspace", lambda: check_layout(ws))]
+    config_check, config = check_config(ws)
+    checks.append(config_check)
+    checks += [_guard("daemon", lambda: check_daemon(ws)), _guard("lock", lambda: check_lock(ws))]
+    if config is not None:
+        checks.append(_guard("base model", lambda: check_base_model(ws, config, deep)))
+    else:
+        checks.append(Check("base model", WARN, "not checked: the config is invalid"))
+    checks.append(_guard("disk", lambda: check_disk(ws, config or Config())))
+    checks += [_guard("accelerator", check_accelerator), _guard("last failure", lambda: check_last_failure(ws)),
+               _guard("daemon log", lambda: check_log_errors(ws))]
+    return checks
+
+
+def as_json(checks: list[Check]) -> str:
+    return json.dumps({"ok": not any(c.level == FAIL for c in checks),
+                       "checks": [c.__dict__ for c in checks]}, indent=2)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
