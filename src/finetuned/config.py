@@ -41,6 +41,8 @@ class TrainingSettings(_Section):
     warmup_steps: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    # Recompute activations in the backward pass: less memory for longer sequences, ~30% more time.
+    activation_checkpointing: bool = False
 
 
 class ControlSettings(_Section):
@@ -103,7 +105,7 @@ class NotifySettings(_Section):
 
 class Config(_Section):
     base_model: str = "builtin:smollm2-135m-instruct"
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)

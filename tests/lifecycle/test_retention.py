@@ -133,8 +133,6 @@ def test_gc_cli_dry_run_confirmation_and_yes(busy):
     done, _stopped = job_ids(busy)
     kept = cli("keep", done, "2", "--root", root)
     assert kept.returncode == 0 and (busy.job_checkpoints(done) / "checkpoint-2" / "KEEP").exists()
-    missing = cli("keep", done, "7", "--root", root)
-    assert missing.returncode == 1 and "no complete checkpoint at step 7" in missing.stderr
     yes = cli("gc", "--yes", "--root", root)
     assert yes.returncode == 0 and "removed 9 item(s)" in yes.stdout, yes.stdout
     assert (busy.job_checkpoints(done) / "checkpoint-2").exists()

@@ -170,3 +170,35 @@ def test_previews_are_written_within_budget_and_do_not_change_training(tmp_path,
     assert set(item) == {"prompt", "expected", "answer", "exact"} and item["expected"]
     assert 0.0 <= rounds[-1]["exact_match"] <= 1.0
     assert list((ws.logs / "tensorboard" / "job").glob("events.out.tfevents.*")), "TensorBoard event files"
+
+
+def test_qlora_trains_on_cpu_and_its_adapter_loads_on_the_unquantised_base(tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(mode="independent")
+    config.method = "qlora"
+    ws = make_workspace(tmp_path / "ws", config)
+    driver = Driver(yield_at=2)
+    file = write_jsonl(tmp_path / "d.jsonl", chat_lines(24))
+    run_job(ws, config, "job", file, driver).run("job", file, config, set())
+    losses = driver.losses()
+    assert all(loss == loss for loss in losses) and losses[-1] < losses[0]
+    summary = driver.last("completed")["summary"]
+    assert summary["steps"] == summary["total_steps"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(summary["base_path"]),
+                                      ws.adapter_dir("job"))
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+def test_activation_checkpointing_gives_the_same_losses(tmp_path, tiny_model_dir):
+    records = chat_lines(24)
+    results = []
+    for flag in (False, True):
+        config = tiny_config(mode="independent", activation_checkpointing=flag)
+        config.lora.dropout = 0.0
+        driver = Driver()
+        run_job(make_workspace(tmp_path / str(flag), config), config, "job",
+                write_jsonl(tmp_path / f"{flag}.jsonl", records), driver)
+        results.append(driver.losses())
+    assert results[1] == pytest.approx(results[0], abs=1e-5)

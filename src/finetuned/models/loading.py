@@ -51,15 +51,31 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def load_model(folder: Path) -> nn.Module:
+def load_model(folder: Path, method: str = "lora", activation_checkpointing: bool = False) -> nn.Module:
+    """The base model on the best device: bf16 on a GPU, float32 on the CPU; 4-bit NF4 for qlora."""
     import torch
     from transformers import AutoModelForCausalLM
 
     # float32 on CPU: bf16 matmuls are far slower there and exact resume is checked in fp32.
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    device = "cuda" if cuda else "cpu"
+    if method == "qlora":
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, quantization_config=quantization,
+                                                     device_map={"": device})
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
+    if activation_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 

@@ -76,7 +76,8 @@ class Recipe:
 
     # --- setup ----------------------------------------------------------
     def _setup_model(self, config: Config, job_id: str) -> Loaded:
-        key = (config.base_model, config.method, config.lora.model_dump_json(), config.training.seed)
+        key = (config.base_model, config.method, config.lora.model_dump_json(), config.training.seed,
+               config.training.activation_checkpointing)
         if self.loaded and self.loaded.key == key and not (config.method == "full" and self.loaded.dirty):
             return self.loaded
         self.loaded = None  # drop the old model before loading the next
@@ -84,8 +85,8 @@ class Recipe:
         base_path = resolve_base(config.base_model, self.ws.base_models)  # a built-in is written out once
         started = time.time()
         seed_all(config.training.seed)  # LoRA's initial weights depend on it
-        model = load_model(base_path)
-        if config.method == "lora":
+        model = load_model(base_path, config.method, config.training.activation_checkpointing)
+        if config.method in ("lora", "qlora"):
             model = add_lora(model, config.lora)
         fresh = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         self.loaded = Loaded(key, base_path, weights_hash(base_path), model, load_tokenizer(base_path), fresh)
@@ -112,6 +113,7 @@ class Recipe:
         params = {n: p for n, p in loaded.model.named_parameters() if p.requires_grad}
         optimizer = torch.optim.AdamW(
             params.values(), lr=config.training.learning_rate, weight_decay=config.training.weight_decay,
+            fused=torch.cuda.is_available(),  # one kernel for every parameter; same state, so checkpoints match
         )
         own = checkpoint.latest(self.ws.job_checkpoints(job_id))
         source = own
