@@ -43,3 +43,5 @@ def setup_logging(root: Path, prefix: str, stream: bool = True) -> None:
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
     for noisy in ("httpx", "urllib3", "filelock", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # It offers a hub-downloaded CPU kernel we never use (no downloads at run time): not worth a warning a job.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

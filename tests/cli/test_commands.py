@@ -62,7 +62,7 @@ def test_commands_outside_a_workspace_say_so(tmp_path):
 @pytest.mark.usefixtures("tiny_model_dir")
 def test_status_and_queue_while_training(ws, start_daemon):
     daemon = start_daemon(ws)
-    (ws.inbox_normal / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_lines(80)))
+    (ws.inbox_normal / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_lines(200)))
     (ws.inbox_normal / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_lines(4, "yo")))
     wait_for(lambda: last_step(ws, "a.jsonl") >= 2 and "b.jsonl" in jobs_by_file(ws), 120, "training",
              daemon=daemon)

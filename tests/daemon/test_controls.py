@@ -34,7 +34,7 @@ def long_ws(tmp_path, tiny_model_dir):
 def test_pause_checkpoints_holds_priority_work_and_resume_continues(long_ws, start_daemon):
     ws = long_ws
     daemon = start_daemon(ws)
-    drop(ws, "long.jsonl", chat_lines(80))
+    drop(ws, "long.jsonl", chat_lines(200))
     wait_for(lambda: last_step(ws, "long.jsonl") >= 2, 120, "training", daemon=daemon)
     (ws.control / ".pause").touch()
     wait_for(lambda: queue_status(ws, "long.jsonl") == "paused", 30, "paused in queue.json", daemon=daemon)
@@ -57,7 +57,7 @@ def test_pause_checkpoints_holds_priority_work_and_resume_continues(long_ws, sta
 def test_stop_requeues_behind_its_class_and_resumes_later(long_ws, start_daemon):
     ws = long_ws
     daemon = start_daemon(ws)
-    drop(ws, "a.jsonl", chat_lines(40))
+    drop(ws, "a.jsonl", chat_lines(120))
     drop(ws, "b.jsonl", chat_lines(6, "yo"))
     wait_for(lambda: last_step(ws, "a.jsonl") >= 2, 120, "a to train", daemon=daemon)
     (ws.control / ".stop").touch()
@@ -75,7 +75,7 @@ def test_stop_requeues_behind_its_class_and_resumes_later(long_ws, start_daemon)
 def test_skip_abandons_the_job_keeps_its_checkpoint_and_starts_the_next(long_ws, start_daemon):
     ws = long_ws
     daemon = start_daemon(ws)
-    drop(ws, "a.jsonl", chat_lines(40))
+    drop(ws, "a.jsonl", chat_lines(120))
     drop(ws, "b.jsonl", chat_lines(6, "yo"))
     wait_for(lambda: last_step(ws, "a.jsonl") >= 2, 120, "a to train", daemon=daemon)
     (ws.control / ".skip").touch()
@@ -91,7 +91,7 @@ def test_skip_abandons_the_job_keeps_its_checkpoint_and_starts_the_next(long_ws,
 def test_priority_preempts_normal_work_which_then_resumes(long_ws, start_daemon):
     ws = long_ws
     daemon = start_daemon(ws)
-    drop(ws, "normal.jsonl", chat_lines(40))
+    drop(ws, "normal.jsonl", chat_lines(120))
     drop(ws, "normal2.jsonl", chat_lines(6))
     wait_for(lambda: last_step(ws, "normal.jsonl") >= 2, 120, "normal to train", daemon=daemon)
     drop(ws, "p1.jsonl", chat_lines(16, "yo"), priority=True)
@@ -145,7 +145,7 @@ def test_a_long_pause_releases_the_model_and_resume_reloads(tmp_path, tiny_model
     config.control.pause_release_after_seconds = 0.5
     ws = make_workspace(tmp_path / "ws", config)
     daemon = start_daemon(ws)
-    drop(ws, "a.jsonl", chat_lines(40))
+    drop(ws, "a.jsonl", chat_lines(120))
     wait_for(lambda: last_step(ws, "a.jsonl") >= 2, 120, "training", daemon=daemon)
     worker = daemon.worker_pid()
     (ws.control / ".pause").touch()

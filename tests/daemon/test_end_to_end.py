@@ -110,7 +110,7 @@ def test_second_daemon_on_the_same_workspace_is_refused(ws, start_daemon):
 def test_sigkill_mid_training_loses_nothing_and_resumes(ws, start_daemon):
     """SIGKILL the daemon mid-job: the worker dies with it; a restart finishes the job from its checkpoint."""
     daemon = start_daemon(ws)
-    drop(ws, "long.jsonl", chat_lines(60))
+    drop(ws, "long.jsonl", chat_lines(200))
     drop(ws, "later.jsonl", chat_lines(6))
     wait_for(lambda: (jobs_by_file(ws).get("long.jsonl") or {}).get("step", 0) >= 10, 120,
              "two checkpoints", daemon=daemon)
@@ -129,14 +129,14 @@ def test_sigkill_mid_training_loses_nothing_and_resumes(ws, start_daemon):
     assert long["runs"][1]["from_step"] >= 10, "the second run must resume from a checkpoint"
     record = read_json(ws.adapter_dir(long["id"]) / "job.json")
     assert record["steps"] == record["total_steps"] > long["runs"][1]["from_step"]
-    assert record["examples_trained"] == 60
+    assert record["examples_trained"] == 200
     for job in jobs.values():
         assert len(where_is(ws, job)) == 1, (job["file"], where_is(ws, job))
 
 
 def test_sigterm_checkpoints_and_requeues(ws, start_daemon):
     daemon = start_daemon(ws)
-    drop(ws, "job.jsonl", chat_lines(60))
+    drop(ws, "job.jsonl", chat_lines(200))
     wait_for(lambda: (jobs_by_file(ws).get("job.jsonl") or {}).get("step", 0) >= 3, 120, "training", daemon=daemon)
     assert daemon.stop() == 0
     job = jobs_by_file(ws)["job.jsonl"]
@@ -150,7 +150,7 @@ def test_sigterm_checkpoints_and_requeues(ws, start_daemon):
 def test_queued_files_are_tokenised_while_another_trains(ws, start_daemon):
     """The next file is prepared during the current job; one that cannot train fails while it waits."""
     daemon = start_daemon(ws)
-    drop(ws, "long.jsonl", chat_lines(80))
+    drop(ws, "long.jsonl", chat_lines(200))
     wait_for(lambda: status_of(ws, "long.jsonl") == "training", 60, "long to start", daemon=daemon)
     drop(ws, "next.jsonl", chat_lines(6, "yo"))
     overlong = [{"text": "word " * 400}] * 3  # every example longer than max_seq_len: nothing would train

@@ -93,7 +93,8 @@ def test_gc_removes_what_the_rule_allows_and_never_models(busy):
     assert removed <= before - after
     for must_stay in [f"models/adapters/{done}/adapter_model.safetensors", "models/base/tiny/model.safetensors",
                       "models/base/tiny-v1/model.safetensors", "models/base/tiny-v1/version.json",
-                      f"models/checkpoints/{done}/checkpoint-1/KEEP", f"models/checkpoints/{done}/checkpoint-3/state.json",
+                      f"models/checkpoints/{done}/checkpoint-1/KEEP",
+                      f"models/checkpoints/{done}/checkpoint-3/state.json",
                       f"models/checkpoints/{stopped}/checkpoint-4/state.json",
                       f"models/checkpoints/{stopped}/checkpoint-3/state.json",
                       "inbox/normal/.dropping.jsonl.tmp", "config.json", "models/versions.jsonl"]:

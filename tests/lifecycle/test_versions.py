@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from helpers import chat_lines
 from lifecycle_helpers import base_plus_adapter_logits, cli, logits, train_job
 
-from finetuned.fsio import sha256_file
+from finetuned.daemon.lock import WorkspaceLock
+from finetuned.fsio import atomic_write_json, sha256_file
 from finetuned.lifecycle.consolidate import consolidate
 from finetuned.lifecycle.errors import LifecycleError, UnfinishedWork
 from finetuned.lifecycle.line import line_exclusions, read_history, rollback, use
@@ -42,7 +45,7 @@ def test_consolidated_version_loads_and_gives_base_plus_adapter_logits(trained):
     assert AutoTokenizer.from_pretrained(str(version.path)).chat_template, "the tokenizer travels with the version"
 
     record = json.loads((version.path / "version.json").read_text())
-    assert VERSION_KEYS <= set(record)
+    assert set(record) >= VERSION_KEYS
     assert (record["name"], record["version"], record["parent"], record["note"]) == ("tiny", 1, "tiny", "first merge")
     assert record["weights_hash"] == weights_hash(version.path)
     assert record["parent_hash"] == weights_hash(trained.base_models / "tiny")
@@ -121,9 +124,8 @@ def test_use_and_versions_through_the_cli(trained):
     listed = json.loads(cli("versions", "--json", "--root", root).stdout)
     assert [(v["id"], v["current"]) for v in listed] == [("tiny", False), ("tiny-v1", True)]
     assert listed[1]["note"] == "cli merge" and listed[0]["origin"] == "builtin:tiny"
-
-    unknown = cli("use", "tiny-v9", "--root", root)
-    assert unknown.returncode == 1 and "no version 'tiny-v9'" in unknown.stderr
+    with pytest.raises(LifecycleError, match="no version 'tiny-v9'"):
+        use(trained, "tiny-v9")
 
 
 def test_switching_waits_for_a_job_that_is_part_way(trained):
@@ -150,3 +152,52 @@ def test_after_a_rollback_the_line_starts_from_the_version_itself(trained):
     adapter = next(a for a in list_adapters(trained) if a.job_id == again.id)
     assert adapter.base_model == "builtin:tiny"
     assert adapter.line_step == adapter.steps, "not continued from the old line's checkpoint"
+
+
+class FakeDaemon(threading.Thread):
+    """Holds the workspace lock and heartbeats like an idle daemon; notes whether it ever saw .pause."""
+
+    def __init__(self, ws, answer: bool = True) -> None:
+        super().__init__(daemon=True)
+        self.ws, self.answer = ws, answer
+        self.saw_pause = False
+        self.ready, self.done = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        with WorkspaceLock(self.ws.lock_file):
+            self.ready.set()
+            while not self.done.is_set():
+                self.saw_pause |= self.ws.pause_file.exists()
+                if self.answer:
+                    atomic_write_json(self.ws.status_json, {"state": "idle", "current_job": None,
+                                                            "heartbeat_unix": time.time()})
+                time.sleep(0.05)
+
+    def __enter__(self) -> FakeDaemon:
+        self.start()
+        self.ready.wait(10)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.done.set()
+        self.join(10)
+
+
+def test_a_switch_under_a_live_daemon_holds_it_paused_until_written(trained, monkeypatch):
+    """No job may start on the old base while the config changes; the user's own pause is left alone."""
+    consolidate(trained, use=False)
+    with FakeDaemon(trained) as daemon:
+        use(trained, "tiny-v1")
+    assert daemon.saw_pause and not trained.pause_file.exists()
+    assert trained.load_config().base_model == "tiny-v1"
+
+    trained.pause_file.touch()
+    with FakeDaemon(trained):
+        rollback(trained, "tiny")
+    assert trained.pause_file.exists(), "the user's pause stays"
+    trained.pause_file.unlink()
+
+    monkeypatch.setattr("finetuned.lifecycle.line.DAEMON_ANSWER_SECONDS", 0.5)
+    with FakeDaemon(trained, answer=False), pytest.raises(LifecycleError, match="did not answer"):
+        use(trained, "tiny-v1")
+    assert trained.load_config().base_model == "builtin:tiny" and not trained.pause_file.exists()

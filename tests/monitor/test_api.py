@@ -204,7 +204,7 @@ def test_health_reports_ram_disk_and_no_gpu_on_this_machine(client, state: State
 def test_openapi_schema_lists_every_area(client):
     schema = client.get("/openapi.json").json()
     tags = {tag for path in schema["paths"].values() for op in path.values() for tag in op.get("tags", [])}
-    assert {"status", "queue", "jobs", "control", "upload", "prometheus"} <= tags
+    assert {"status", "queue", "jobs", "metrics", "control", "upload", "prometheus"} <= tags
     assert "/api/events" in schema["paths"] and "/api/control/{action}" in schema["paths"]
 
 

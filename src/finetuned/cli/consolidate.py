@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Annotated
 
 import typer
@@ -26,6 +28,15 @@ examples:
 """
 
 
+def quiet_libraries() -> None:
+    """One progress bar, ours: no per-shard bars, no deprecation notes about peft's internals."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports it; its CPU kernels are not ours
+
+
 def consolidate(
     job_id: Annotated[str | None, typer.Argument(help="The job whose adapter to merge (default: the latest).")] = None,
     note: Annotated[str, typer.Option("--note", help="A one-line note kept in version.json.")] = "",
@@ -34,11 +45,9 @@ def consolidate(
     root: RootOption = None,
 ) -> None:
     ws = workspace(root)
-    from transformers.utils import logging as hf_logging
-
     from finetuned.lifecycle.consolidate import consolidate as run_consolidation
 
-    hf_logging.disable_progress_bar()  # one progress bar, ours
+    quiet_libraries()
     columns = (SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console, transient=True) as bar:

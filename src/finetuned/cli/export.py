@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from finetuned.cli.common import RootOption, console, fail, workspace
+from finetuned.cli.consolidate import quiet_libraries
 from finetuned.config import ConfigError
 from finetuned.lifecycle.errors import LifecycleError
 
@@ -32,11 +33,9 @@ def export(
     root: RootOption = None,
 ) -> None:
     ws = workspace(root)
-    from transformers.utils import logging as hf_logging
-
     from finetuned.lifecycle.export import export as run_export
 
-    hf_logging.disable_progress_bar()
+    quiet_libraries()
     try:
         folder = run_export(ws, ref, to, merged=merged)
     except (LifecycleError, ConfigError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -46,6 +47,8 @@ def gc(
     ws = workspace(root)
     from finetuned.lifecycle import retention  # torch comes with it: keep `finetuned --help` instant
 
+    # An incomplete checkpoint is listed below as debris; the loader's "passing over" warning says it twice.
+    logging.getLogger("finetuned.worker.checkpoint").setLevel(logging.ERROR)
     try:
         plan = retention.plan(ws)
     except ConfigError as exc:

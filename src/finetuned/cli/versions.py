@@ -67,12 +67,13 @@ def versions(
     if not found:
         console.print(f"no model folders in {ws.base_models} yet (the base is written out on first use)")
         return
-    table = Table("", "version", "#", "parent", "steps", "data files", "created", "weights", "note")
+    table = Table("", "version", "parent", "steps", "created", "data files", "note")
     for v in found:
-        files = ", ".join(str(d.get("file")) for d in v.data) or ("-" if v.version else (v.origin or "-"))
-        table.add_row("*" if v.id == current else "", v.id, str(v.version), v.parent or "-",
-                      f"{v.steps} (total {v.total_steps})" if v.version else "-", files, v.created if v.recorded
-                      else "-", (v.weights_hash or "")[:12] or "-", v.note, style="bold" if v.id == current else "")
+        files = ", ".join(str(d.get("file")) for d in v.data) or "-"
+        steps = f"{v.steps} (total {v.total_steps})" if v.version else "-"
+        created = v.created[:16] if v.recorded else "-"
+        table.add_row("*" if v.id == current else "", v.id, v.parent or "-", steps, created, files, v.note,
+                      style="bold" if v.id == current else "")
     console.print(table)
     console.print(f"current: {current} (config.json base_model = {base!r})")
 

@@ -139,6 +139,17 @@ def merge_into(base_dir: Path, adapter: Adapter, out: Path, dtype: str | None,
     gc.collect()
 
 
+def _parent_of(ws: Workspace, adapter: Adapter) -> Version:
+    """The version the adapter was trained on: its base_model, or the folder it recorded if that moved."""
+    try:
+        return ensure_recorded(ws, adapter.base_model)
+    except LifecycleError:
+        base_path = adapter.info.get("base_path")
+        if base_path and (Path(base_path) / "config.json").exists():
+            return ensure_recorded(ws, str(base_path))
+        raise
+
+
 def _already_merged(ws: Workspace, adapter: Adapter, parent: Version) -> Version | None:
     for version in list_versions(ws):
         if version.parent == parent.id and any(a.get("job_id") == adapter.job_id for a in version.adapters):
@@ -168,7 +179,7 @@ def consolidate(ws: Workspace, job_id: str | None = None, note: str = "", progre
         adapter = get_adapter(ws, job_id) if job_id else pick_adapter(ws, config.base_model)
         if not adapter.base_model:
             raise LifecycleError(f"job {adapter.job_id}'s job.json does not say which base it was trained on")
-        parent = ensure_recorded(ws, adapter.base_model)
+        parent = _parent_of(ws, adapter)
         assert parent.path is not None
         found_hash = weights_hash(parent.path)
         if adapter.base_hash and adapter.base_hash != found_hash:

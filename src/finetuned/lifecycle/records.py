@@ -128,9 +128,9 @@ def get_adapter(ws: Workspace, job_id: str) -> Adapter:
     return adapter
 
 
-def data_entry(adapter_or_job: Adapter | None, job: Job | None, job_id: str) -> dict[str, Any]:
+def data_entry(adapter: Adapter | None, job: Job | None, job_id: str) -> dict[str, Any]:
     """One job's contribution: the data file, its sha256, and what was trained on it."""
-    info = adapter_or_job.info if adapter_or_job else {}
+    info = adapter.info if adapter else {}
     summary = job.summary if job else {}
     return {
         "job_id": job_id,

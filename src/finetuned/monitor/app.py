@@ -24,7 +24,8 @@ def create_app(ws: Workspace, settings: MonitorConfig) -> FastAPI:
     app.state.files = Files(ws)
     app.state.registry = registry(app.state.files, settings)
     app.state.stopping = threading.Event()  # tells open event streams to end when the server stops
-    for area in (status, queue, jobs, control, upload, prometheus, page):
-        app.include_router(area.router)
+    for router in (status.router, queue.router, jobs.router, jobs.line_router, control.router, upload.router,
+                   prometheus.router, page.router):
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from finetuned.monitor.deps import FilesDep, Guarded, SettingsDep
 from finetuned.monitor.events import EventWatcher
+from finetuned.monitor.routes.jobs import job_previews
 from finetuned.monitor.views import health_view, status_view
 
 router = APIRouter(prefix="/api", tags=["status"], dependencies=Guarded)
@@ -30,6 +31,18 @@ async def status(files: FilesDep, settings: SettingsDep) -> dict[str, Any]:
 async def health(files: FilesDep) -> dict[str, Any]:
     """RAM, disk and CPU as the daemon last measured them, and the GPUs when NVML is available."""
     return health_view(files)
+
+
+@router.get("/previews")
+async def previews(files: FilesDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> dict[str, Any]:
+    """Previews of the job now training, or of the latest job that has any."""
+    job = ((files.training() or {}).get("job") or {}).get("id")
+    if not isinstance(job, str) or files.job(job) is None:
+        with_previews = [j["id"] for j in files.jobs() if files.previews(j["id"])]
+        if not with_previews:
+            return {"job_id": None, "rounds": [], "exact_match": []}
+        job = with_previews[-1]
+    return await job_previews(job, files, limit)
 
 
 @router.get("/events", response_class=EventSourceResponse)
