@@ -110,7 +110,7 @@ def test_second_daemon_on_the_same_workspace_is_refused(ws, start_daemon):
 def test_sigkill_mid_training_loses_nothing_and_resumes(ws, start_daemon):
     """SIGKILL the daemon mid-job: the worker dies with it; a restart finishes the job from its checkpoint."""
     daemon = start_daemon(ws)
-    drop(ws, "long.jsonl", chat_lines(200))
+    drop(ws, "long.jsonl", chat_lines(800))
     drop(ws, "later.jsonl", chat_lines(6))
     wait_for(lambda: (jobs_by_file(ws).get("long.jsonl") or {}).get("step", 0) >= 10, 120,
              "two checkpoints", daemon=daemon)
@@ -129,7 +129,7 @@ def test_sigkill_mid_training_loses_nothing_and_resumes(ws, start_daemon):
     assert long["runs"][1]["from_step"] >= 10, "the second run must resume from a checkpoint"
     record = read_json(ws.adapter_dir(long["id"]) / "job.json")
     assert record["steps"] == record["total_steps"] > long["runs"][1]["from_step"]
-    assert record["examples_trained"] == 200
+    assert record["examples_trained"] == 800
     for job in jobs.values():
         assert len(where_is(ws, job)) == 1, (job["file"], where_is(ws, job))
 

@@ -201,3 +201,15 @@ def test_a_switch_under_a_live_daemon_holds_it_paused_until_written(trained, mon
     with FakeDaemon(trained, answer=False), pytest.raises(LifecycleError, match="did not answer"):
         use(trained, "tiny-v1")
     assert trained.load_config().base_model == "builtin:tiny" and not trained.pause_file.exists()
+
+
+def test_an_older_adapter_is_written_but_not_made_current(trained):
+    """Merging a job that a later job continued from would drop the later training: no switch without --force."""
+    (first,) = list_adapters(trained)
+    later = train_job(trained, "later.jsonl", chat_lines(12, "yo"))
+    result = consolidate(trained, first.job_id)
+    assert result.version.id == "tiny-v1" and not result.switched
+    assert f"job {later.id} trained on the same base after job {first.job_id}" in result.message
+    assert trained.load_config().base_model == "builtin:tiny"
+    assert [j["job_id"] for j in consolidate(trained, use=False).version.jobs] == [first.job_id, later.id], \
+        "the newest adapter of a continuous line holds every job of it"

@@ -202,3 +202,16 @@ def test_activation_checkpointing_gives_the_same_losses(tmp_path, tiny_model_dir
                 write_jsonl(tmp_path / f"{flag}.jsonl", records), driver)
         results.append(driver.losses())
     assert results[1] == pytest.approx(results[0], abs=1e-5)
+
+
+def test_every_checkpoint_is_reported_once_it_is_durable(tmp_path, tiny_model_dir):
+    """Periodic checkpoints are written beside the next steps; each still reaches the daemon."""
+    config = tiny_config(checkpoint_every_steps=2, max_steps=9)
+    ws = make_workspace(tmp_path / "ws", config)
+    driver = Driver()
+    run_job(ws, config, "job", write_jsonl(tmp_path / "d.jsonl", chat_lines(100)), driver)
+    reported = [m["step"] for m in driver.messages if m["type"] == "checkpoint"]
+    assert reported == [2, 4, 6, 8, 9]
+    for m in driver.messages:
+        if m["type"] == "checkpoint":
+            assert (ws.job_checkpoints("job") / f"checkpoint-{m['step']}").exists() or m["step"] < 6

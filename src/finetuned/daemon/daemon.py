@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetuned.config import Config, ConfigError
+from finetuned.daemon.consolidation import ScheduledConsolidation
 from finetuned.daemon.lock import WorkspaceLock
 from finetuned.daemon.outcomes import Outcomes
 from finetuned.daemon.prefetch import Prefetcher
@@ -26,6 +27,8 @@ from finetuned.daemon.supervisor import WorkerHandle
 from finetuned.data import validate_file
 from finetuned.data.report import file_report
 from finetuned.fsio import remove_file
+from finetuned.lifecycle import notify as notifications
+from finetuned.lifecycle.line import line_exclusions
 from finetuned.queue import actions
 from finetuned.queue.inbox import Inbox, Wakeup
 from finetuned.queue.job import Job, JobStatus
@@ -62,6 +65,7 @@ class Daemon:
         self._validator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate")
         self._validating: dict[str, Future[Any]] = {}
         self._dirty = True
+        self.consolidation = ScheduledConsolidation(ws)
         self._written_revision = -1
         self._step_times: list[float] = []
         self._last_tokens = 0
@@ -76,6 +80,7 @@ class Daemon:
             wakeup = Wakeup([self.ws.inbox, self.ws.control])
             log.info("daemon started on %s (pid %d, base model %s, %s)", self.ws.root, os.getpid(),
                      self.config.base_model, "watching" if wakeup.watching else "polling")
+            self.notify("daemon_started", pid=os.getpid(), base_model=self.config.base_model)
             try:
                 while not self._finished():
                     self.tick()
@@ -96,6 +101,10 @@ class Daemon:
         self.state_writer.monitor_url = server.url
         log.info("monitor at %s", server.url)
         return server
+
+    def notify(self, event: str, **payload: Any) -> None:
+        """Tell the user's webhook or command (in the background; a failure is only logged)."""
+        notifications.notify(self.config.notify, event, {"workspace": str(self.ws.root), **payload})
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.shutdown_requested += 1
@@ -127,8 +136,10 @@ class Daemon:
             self.store.move(self.current, JobStatus.QUEUED, "daemon stopped; resumes from its last checkpoint")
         self.current = None
         self._validator.shutdown(wait=False, cancel_futures=True)
+        self.consolidation.wait()
         self.write_state(force=True, state="stopped")
         log.info("daemon stopped")
+        self.notify("daemon_stopped", pid=os.getpid())
 
     def _sleep_seconds(self) -> float:
         if self.worker is not None or self.prefetch.busy or self.inbox.waiting or self._validating:
@@ -146,6 +157,8 @@ class Daemon:
         self._watch_worker()
         self.prefetch.tick()
         self._apply_controls()
+        if self.consolidation.tick(idle=self.current is None and not self.shutdown_requested):
+            self._dirty = True
         self._schedule()
         self.write_state()
 
@@ -294,6 +307,8 @@ class Daemon:
         return None
 
     def _schedule(self) -> None:
+        if self.consolidation.running:
+            return  # it may switch the base: the queue waits behind it
         if self.current is not None or self.shutdown_requested or self.ws.pause_file.exists():
             return
         job = self._next_job()
@@ -318,6 +333,7 @@ class Daemon:
         self.store.move(job, JobStatus.TRAINING, "started")
         link_current(self.ws, self.store.file_path(job))
         exclude = [j.id for j in self.store.jobs.values() if j.status in (JobStatus.SKIPPED, JobStatus.FAILED)]
+        exclude += line_exclusions(self.ws, self.store.jobs.values())  # after use/rollback: a fresh line
         self.worker.send({"type": "train", "job_id": job.id, "file": str(self.store.file_path(job)),
                           "config": self.config.model_dump(mode="json"), "line_exclude": exclude,
                           "sha256": job.sha256})

@@ -35,6 +35,8 @@ class Outcomes:
         if kind == "ready" or job is None or message.get("job_id") != job.id:
             return
         if kind == "phase":
+            if message["phase"] == "waiting for disk space" and self.d.phase != "waiting for disk space":
+                self.d.notify("paused_for_disk", job_id=job.id, step=job.step, reason=message.get("reason", ""))
             if message.get("reason") and message["reason"] != self.d.phase_reason:
                 log.warning("job %s: %s", job.id, message["reason"])
             elif message["phase"] != self.d.phase:
@@ -103,6 +105,7 @@ class Outcomes:
         remove_tree(self.d.ws.tokenized / job.id)
         self.d.clear_current()
         remove_file(self.d.ws.skip_file)
+        self.d.notify("job_skipped", job_id=job.id, file=job.file, reason=reason, step=job.step)
 
     def complete(self, job: Job, summary: dict[str, Any]) -> None:
         self.store.end_run(job, "completed")
@@ -117,6 +120,10 @@ class Outcomes:
                  job.id, summary["steps"], summary["examples_trained"], _fmt(summary["first_loss"]),
                  _fmt(summary["final_loss"]), job.id)
         self.d.clear_current()
+        self.d.notify("job_completed", job_id=job.id, file=job.file, steps=summary["steps"],
+                      examples=summary["examples_trained"], tokens=summary.get("tokens"),
+                      first_loss=summary["first_loss"], final_loss=summary["final_loss"],
+                      val_loss=summary.get("val_loss"), adapter=f"models/adapters/{job.id}")
 
     def fail(self, job: Job, reason: str, report: dict[str, Any] | None) -> None:
         """The job cannot train: its file goes to data/failed with NAME.error.json beside it."""
@@ -128,6 +135,7 @@ class Outcomes:
         self.store.move(job, JobStatus.FAILED, reason, error=body)
         remove_tree(self.d.ws.tokenized / job.id)
         log.error("job %s: failed: %s; file in data/failed", job.id, reason)
+        self.d.notify("job_failed", job_id=job.id, file=job.file, reason=reason, step=job.step)
         if self.d.current is job:
             self.d.clear_current()
 

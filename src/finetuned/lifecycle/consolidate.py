@@ -5,7 +5,8 @@ the training device, and is saved in the base's own dtype. The folder is
 written as `.NAME-vN.tmp`, hashed, given its `version.json`, fsynced and
 renamed: a version is complete or absent, and an existing one is never
 overwritten. By default the new version becomes current (`line.switch`),
-unless the line moved on while the merge ran.
+unless that would drop training from the line (the adapter is not the line's newest on the
+current base).
 """
 
 from __future__ import annotations
@@ -157,10 +158,15 @@ def _already_merged(ws: Workspace, adapter: Adapter, parent: Version) -> Version
     return None
 
 
-def _line_moved(ws: Workspace, adapter: Adapter) -> str | None:
+def _not_the_head(ws: Workspace, adapter: Adapter, current_base: str, new_id: str) -> str | None:
+    """Why making the new version current would drop training from the line, or None."""
+    if adapter.base_model != current_base:
+        return (f"job {adapter.job_id} was trained on {adapter.base_model}, not on the current base "
+                f"{current_base} (finetuned use {new_id} switches anyway)")
     newer = [a for a in list_adapters(ws) if a.base_model == adapter.base_model and a.finished > adapter.finished]
     if newer:
-        return f"job {newer[-1].job_id} finished on the same base while the merge ran"
+        return (f"job {newer[-1].job_id} trained on the same base after job {adapter.job_id} and is not in "
+                f"{new_id} (finetuned use {new_id} switches anyway)")
     return None
 
 
@@ -174,7 +180,8 @@ def consolidate(ws: Workspace, job_id: str | None = None, note: str = "", progre
         raise LifecycleError(str(exc)) from None
     with lifecycle_lock(ws, "consolidate"):
         if use and not force:  # say it before minutes of merging, not after
-            refuse_if_unfinished(ws, config.base_model, "consolidate and switch")
+            refuse_if_unfinished(ws, config.base_model, "consolidate and switch", "Let it finish, or write the "
+                                 "version without switching (--no-use) and switch later (finetuned use)")
         report("checking", 0, STAGES)
         adapter = get_adapter(ws, job_id) if job_id else pick_adapter(ws, config.base_model)
         if not adapter.base_model:
@@ -228,10 +235,11 @@ def consolidate(ws: Workspace, job_id: str | None = None, note: str = "", progre
                       f"({steps} steps, weights {version.weights_hash[:12]})" + (f"; {note}" if note else ""))
         switched, message = False, f"{new_id} written (not current: --no-use)"
         if use:
-            moved = _line_moved(ws, adapter)
+            current_base = ws.load_config().base_model  # as it is now: the merge took a while
+            behind = _not_the_head(ws, adapter, current_base, new_id)
             try:
-                if moved and not force:
-                    raise UnfinishedWork(moved)
+                if behind and not force:
+                    raise UnfinishedWork(behind)
                 switch(ws, version, "use", force, note=f"after consolidating job {adapter.job_id}")
                 switched, message = True, f"{new_id} written and now current"
             except UnfinishedWork as exc:

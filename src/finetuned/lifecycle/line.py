@@ -113,16 +113,22 @@ def line_exclusions(ws: Workspace, jobs: Iterable[Job]) -> list[str]:
 
 
 def unfinished(ws: Workspace, base_model: str) -> list[str]:
-    """Jobs part-way through training on `base_model`, each as a line saying so."""
+    """Jobs part-way through training on `base_model`, each as a line saying so.
+
+    A job in training (while a daemon runs) or with a checkpoint on this base that it will resume from
+    counts; one that never reached a checkpoint restarts from nothing and does not.
+    """
     found = []
+    alive = daemon_pid(ws) is not None
     for job in read_jobs(ws).values():
-        if job.status in (JobStatus.TRAINING, JobStatus.PAUSED):
-            found.append(f"job {job.id} ({job.file}) is {job.status.value} at step {job.step}")
-            continue
-        if job.status != JobStatus.QUEUED:
+        if not job.status.active:
             continue
         last = checkpoint.latest(ws.job_checkpoints(job.id))
-        if last is not None and last[0].base_model == base_model:
+        on_base = last is not None and last[0].base_model == base_model
+        if job.status in (JobStatus.TRAINING, JobStatus.PAUSED) and (alive or on_base):
+            found.append(f"job {job.id} ({job.file}) is {job.status.value} at step {job.step}")
+        elif on_base:
+            assert last is not None
             found.append(f"job {job.id} ({job.file}) has trained {last[0].step} of its steps and waits to resume")
     return found
 
@@ -165,16 +171,12 @@ def quiet_daemon(ws: Workspace) -> Iterator[None]:
     touched = time.time()
     ws.pause_file.touch()
     try:
-        deadline = touched + DAEMON_ANSWER_SECONDS
-        while True:  # a heartbeat written after the touch means a whole tick saw the pause
-            try:
-                if read_json(ws.status_json).get("heartbeat_unix", 0) > touched + 0.05:
-                    break
-            except (OSError, ValueError, AttributeError):
-                pass
-            if time.time() > deadline or daemon_pid(ws) is None:
-                if daemon_pid(ws) is None:
-                    break
+        # A heartbeat written after the touch ends a tick that either saw the pause or had already
+        # recorded the job it started, which the caller's second look at the records then finds.
+        while _heartbeat(ws) <= touched + 0.05:
+            if daemon_pid(ws) is None:
+                break  # it stopped: nothing will start a job now
+            if time.time() > touched + DAEMON_ANSWER_SECONDS:
                 raise LifecycleError(f"the daemon did not answer within {DAEMON_ANSWER_SECONDS:.0f}s; nothing changed")
             time.sleep(0.1)
         yield
@@ -182,12 +184,19 @@ def quiet_daemon(ws: Workspace) -> Iterator[None]:
         remove_file(ws.pause_file)
 
 
-def refuse_if_unfinished(ws: Workspace, base_model: str, action: str) -> None:
+def _heartbeat(ws: Workspace) -> float:
+    try:
+        return float(read_json(ws.status_json).get("heartbeat_unix", 0))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0.0
+
+
+def refuse_if_unfinished(ws: Workspace, base_model: str, action: str, hint: str = "") -> None:
     busy = unfinished(ws, base_model)
     if busy:
-        raise UnfinishedWork(
-            f"cannot {action} now: {busy[0]}{f' (and {len(busy) - 1} more)' if len(busy) > 1 else ''}; "
-            "its steps are in no version yet. Let it finish (or cancel it), or pass --force to switch anyway")
+        more = f" (and {len(busy) - 1} more)" if len(busy) > 1 else ""
+        raise UnfinishedWork(f"cannot {action} now: {busy[0]}{more}; its steps are in no version yet. "
+                             + (hint or "Let it finish (or cancel it), or pass --force to switch anyway"))
 
 
 def switch(ws: Workspace, target: Version, action: str, force: bool = False, note: str = "",

@@ -128,6 +128,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._written: list[tuple[int, Path]] = []
+        self._lock = threading.Lock()
 
     def save(self, job_dir: Path, snap: Snapshot, keep: int, wait: bool) -> Path:
         self.join()
@@ -139,9 +140,12 @@ class Writer:
 
     def _run(self, job_dir: Path, snap: Snapshot, keep: int) -> None:
         try:
-            self._written.append((snap.progress.step, write(job_dir, snap, keep)))
+            path = write(job_dir, snap, keep)
         except BaseException as exc:  # raised again on the training thread by join()
             self._error = exc
+            return
+        with self._lock:
+            self._written.append((snap.progress.step, path))
 
     def join(self) -> None:
         if self._thread is not None:
@@ -153,7 +157,8 @@ class Writer:
 
     def written(self) -> list[tuple[int, Path]]:
         """Checkpoints made durable since the last call."""
-        done, self._written = self._written, []
+        with self._lock:
+            done, self._written = self._written, []
         return done
 
 
