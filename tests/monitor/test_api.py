@@ -12,7 +12,6 @@ from monitor_helpers import StateWorkspace, metric_lines
 from prometheus_client.parser import text_string_to_metric_families
 
 from finetuned.fsio import atomic_write_json, read_json
-from finetuned.monitor.files import previews_file
 from finetuned.queue import actions
 from finetuned.queue.job import JobStatus
 
@@ -105,7 +104,7 @@ def test_model_line_of_independent_jobs_counts_steps_trained(client, state: Stat
 
 def test_previews_show_rounds_when_present_and_an_empty_state_otherwise(client, state: StateWorkspace):
     assert client.get("/api/previews").json() == {"job_id": state.current.id, "rounds": [], "exact_match": []}
-    path = previews_file(state.ws, state.current.id)
+    path = state.ws.previews_file(state.current.id)
     path.parent.mkdir(parents=True, exist_ok=True)
     item = {"prompt": "Say hi number 1.", "expected": "hi 1 hi 1.", "answer": "hi 1 hi 1.", "exact": True}
     rounds = [{"step": s, "time": time.time(), "seconds": 0.4, "items": [item], "exact_match": 1.0} for s in (2, 4)]

@@ -8,14 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from helpers import REPO, chat_lines, drop, jobs_by_file, make_workspace, wait_for
 from monitor_helpers import MonitoredDaemon, monitor_config
-
-from finetuned.monitor.files import previews_file
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -58,7 +55,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     """A workspace with some history: a short job finishes first, a long one trains, another waits."""
     root = tmp_path_factory.mktemp("browser")
     config = monitor_config(epochs=3, checkpoint_every_steps=8)
-    config.data.holdout_fraction = 0.1  # validation loss on the chart
+    config.data.holdout_fraction = 0.1  # validation loss on the chart, prompts for previews
+    config.monitor.preview_every_steps = 8
+    config.monitor.preview_max_new_tokens = 12
+    config.monitor.preview_budget = 1.0  # builtin:tiny trains faster than it generates
     ws = make_workspace(root / "ws", config)
     drop(ws, "warmup.jsonl", chat_lines(12, "go"), priority=True)
     drop(ws, "arithmetic_20k.jsonl", chat_lines(400, "hi"))
@@ -92,18 +92,9 @@ def test_page_shows_queue_and_loss_and_is_screenshotted(page, daemon: MonitoredD
     expect(page.get_by_test_id("loss")).not_to_have_text("–", timeout=30_000)
     expect(page.locator("#chart canvas")).to_be_visible()
     expect(page.locator("#hist-table")).to_contain_text("warmup.jsonl")
-    # A preview round, in the shape the worker writes, so the panel shows what a user will see.
-    job = jobs_by_file(daemon.ws)["arithmetic_20k.jsonl"]["id"]
-    path = previews_file(daemon.ws, job)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rounds = []
-    for n, step in enumerate((8, 16, 24)):
-        items = [{"prompt": f"Say hi number {i}.", "expected": f"hi {i} hi {i}.",
-                  "answer": f"hi {i} hi {i}." if i < n + 2 else f"hi {i} hi", "exact": i < n + 2} for i in range(4)]
-        rounds.append({"step": step, "time": time.time(), "seconds": 0.6, "items": items,
-                       "exact_match": sum(i["exact"] for i in items) / len(items)})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rounds))
-    expect(page.locator("#prev-table")).to_contain_text("Say hi number 3.", timeout=10_000)
+    # the worker's own preview rounds (every 8 steps here) fill the panel
+    expect(page.locator("#prev-table tbody tr").first).to_be_visible(timeout=60_000)
+    expect(page.locator("#prev-summary")).to_contain_text("exact match")
     wait_for(lambda: _long_job_step(daemon) >= 24, 120, "a few dozen steps on the chart", daemon=daemon)
     page.wait_for_timeout(1500)
     ARTIFACTS.mkdir(exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetuned.monitor.files import Files, previews_file, signature
+from finetuned.monitor.files import Files, signature
 from finetuned.monitor.settings import MonitorConfig
 from finetuned.monitor.views import downsample, health_view, queue_view, status_view
 
@@ -52,7 +52,7 @@ class EventWatcher:
             metrics = self._metrics(job)
             if metrics is not None:
                 out.append(("metrics", metrics))
-            if self._changed("previews", (job, signature(previews_file(ws, job)))):
+            if self._changed("previews", (job, signature(ws.previews_file(job)))):
                 out.append(("previews", {"job_id": job, "rounds": files.previews(job)[-MAX_ROUNDS:]}))
         return out
 

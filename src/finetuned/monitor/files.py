@@ -24,12 +24,6 @@ log = logging.getLogger(__name__)
 JOB_ID = re.compile(r"^\d{8}_\d{6}(?:_\d+)?$")
 
 
-def previews_file(ws: Workspace, job_id: str) -> Path:
-    """`logs/previews/JOB_ID.jsonl`, written by the worker's preview rounds."""
-    named = getattr(ws, "previews_file", None)  # the workspace will name it; until then, here
-    return named(job_id) if callable(named) else ws.logs / "previews" / f"{job_id}.jsonl"
-
-
 def _no_constant(_name: str) -> None:
     return None  # NaN and Infinity are not JSON; a browser could not parse them
 
@@ -143,7 +137,7 @@ class Files:
         return self.jsonl(self.ws.metrics_file(job_id), "step")
 
     def previews(self, job_id: str) -> list[dict[str, Any]]:
-        return self.jsonl(previews_file(self.ws, job_id), "step")
+        return self.jsonl(self.ws.previews_file(job_id), "step")
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         if not JOB_ID.match(job_id):

@@ -33,6 +33,7 @@ from finetuned.worker.loss import token_loss_sum
 from finetuned.worker.metrics import MetricsLog
 from finetuned.worker.previews import Previewer
 from finetuned.worker.protocol import Message, msg
+from finetuned.worker.step import accumulate, update
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -193,28 +194,18 @@ class Recipe:
                     return
                 started = time.time()
                 batches = data.step_batches(progress.step)
-                loss_tokens = sum(b.n_loss_tokens for b in batches)
-                loss_sum = 0.0
-                for batch in batches:
-                    # Weight each micro-batch by its share of the step's loss tokens, as one big batch would.
-                    loss = token_loss_sum(model, batch) / max(loss_tokens, 1)
-                    loss.backward()
-                    loss_sum += loss.item()
+                loss_sum = accumulate(model, batches).item()
                 if not math.isfinite(loss_sum):  # fail before the step: memory keeps the last good weights
                     optimizer.zero_grad(set_to_none=True)
                     self.send(msg("failed", job_id=progress.job_id, step=progress.step + 1, data_error=None,
                                   reason=f"loss became {loss_sum} at step {progress.step + 1}"))
                     return
                 lr = lr_at(progress.line_step, config)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                update(optimizer, params, lr, t.max_grad_norm)
                 progress.step += 1
                 progress.line_step += 1
                 progress.tokens += sum(b.n_tokens for b in batches)
-                progress.loss_tokens += loss_tokens
+                progress.loss_tokens += sum(b.n_loss_tokens for b in batches)
                 progress.examples += sum(b.n_examples for b in batches)
                 progress.last_loss = loss_sum
                 first_loss = loss_sum if first_loss is None else first_loss

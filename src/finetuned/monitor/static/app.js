@@ -281,6 +281,9 @@ function setupTabs() {
 function renderPreviews() {
   const rounds = (S.previews && S.previews.rounds) || [];
   $("prev-empty").hidden = rounds.length > 0;
+  const every = S.status && S.status.settings ? S.status.settings.preview_every_steps : null;
+  if (every === 0) $("prev-empty").textContent = "Previews are off (monitor.preview_every_steps is 0 in config.json).";
+  else if (num(every)) $("prev-empty").textContent = `No previews yet. Every ${every} steps the model answers a few held-out prompts of the current file; they appear here with the expected answers.`;
   $("prev-table").hidden = rounds.length === 0;
   $("prev-chart").hidden = rounds.length === 0;
   if (!rounds.length) { $("prev-summary").textContent = ""; return; }
@@ -290,9 +293,7 @@ function renderPreviews() {
   $("prev-summary").textContent = `step ${fmtInt(last.step)} · exact match ${hits}/${items.length}` +
     (num(last.exact_match) ? ` (${Math.round(100 * last.exact_match)}%)` : "") + (num(last.seconds) ? ` · ${last.seconds.toFixed(1)} s` : "");
   $("prev-table").tBodies[0].replaceChildren(...items.map((i) => h("tr", {},
-    h("td", { class: "text", "data-label": "Prompt" }, i.prompt),
-    h("td", { class: "text", "data-label": "Expected" }, i.expected),
-    h("td", { class: "text", "data-label": "Model" }, i.answer),
+    clamped("Prompt", i.prompt, true), clamped("Expected", i.expected), clamped("Model", i.answer),
     h("td", { class: "center", "data-label": "Match" }, i.exact ? h("span", { class: "mark-ok", title: "exact match" }, "✓") : h("span", { class: "mark-no", title: "differs" }, "✗")))));
 }
 
@@ -373,7 +374,7 @@ function connect() {
   es.onopen = () => { S.connected = true; };
   es.onerror = () => { S.connected = false; renderLiveness(); };
   on("hello", (d) => { S.offset = d.now - Date.now() / 1000; });
-  on("status", (d) => { S.status = d; S.offset = d.now - Date.now() / 1000; renderStatus(); });
+  on("status", (d) => { const first = !S.status; S.status = d; S.offset = d.now - Date.now() / 1000; renderStatus(); if (first) renderPreviews(); });
   on("queue", (d) => { S.queue = d; renderQueue(); });
   on("metrics", onMetrics);
   on("previews", (d) => { S.previews = d; renderPreviews(); });
