@@ -1,0 +1,229 @@
+"""GPU training throughput, Qwen3-8B shape: finetuned's training step beside the plain HF + PEFT loop.
+
+    python bench/train_gpu.py [--shape qwen3-8b] [--steps 8] [--seq 4096] [--quick]
+
+One script for the GPU machine; it prints the table last and writes bench/results/train_gpu.json.
+Random weights (nothing to download), LoRA r16 on all linear layers, bf16.
+
+  reference      ../shared/bench/hf_peft_baseline.py at its settings (bs 1 x 4096, with and without
+                 activation checkpointing, mixed lengths in [256, 4096] padded): its best is the baseline
+  finetuned      our step (worker/step.py: selective chunked loss, fused AdamW) on mixed-length
+                 examples packed into rows of 4096 with per-example attention (data/batches.py)
+  finetuned+ckpt the same with activation checkpointing
+  qlora          method "qlora" (4-bit NF4 base + LoRA), the shape our first user trains on a 24 GB card
+  max_seq_24gb   the longest packed row that fits 24 GB (memory capped with
+                 torch.cuda.set_per_process_memory_fraction), with and without activation checkpointing
+  ckpt_stall     how long a LoRA checkpoint holds the training thread (the write itself runs beside it)
+
+Real tokens/s counts non-padding tokens; MFU uses the reference script's LoRA convention and
+--peak-tflops (989: H100/H200 dense bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+RESULTS = REPO / "bench" / "results" / "train_gpu.json"
+sys.path.insert(0, str(SHARED / "bench"))
+
+from hf_peft_baseline import SHAPES, flops_per_token  # noqa: E402 - the reference's own shapes and FLOPs
+
+from finetuned.config import LoraSettings  # noqa: E402
+from finetuned.data.batches import ExampleStore, pack_rows, packed_batch  # noqa: E402
+from finetuned.models.loading import add_lora  # noqa: E402
+from finetuned.worker import checkpoint  # noqa: E402
+from finetuned.worker.checkpoint import TrainingProgress  # noqa: E402
+from finetuned.worker.step import accumulate, update  # noqa: E402
+
+GB = 2**30
+DEV = "cuda"  # --device cpu runs a smoke test of this script on a machine without a GPU
+
+
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def build(shape: str, seq: int, qlora: bool, ckpt: bool) -> tuple[torch.nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    cfg = Qwen3Config(max_position_embeddings=max(seq, 4096), **SHAPES[shape])
+    torch.manual_seed(0)
+    if qlora:
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        with tempfile.TemporaryDirectory() as tmp:  # quantisation happens on load: save bf16 once, reload in 4-bit
+            AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(tmp)
+            q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+            model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=q, device_map={"": DEV})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ckpt,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        with torch.device(DEV):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = add_lora(model, LoraSettings(r=16, alpha=32, dropout=0.0))
+    model.train()
+    return model, cfg
+
+
+def mixed_rows(seq: int, rows: int, vocab: int, seed: int) -> list[Any]:
+    """Examples of lengths uniform in [256, seq] (as the reference's --mixed-min 256), packed into rows."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(min(256, seq // 2), seq + 1, size=rows * 8)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    tokens = rng.integers(0, vocab, size=int(offsets[-1]))
+    mask = np.ones_like(tokens, dtype=np.uint8)
+    mask[offsets[:-1]] = 0  # an example's first token has no prediction
+    store = ExampleStore(tokens, mask, offsets)
+    starts = [*pack_rows(lengths, seq).tolist(), len(lengths)]
+    packed = [list(range(a, b)) for a, b in itertools.pairwise(starts)][:rows]
+    return [packed_batch(store, [row], pad_id=0).to(DEV) for row in packed]
+
+
+def run_ours(shape: str, seq: int, steps: int, warmup: int, qlora: bool, ckpt: bool, peak: float) -> dict[str, Any]:
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model, cfg = build(shape, seq, qlora, ckpt)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=DEV == "cuda")
+    batches = mixed_rows(seq, warmup + steps, cfg.vocab_size, seed=1)
+    tokens = 0
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        if i >= warmup:
+            tokens += batch.n_tokens
+        loss = accumulate(model, [batch])
+        update(opt, params, 1e-4, 1.0)
+    loss_value = loss.item()
+    sync()
+    dt = (time.perf_counter() - t0) / steps
+    result = {"tokens_per_s": tokens / steps / dt, "s_per_step": dt, "loss": loss_value,
+              "peak_mem_gib": torch.cuda.max_memory_allocated() / GB if DEV == "cuda" else None}
+    result["mfu"] = result["tokens_per_s"] * flops_per_token(cfg, seq) / (peak * 1e12)
+    if not qlora and not ckpt:
+        result["ckpt_stall_s"] = checkpoint_stall(model, opt)
+    del model, opt, batches
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def checkpoint_stall(model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
+    """Seconds the training thread is held by a LoRA checkpoint (snapshot; the write runs beside it)."""
+    weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    progress = TrainingProgress(job_id="bench", step=1, total_steps=1, line_step=1, seed=0, base_model="bench",
+                                base_hash="", method="lora", mode="independent")
+    writer = checkpoint.Writer()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        snap = checkpoint.snapshot(progress, weights, opt)
+        writer.save(Path(tmp), snap, keep=1, wait=False)
+        stall = time.perf_counter() - t0
+        writer.join()
+    return stall
+
+
+def fits(shape: str, seq: int, qlora: bool, ckpt: bool, budget_gb: float) -> bool:
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * GB / total))
+    try:
+        run_ours(shape, seq, steps=1, warmup=1, qlora=qlora, ckpt=ckpt, peak=989)
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+def longest(shape: str, qlora: bool, ckpt: bool, budget_gb: float) -> int:
+    best, lo, hi = 0, 512, 65536
+    while lo <= hi:  # binary search in steps of 512 tokens
+        mid = (lo + hi) // 1024 * 512 or 512
+        if fits(shape, mid, qlora, ckpt, budget_gb):
+            best, lo = mid, mid + 512
+        else:
+            hi = mid - 512
+    return best
+
+
+def reference(args: list[str]) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, str(SHARED / "bench" / "hf_peft_baseline.py"), *args],
+                         capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"error": (out.stderr or out.stdout)[-400:]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="qwen3-8b", choices=list(SHAPES))
+    parser.add_argument("--seq", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--quick", action="store_true", help="skip the 24 GB sequence-length search")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="cpu: a smoke test of the script itself (use --shape tiny --quick)")
+    a = parser.parse_args()
+    global DEV
+    DEV = a.device
+    if DEV == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench/train_gpu.py needs a CUDA GPU; on the CPU run bench/train_cpu.py")
+    common = ["--shape", a.shape, "--seq", str(a.seq), "--steps", str(a.steps), "--warmup", str(a.warmup),
+              "--peak-tflops", str(a.peak_tflops), "--mixed-min", str(min(256, a.seq // 2)), "--device", DEV]
+    device = torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu"
+    results: dict[str, Any] = {"device": device, "shape": a.shape, "seq": a.seq}
+    refs = {"reference": reference(common), "reference+ckpt": reference([*common, "--grad-ckpt"])}
+    results.update(refs)
+    for name, qlora, ckpt in (("finetuned", False, False), ("finetuned+ckpt", False, True), ("qlora", True, False)):
+        try:
+            results[name] = run_ours(a.shape, a.seq, a.steps, a.warmup, qlora, ckpt, a.peak_tflops)
+        except torch.OutOfMemoryError as exc:
+            results[name] = {"error": f"out of memory: {exc}"[:200]}
+            torch.cuda.empty_cache()
+    if not a.quick and DEV == "cuda":
+        results["max_seq_24gb"] = {
+            label: longest(a.shape, qlora, ckpt, 24.0)
+            for label, qlora, ckpt in (("lora", False, False), ("lora+ckpt", False, True),
+                                       ("qlora", True, False), ("qlora+ckpt", True, True))}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    base = max((r.get("tokens_per_s", 0) for r in refs.values()), default=0) or float("nan")
+    print(f"\n{results['device']}, {a.shape}, rows of {a.seq} tokens, LoRA r16, bf16")
+    print(f"{'system':<16} {'real tok/s':>11} {'MFU':>7} {'peak GiB':>9} {'vs best reference':>18}")
+    for name in ("reference", "reference+ckpt", "finetuned", "finetuned+ckpt", "qlora"):
+        r = results[name]
+        if "tokens_per_s" not in r:
+            print(f"{name:<16} {r.get('error', '?')[:60]}")
+            continue
+        mem = r.get("peak_mem_gib") or 0
+        print(f"{name:<16} {r['tokens_per_s']:>11.0f} {100 * r['mfu']:>6.1f}% {mem:>9.1f} "
+              f"{r['tokens_per_s'] / base:>17.2f}x")
+    if "ckpt_stall_s" in results["finetuned"]:
+        print(f"checkpoint stall (LoRA): {results['finetuned']['ckpt_stall_s']:.3f} s")
+    if "max_seq_24gb" in results:
+        print("longest packed row in 24 GB: " + ", ".join(f"{k} {v}" for k, v in results["max_seq_24gb"].items()))
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
