@@ -30,7 +30,7 @@ def live_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     """One daemon for a test module, training a long file so controls always have a job to act on."""
     root = tmp_path_factory.mktemp("live")
     ws = make_workspace(root / "ws", monitor_config(epochs=3, checkpoint_every_steps=10))
-    drop(ws, "long.jsonl", chat_lines(400, "hi"))
+    drop(ws, "long.jsonl", chat_lines(4000, "hi"))
     daemon = MonitoredDaemon(ws, root / "daemon.out")
     daemon.wait_url()
     yield daemon

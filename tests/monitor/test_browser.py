@@ -61,7 +61,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     config.monitor.preview_budget = 1.0  # builtin:tiny trains faster than it generates
     ws = make_workspace(root / "ws", config)
     drop(ws, "warmup.jsonl", chat_lines(12, "go"), priority=True)
-    drop(ws, "arithmetic_20k.jsonl", chat_lines(400, "hi"))
+    drop(ws, "arithmetic_20k.jsonl", chat_lines(4000, "hi"))
     drop(ws, "puzzles_v3.jsonl", chat_lines(60, "yo"))
     process = MonitoredDaemon(ws, root / "daemon.out")
     process.wait_url()

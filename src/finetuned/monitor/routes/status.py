@@ -17,8 +17,9 @@ from finetuned.monitor.views import health_view, status_view
 
 router = APIRouter(prefix="/api", tags=["status"], dependencies=Guarded)
 
-# Files are polled this often per connected page: a stat of a handful of files.
-POLL_SECONDS = 0.25
+# Files are polled this often per connected page (a stat of a handful of files): often enough
+# for "within a second", rarely enough that a page never competes with training for a core.
+POLL_SECONDS = 0.5
 
 
 @router.get("/status")

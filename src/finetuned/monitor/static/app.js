@@ -297,6 +297,13 @@ function renderPreviews() {
     h("td", { class: "center", "data-label": "Match" }, i.exact ? h("span", { class: "mark-ok", title: "exact match" }, "✓") : h("span", { class: "mark-no", title: "differs" }, "✗")))));
 }
 
+/* A rendered chat prompt can be long: its end shows (the question), all of it on hover. */
+function clamped(label, text, tail) {
+  text = text == null ? "" : String(text);
+  const shown = tail && text.length > 240 ? "…" + text.slice(-240) : text;
+  return h("td", { class: "text", "data-label": label, title: text }, h("div", { class: "clamp" }, shown));
+}
+
 /* --- history -------------------------------------------------------------- */
 let historyTimer = null;
 function scheduleHistory() { clearTimeout(historyTimer); historyTimer = setTimeout(loadHistory, 400); }
