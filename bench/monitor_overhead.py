@@ -58,10 +58,10 @@ def bench_config() -> Config:
     return config
 
 
-def write_data(path: Path, n: int) -> None:
+def write_data(path: Path, n: int, tag: int = 0) -> None:
     lines = []
     for i in range(n):
-        messages = [{"role": "user", "content": f"What is {i % 17} plus {i % 11}? Answer briefly."},
+        messages = [{"role": "user", "content": f"What is {i % 17} plus {i % 11}? Answer briefly ({tag})."},
                     {"role": "assistant", "content": f"{i % 17} plus {i % 11} is {i % 17 + i % 11}."}]
         lines.append(json.dumps({"messages": messages}) + "\n")
     tmp = path.with_name("." + path.name + ".part")
@@ -132,13 +132,14 @@ class Watcher:
             thread.join(5)
 
 
-def start_daemon(name: str, examples: int, keep: Path | None, monitor: bool = True,
+def start_daemon(name: str, examples: int, keep: Path | None, monitor: bool = True, files: int = 1,
                  ) -> tuple[Path, Workspace, subprocess.Popen, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"monbench-{name}-", dir=keep))
     ws = Workspace.at(root / "ws")
     ws.create()
     save_config(ws.config_path, bench_config())
-    write_data(ws.inbox_normal / "bench.jsonl", examples)
+    for n in range(files):  # each file its own content: the daemon refuses duplicates
+        write_data(ws.inbox_normal / f"bench{n:02d}.jsonl", examples, n)
     command = [sys.executable, "-m", "finetuned", "run", "--root", str(ws.root)]
     if not monitor:
         command.append("--no-monitor")
@@ -161,14 +162,19 @@ def stop_daemon(root: Path, proc: subprocess.Popen, out: Any, keep: Path | None)
 
 
 def metrics(ws: Workspace) -> list[dict[str, Any]]:
-    job = next(iter(read_json(p) for p in ws.jobs.glob("*.json")))
-    return [json.loads(x) for x in ws.metrics_file(job["id"]).read_text().splitlines()]
+    """Every metrics line of every job, in time order."""
+    lines = [json.loads(x) for path in ws.metrics.glob("*.jsonl") for x in path.read_text().splitlines()]
+    return sorted(lines, key=lambda x: x["time"])
 
 
 def run_paired(examples: int, seconds: float, poll: float, window: float, keep: Path | None,
                what: str) -> dict[str, Any]:
-    """Watch, stop watching, watch...: steps per second in each window of `seconds` of one run."""
-    root, ws, proc, out = start_daemon("paired", examples, keep)
+    """Watch, stop watching, watch...: steps per second in each window of `seconds` of one run.
+
+    The run trains a queue of files of `examples` each (the model stays loaded between them),
+    not one big file, so it is a steady state of ordinary jobs.
+    """
+    root, ws, proc, out = start_daemon("paired", examples, keep, files=12)
     windows: list[tuple[float, float, bool]] = []
     try:
         deadline = time.time() + 900
@@ -277,7 +283,7 @@ def main() -> None:
     # The first daemon of a session runs slow (cold file and page caches): warm up, then measure.
     log.info("warm-up run (not counted): %.2f steps/s",
              run_once("off", min(args.examples, 60), args.poll, args.keep)["steps_per_second"])
-    paired = run_paired(6000, args.paired_seconds, args.poll, args.window, args.keep, args.watch)
+    paired = run_paired(args.examples, args.paired_seconds, args.poll, args.window, args.keep, args.watch)
     log.info("paired: %.2f steps/s watched, %.2f unwatched, over %d windows", paired["watched_steps_per_second"],
              paired["unwatched_steps_per_second"], paired["windows"])
     for round_ in range(args.rounds):
