@@ -68,7 +68,7 @@ class Daemon:
         self.consolidation = ScheduledConsolidation(ws)
         self._written_revision = -1
         self._step_times: list[float] = []
-        self._last_tokens = 0
+        self._last_tokens = self._last_examples = 0
 
     # --- lifecycle ------------------------------------------------------
     def run(self) -> None:
@@ -137,6 +137,7 @@ class Daemon:
         self.current = None
         self._validator.shutdown(wait=False, cancel_futures=True)
         self.consolidation.wait()
+        self.state_writer.monitor_url = None  # the monitor stops with the daemon
         self.write_state(force=True, state="stopped")
         log.info("daemon stopped")
         self.notify("daemon_stopped", pid=os.getpid())
@@ -328,7 +329,7 @@ class Daemon:
         self.phase_reason = ""
         self.yielding = None
         self._step_times = []
-        self._last_tokens = 0
+        self._last_tokens = self._last_examples = 0
         self.store.start_run(job)
         self.store.move(job, JobStatus.TRAINING, "started")
         link_current(self.ws, self.store.file_path(job))
@@ -358,9 +359,11 @@ class Daemon:
         p.loss, p.learning_rate = message["loss"], message["lr"]
         p.eta_seconds = mean * remaining
         new_tokens = message["tokens"] - self._last_tokens
-        if message["step_seconds"] > 0 and new_tokens >= 0:
+        new_examples = message["examples"] - self._last_examples
+        if message["step_seconds"] > 0 and new_tokens >= 0 and new_examples >= 0:
             p.tokens_per_second = new_tokens / message["step_seconds"]
-        self._last_tokens = message["tokens"]
+            p.examples_per_second = new_examples / message["step_seconds"]
+        self._last_tokens, self._last_examples = message["tokens"], message["examples"]
         self.progress = p
         self.phase, self.phase_reason = "training", ""
 
