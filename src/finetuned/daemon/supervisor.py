@@ -13,7 +13,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 
 from finetuned.worker.main import main as worker_main
 from finetuned.worker.protocol import Message
@@ -33,10 +32,6 @@ class WorkerHandle:
         self.last_heard = time.time()
         self.stopping = False
         log.info("started %s pid %s", name, self.pid)
-
-    @property
-    def connection(self) -> Connection:
-        return self._conn
 
     def send(self, message: Message) -> bool:
         try:

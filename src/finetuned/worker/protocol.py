@@ -21,8 +21,6 @@ from typing import Any
 
 Message = dict[str, Any]
 
-YIELD_REASONS = ("pause", "stop", "skip", "preempt", "shutdown")
-
 
 def msg(kind: str, **fields: Any) -> Message:
     return {"type": kind, **fields}
