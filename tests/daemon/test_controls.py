@@ -94,10 +94,12 @@ def test_priority_preempts_normal_work_which_then_resumes(long_ws, start_daemon)
     drop(ws, "normal.jsonl", chat_lines(120))
     drop(ws, "normal2.jsonl", chat_lines(6))
     wait_for(lambda: last_step(ws, "normal.jsonl") >= 2, 120, "normal to train", daemon=daemon)
-    drop(ws, "p1.jsonl", chat_lines(16, "yo"), priority=True)
+    drop(ws, "p1.jsonl", chat_lines(800, "yo"), priority=True)
     wait_for(lambda: status_of(ws, "p1.jsonl") == "training", 60, "p1 to preempt", daemon=daemon)
     drop(ws, "p2.jsonl", chat_lines(4, "yo"), priority=True)
-    doc = wait_for(lambda: read_json(ws.queue_json), 5, "queue.json")
+    wait_for(lambda: status_of(ws, "p2.jsonl") == "queued", 30, "p2 to be queued", daemon=daemon)
+    # Without this the test would prove nothing: p2 must arrive while p1 still trains.
+    assert status_of(ws, "p1.jsonl") == "training", "p1 finished before p2 arrived; make p1 longer"
     assert status_of(ws, "normal.jsonl") == "queued"
     wait_for(lambda: status_of(ws, "normal2.jsonl") == "completed", 300, "everything", daemon=daemon)
     jobs = jobs_by_file(ws)
@@ -108,7 +110,6 @@ def test_priority_preempts_normal_work_which_then_resumes(long_ws, start_daemon)
     assert normal["runs"][1]["started"] <= jobs["normal2.jsonl"]["runs"][0]["started"], \
         "the preempted job goes back to the head of the normal queue"
     assert normal["runs"][1]["from_step"] == normal["runs"][0]["to_step"]
-    assert doc is not None
 
 
 def test_stop_and_skip_with_nothing_training_are_removed(ws, start_daemon):
