@@ -174,7 +174,7 @@ def run(n: int, max_seq_len: int, workdir: Path) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['examples']:,} chat examples, {result['file_mb']:.0f} MB, "
-        f"{result['prepared']['tokens']:,} tokens kept ({result['tokens_per_example']:.0f} a example, "
+        f"{result['prepared']['tokens']:,} tokens kept ({result['tokens_per_example']:.0f} per example, "
         f"{result['prepared']['dropped_overlong']} overlong dropped), "
         f"{result['machine']['affinity']} CPUs",
         "",

@@ -162,3 +162,37 @@ def test_template_that_rewrites_content_still_masks_exactly(tmp_path: Path, mode
     trimming.chat_template = trimming.chat_template.replace("message['content']", "(message['content'] | trim)")
     record = chat(("assistant", "  Hi there.  "), ("user", " q "), ("assistant", "\nBye.\n"))
     assert prepared_spans(tmp_path, trimming, [record]) == [["Hi there." + END, "Bye." + END]]
+
+
+def test_direct_rendering_matches_apply_chat_template_on_real_data(tokenizer: Any, shared_datasets: Path) -> None:
+    """The fast path calls the compiled template itself: it must render byte for byte the same."""
+    import json
+
+    from finetuned.data.formats import parse_record
+    from finetuned.data.masking import ChatRenderer
+
+    renderer = ChatRenderer(tokenizer, train_on_prompt=False)
+    assert renderer._direct is not None, "SmolLM2's template should take the fast path"
+    records = json.loads((shared_datasets / "alpaca_en_demo.json").read_text(encoding="utf-8"))[:200]
+    records.append(chat(("system", " odd\tspacing "), ("user", "{{ not a tag }}"), ("assistant", "")))
+    for record in records:
+        dicts = [{"role": m.role, "content": m.content} for m in parse_record(record)[1]]
+        for generation_prompt in (False, True):
+            assert renderer._apply(dicts, generation_prompt) == tokenizer.apply_chat_template(
+                dicts, tokenize=False, add_generation_prompt=generation_prompt
+            )
+
+
+def test_a_template_that_refuses_the_probe_takes_the_public_path(tmp_path: Path, model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from finetuned.data.masking import ChatRenderer
+
+    strict = AutoTokenizer.from_pretrained(model_dir)
+    strict.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
+        + strict.chat_template
+    )
+    assert ChatRenderer(strict, train_on_prompt=False)._direct is None
+    record = chat(("user", "Hi"), ("assistant", "Hello."))
+    assert prepared_spans(tmp_path, strict, [record]) == [["Hello." + END]]

@@ -144,3 +144,41 @@ def test_arrays_have_the_documented_dtypes(tmp_path: Path, tokenizer: Any) -> No
     assert offsets.dtype == np.int64 and offsets[0] == 0 and len(offsets) == 4
     assert (tmp_path / "out" / "tokens.bin").stat().st_size == 4 * offsets[-1]
     assert (tmp_path / "out" / "mask.bin").stat().st_size == offsets[-1]
+
+
+def test_read_ahead_keeps_order_and_raises_the_producers_error() -> None:
+    from finetuned.data.tokenize import _ahead
+
+    assert list(_ahead(iter(range(100)))) == list(range(100))
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    out = []
+    with pytest.raises(ValueError, match="bad batch"):
+        for item in _ahead(failing()):
+            out.append(item)
+    assert out == [1]
+
+
+def test_read_ahead_stopped_early_closes_its_source_without_hanging() -> None:
+    import threading
+
+    from finetuned.data.tokenize import _ahead
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            closed.set()
+
+    items = _ahead(endless())
+    assert next(items) == 0
+    items.close()  # what prepare does when a write fails mid-file
+    assert closed.wait(5), "the producer thread closed the source generator"
