@@ -82,7 +82,13 @@ class MonitorSettings(_Section):
     preview_max_new_tokens: int = Field(64, gt=0)
     preview_seconds: float = Field(20, gt=0)  # hard limit for one preview round
     preview_budget: float = Field(0.05, ge=0, le=1)  # share of training time previews may take
-    max_upload_mb: int = Field(512, gt=0)
+    max_upload_mb: float = Field(512, gt=0)
+    # Heartbeats come every second; this many seconds without one means the daemon is stuck or gone.
+    stale_after_seconds: float = Field(10, gt=0)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
 
 
 class ConsolidateSchedule(_Section):

@@ -10,7 +10,6 @@ from helpers import chat_lines, drop, make_workspace
 from monitor_helpers import LOCAL, MonitoredDaemon, StateWorkspace, monitor_config
 
 from finetuned.monitor.app import create_app
-from finetuned.monitor.settings import MonitorConfig
 
 
 @pytest.fixture
@@ -20,7 +19,7 @@ def state(tmp_path: Path) -> StateWorkspace:
 
 @pytest.fixture
 def client(state: StateWorkspace) -> TestClient:
-    app = create_app(state.ws, MonitorConfig.from_settings(state.ws.load_config().monitor))
+    app = create_app(state.ws, state.ws.load_config().monitor)
     with TestClient(app, base_url=LOCAL) as c:
         yield c
 

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, settings
 from monitor_helpers import LOCAL, StateWorkspace
 from schemathesis.checks import not_a_server_error
 
+from finetuned.config import MonitorSettings
 from finetuned.monitor.app import create_app
-from finetuned.monitor.settings import MonitorConfig
 from finetuned.queue import actions
 
 
@@ -33,7 +33,7 @@ def _daemon_side(state: StateWorkspace, stop: threading.Event) -> None:
 _ROOT = Path(tempfile.mkdtemp(prefix="finetuned-fuzz-"))
 atexit.register(shutil.rmtree, _ROOT, True)  # also when the module is collected but not run
 STATE = StateWorkspace(_ROOT / "ws")
-APP = create_app(STATE.ws, MonitorConfig(max_upload_mb=0.01))
+APP = create_app(STATE.ws, MonitorSettings(max_upload_mb=0.01))
 # the event stream never ends by design; it has its own tests
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP).exclude(path="/api/events")
 

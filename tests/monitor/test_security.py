@@ -15,7 +15,6 @@ from finetuned.monitor.app import create_app
 from finetuned.monitor.deps import get_settings
 from finetuned.monitor.security import COOKIE
 from finetuned.monitor.server import MonitorRefused, MonitorServer
-from finetuned.monitor.settings import MonitorConfig
 from finetuned.monitor.upload import UploadError, safe_name
 
 
@@ -62,7 +61,7 @@ def test_a_rebound_host_name_is_refused_on_a_loopback_monitor(client: TestClient
 
 @pytest.fixture
 def token_client(state: StateWorkspace):
-    settings = MonitorConfig(host="0.0.0.0", port=0, token="s3cret")
+    settings = MonitorSettings(host="0.0.0.0", port=0, token="s3cret")
     app = create_app(state.ws, settings)
     app.dependency_overrides[get_settings] = lambda: settings
     with TestClient(app, base_url="http://192.168.1.20:8080", follow_redirects=False) as c:
@@ -126,7 +125,7 @@ def test_a_traversal_upload_name_lands_inside_the_inbox(client: TestClient, stat
 
 
 def test_an_oversize_upload_is_refused_and_leaves_nothing(client: TestClient, state: StateWorkspace):
-    small = MonitorConfig(max_upload_mb=1 / 1024)  # 1 KiB
+    small = MonitorSettings(max_upload_mb=1 / 1024)  # 1 KiB
     client.app.dependency_overrides[get_settings] = lambda: small
     declared = client.post("/api/upload", params={"name": "big.jsonl"}, content=b"x" * 4096)
     assert declared.status_code == 413

@@ -8,15 +8,15 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from finetuned import __version__
+from finetuned.config import MonitorSettings
 from finetuned.monitor.files import Files
 from finetuned.monitor.prom import registry
 from finetuned.monitor.routes import control, jobs, page, prometheus, queue, status, upload
 from finetuned.monitor.routes.page import STATIC
-from finetuned.monitor.settings import MonitorConfig
 from finetuned.workspace import Workspace
 
 
-def create_app(ws: Workspace, settings: MonitorConfig) -> FastAPI:
+def create_app(ws: Workspace, settings: MonitorSettings) -> FastAPI:
     # No /docs: Swagger UI loads from a CDN and the monitor must work offline; /openapi.json stays.
     app = FastAPI(title="finetuned monitor", version=__version__, docs_url=None, redoc_url=None,
                   description="Watch and steer a finetuned daemon: state, queue, metrics, controls, uploads.")

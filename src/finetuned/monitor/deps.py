@@ -10,12 +10,12 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from finetuned.config import MonitorSettings
 from finetuned.monitor.files import Files
 from finetuned.monitor.security import SAFE_METHODS, cross_site, host_allowed, token_ok
-from finetuned.monitor.settings import MonitorConfig
 
 
-async def get_settings(request: Request) -> MonitorConfig:
+async def get_settings(request: Request) -> MonitorSettings:
     return request.app.state.settings
 
 
@@ -23,7 +23,7 @@ async def get_files(request: Request) -> Files:
     return request.app.state.files
 
 
-SettingsDep = Annotated[MonitorConfig, Depends(get_settings)]
+SettingsDep = Annotated[MonitorSettings, Depends(get_settings)]
 FilesDep = Annotated[Files, Depends(get_files)]
 
 

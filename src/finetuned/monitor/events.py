@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from finetuned.config import MonitorSettings
 from finetuned.monitor.files import Files, signature
-from finetuned.monitor.settings import MonitorConfig
 from finetuned.monitor.views import downsample, health_view, queue_view, status_view
 
 MAX_POINTS = 4000
@@ -18,7 +18,7 @@ MAX_ROUNDS = 50
 
 
 class EventWatcher:
-    def __init__(self, files: Files, settings: MonitorConfig) -> None:
+    def __init__(self, files: Files, settings: MonitorSettings) -> None:
         self.files = files
         self.settings = settings
         self.seen: dict[str, Any] = {}

@@ -19,8 +19,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from finetuned.config import MonitorSettings
 from finetuned.monitor.files import Files
-from finetuned.monitor.settings import MonitorConfig
 from finetuned.monitor.views import daemon_view, health_view, job_summary, queue_eta, training_view
 
 STATES = ("queued", "training", "paused", "completed", "failed", "skipped")
@@ -32,7 +32,7 @@ def _gauge(name: str, doc: str, value: object) -> Iterator[Metric]:
 
 
 class FilesCollector(Collector):
-    def __init__(self, files: Files, settings: MonitorConfig) -> None:
+    def __init__(self, files: Files, settings: MonitorSettings) -> None:
         self.files = files
         self.settings = settings
 
@@ -121,7 +121,7 @@ class FilesCollector(Collector):
             yield family
 
 
-def registry(files: Files, settings: MonitorConfig) -> CollectorRegistry:
+def registry(files: Files, settings: MonitorSettings) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(FilesCollector(files, settings))
     return reg

@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
 
-from finetuned.monitor.settings import LOOPBACK_NAMES, MonitorConfig
+from finetuned.config import MonitorSettings
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
 COOKIE = "finetuned_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -44,7 +46,7 @@ def host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def host_allowed(conn: HTTPConnection, settings: MonitorConfig) -> bool:
+def host_allowed(conn: HTTPConnection, settings: MonitorSettings) -> bool:
     """On a loopback monitor, only loopback names: a rebound DNS name is someone else's page."""
     if not is_loopback(settings.host):
         return True  # reachable by name from elsewhere; the token is what protects it
@@ -76,7 +78,7 @@ def token_matches(given: str, token: str) -> bool:
     return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def token_ok(conn: HTTPConnection, settings: MonitorConfig) -> bool:
+def token_ok(conn: HTTPConnection, settings: MonitorSettings) -> bool:
     token = settings.token
     if not token:
         return True

@@ -11,13 +11,12 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
 
 import uvicorn
 
+from finetuned.config import MonitorSettings
 from finetuned.monitor.app import create_app
 from finetuned.monitor.security import is_loopback
-from finetuned.monitor.settings import MonitorConfig
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -46,8 +45,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class MonitorServer:
-    def __init__(self, ws: Workspace, settings: Any) -> None:
-        self.settings = MonitorConfig.from_settings(settings)
+    def __init__(self, ws: Workspace, settings: MonitorSettings) -> None:
+        self.settings: MonitorSettings = settings
         if not is_loopback(self.settings.host) and not self.settings.token:
             raise MonitorRefused(
                 f"monitor.host is {self.settings.host}, reachable from other machines, and monitor.token is not "

@@ -14,9 +14,9 @@ from typing import Any
 
 import psutil
 
+from finetuned.config import MonitorSettings
 from finetuned.monitor.files import Files
 from finetuned.monitor.gpu import gpu_info
-from finetuned.monitor.settings import MonitorConfig
 from finetuned.queue.render import human_duration
 
 Point = dict[str, Any]
@@ -26,7 +26,7 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def daemon_view(status: dict[str, Any] | None, settings: MonitorConfig, now: float) -> dict[str, Any]:
+def daemon_view(status: dict[str, Any] | None, settings: MonitorSettings, now: float) -> dict[str, Any]:
     """The daemon's own status plus whether it still answers: the heartbeat is the only proof."""
     if not isinstance(status, dict):
         return {"state": "unknown", "responding": False, "heartbeat_age": None,
@@ -109,7 +109,7 @@ def queue_eta(files: Files, training: dict[str, Any] | None) -> tuple[float | No
     return seconds, partial
 
 
-def status_view(files: Files, settings: MonitorConfig, now: float | None = None) -> dict[str, Any]:
+def status_view(files: Files, settings: MonitorSettings, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     daemon = daemon_view(files.status(), settings, now)
     training = training_view(files)
