@@ -1,6 +1,6 @@
 """Training throughput on this machine: finetuned's trainer beside the plain Hugging Face + PEFT loop.
 
-    python bench/train_cpu.py [--shapes tiny smollm2-135m] [--steps 12] [--bs 4] [--seq 256]
+    python bench/train_cpu.py [--shapes tiny smollm2-135m] [--steps 12] [--bs 4] [--seq 256] [--levers]
 
 For each shape (random weights of the reference script's shapes, SmolLM2's tokenizer) three
 systems run one after another, each in its own process (so peak RSS is its own):
@@ -11,6 +11,12 @@ systems run one after another, each in its own process (so peak RSS is its own):
                 examples, padded to each batch's longest, as a Hugging Face collator does
   reference     ../shared/bench/hf_peft_baseline.py --mixed-min 32 (random tokens, lengths
                 uniform in [32, seq]): the shared reference script, run beside ours
+
+With --levers, finetuned also runs with one lever changed at a time, to show what each pays:
+
+  -packing       data.packing off: batches padded to their longest example
+  -selective     the loss over the full float32 logits (the model's own output layer)
+  +act-ckpt      training.activation_checkpointing on
 
 Throughput counts real (non-padding) tokens only. Prints a table with the ratio to
 hf-padded and writes bench/results/train_cpu.json.
@@ -66,13 +72,19 @@ def prepared(folder: Path, work: Path, seq: int, packing: bool, bs: int, steps: 
                         packing=packing, holdout_fraction=0.0, max_holdout=0, seed=0, pad_id=tokenizer.pad_token_id)
 
 
+LEVERS = ("-packing", "-selective", "+act-ckpt")
+
+
 def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
-    """The real recipe, in-process, timed from its own step reports."""
+    """The real recipe, in-process, timed from its own step reports; a lever named in --system changed."""
     from finetuned.config import Config, save_config
+    from finetuned.worker import loss
     from finetuned.worker.recipe import Recipe
     from finetuned.workspace import Workspace
 
-    ws = Workspace.at(work / "ws")
+    lever = a.system.removeprefix("finetuned")
+
+    ws = Workspace.at(work / f"ws{lever}")  # its own: a second run in one would resume the first
     ws.create()
     config = Config(base_model=str(folder))
     config.lora.dropout = 0.0
@@ -81,6 +93,10 @@ def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, 
     config.training.checkpoint_every_steps = 10_000
     config.data.holdout_fraction, config.data.overlong = 0.0, "truncate"
     config.monitor.preview_every_steps = 0
+    config.data.packing = lever != "-packing"
+    config.training.activation_checkpointing = lever == "+act-ckpt"
+    if lever == "-selective":
+        loss.supports_selective_logits = lambda model: False
     save_config(ws.config_path, config)
     steps: list[dict[str, Any]] = []
     recipe = Recipe(ws, lambda m: steps.append(m) if m["type"] == "step" else None, lambda: None)
@@ -125,7 +141,7 @@ def run_hf_padded(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, 
 def child(a: argparse.Namespace) -> None:
     work = Path(a.work)
     folder = work / "model"
-    result = (run_finetuned if a.system == "finetuned" else run_hf_padded)(folder, work, a)
+    result = (run_finetuned if a.system.startswith("finetuned") else run_hf_padded)(folder, work, a)
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -147,6 +163,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--bs", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--levers", action="store_true", help="also run finetuned with each lever changed")
     parser.add_argument("--system", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
@@ -159,21 +176,21 @@ def main() -> None:
     for shape in a.shapes:
         with tempfile.TemporaryDirectory() as tmp:
             make_model(shape, Path(tmp) / "model")
-            row = {system: spawn([__file__, "--system", system, "--work", tmp, *common])
-                   for system in ("hf-padded", "finetuned")}
+            systems = ["hf-padded", "finetuned", *(f"finetuned{lever}" for lever in LEVERS if a.levers)]
+            row = {system: spawn([__file__, "--system", system, "--work", tmp, *common]) for system in systems}
             ref = spawn([str(SHARED / "bench" / "hf_peft_baseline.py"), "--shape", shape, "--device", "cpu",
                          "--bs", str(a.bs), "--seq", str(a.seq), "--mixed-min", "32", "--steps", str(a.steps),
                          "--warmup", str(a.warmup), "--rank", str(LORA_RANK)])
             row["reference"] = {"tokens_per_s": ref["tokens_per_s"], "s_per_step": ref["s_per_step"]}
             results[shape] = row
-    print(f"\n{'shape':<14} {'system':<11} {'real tok/s':>11} {'s/step':>8} {'tok/step':>9} {'peak RSS GB':>12} "
+    print(f"\n{'shape':<14} {'system':<20} {'real tok/s':>11} {'s/step':>8} {'tok/step':>9} {'peak RSS GB':>12} "
           f"{'vs hf-padded':>13}")
     for shape, row in results.items():
         base = row["hf-padded"]["tokens_per_s"]
         for system, r in row.items():
             rss = f"{r['peak_rss_gb']:.2f}" if "peak_rss_gb" in r else "-"
             per_step = f"{r['tokens_per_step']:.0f}" if "tokens_per_step" in r else "-"
-            print(f"{shape:<14} {system:<11} {r['tokens_per_s']:>11.1f} {r['s_per_step']:>8.3f} {per_step:>9} "
+            print(f"{shape:<14} {system:<20} {r['tokens_per_s']:>11.1f} {r['s_per_step']:>8.3f} {per_step:>9} "
                   f"{rss:>12} {r['tokens_per_s'] / base:>12.2f}x")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"cpu_count": os.cpu_count(), "args": vars(a), "results": results}, indent=2) + "\n")
