@@ -12,18 +12,25 @@ Random weights (nothing to download), LoRA r16 on all linear layers, bf16.
   finetuned+ckpt the same with activation checkpointing
   qlora          method "qlora" (4-bit NF4 base + LoRA), the shape our first user trains on a 24 GB card
   max_seq_24gb   the longest packed row that fits 24 GB (memory capped with
-                 torch.cuda.set_per_process_memory_fraction), with and without activation checkpointing
+                 torch.cuda.set_per_process_memory_fraction), LoRA and QLoRA, with and without
+                 activation checkpointing
   ckpt_stall     how long a LoRA checkpoint holds the training thread (the write itself runs beside it)
 
-Real tokens/s counts non-padding tokens; MFU uses the reference script's LoRA convention and
---peak-tflops (989: H100/H200 dense bf16).
+Each method's model is built once and reused by all its measurements, and the JSON is rewritten
+after every phase, so the whole run fits one call on the GPU machine and a run cut short keeps
+what it measured. Real tokens/s counts non-padding tokens. MFU uses the reference script's LoRA
+convention and --peak-tflops (989: H100/H200 dense bf16); for us its attention term counts the
+span packed tokens really attend over (token-weighted mean example length), not the row length,
+which would flatter packing (`mfu_at_row_length` has that figure too).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,7 +42,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# ../shared beside the checkout; FINETUNED_SHARED where it is elsewhere (a machine the checkout was copied to).
+SHARED = Path(os.environ.get("FINETUNED_SHARED", REPO.parent / "shared"))
 RESULTS = REPO / "bench" / "results" / "train_gpu.json"
 sys.path.insert(0, str(SHARED / "bench"))
 
@@ -57,34 +65,51 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def build(shape: str, seq: int, qlora: bool, ckpt: bool) -> tuple[torch.nn.Module, Any]:
+def build(shape: str, seq: int, qlora: bool) -> tuple[torch.nn.Module, Any]:
+    """The model once per method: every measurement of that method reuses it (8B builds cost minutes)."""
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    cfg = Qwen3Config(max_position_embeddings=max(seq, 4096), **SHAPES[shape])
+    cfg = Qwen3Config(max_position_embeddings=max(seq, 65536), **SHAPES[shape])
     torch.manual_seed(0)
     if qlora:
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
         with tempfile.TemporaryDirectory() as tmp:  # quantisation happens on load: save bf16 once, reload in 4-bit
-            AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(tmp)
+            with torch.device(DEV):
+                full = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+            full.save_pretrained(tmp)
+            del full
+            gc.collect()
+            if DEV == "cuda":
+                torch.cuda.empty_cache()
             q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=torch.bfloat16)
-            model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=q, device_map={"": DEV})
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ckpt,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+            model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=q, device_map={"": DEV},
+                                                         attn_implementation="sdpa")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         with torch.device(DEV):
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
-        if ckpt:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = add_lora(model, LoraSettings(r=16, alpha=32, dropout=0.0))
     model.train()
     return model, cfg
 
 
-def mixed_rows(seq: int, rows: int, vocab: int, seed: int) -> list[Any]:
-    """Examples of lengths uniform in [256, seq] (as the reference's --mixed-min 256), packed into rows."""
+def set_checkpointing(model: torch.nn.Module, on: bool) -> None:
+    base = model.get_base_model()
+    if on:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_disable()
+
+
+def mixed_rows(seq: int, rows: int, vocab: int, seed: int) -> tuple[list[Any], float]:
+    """Examples of lengths uniform in [256, seq] (as the reference's --mixed-min 256), packed into rows.
+
+    Also returns the token-weighted mean example length: the attention span a packed token
+    really has, which is what the MFU's attention term should count for us.
+    """
     rng = np.random.default_rng(seed)
     lengths = rng.integers(min(256, seq // 2), seq + 1, size=rows * 8)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -94,37 +119,47 @@ def mixed_rows(seq: int, rows: int, vocab: int, seed: int) -> list[Any]:
     store = ExampleStore(tokens, mask, offsets)
     starts = [*pack_rows(lengths, seq).tolist(), len(lengths)]
     packed = [list(range(a, b)) for a, b in itertools.pairwise(starts)][:rows]
-    return [packed_batch(store, [row], pad_id=0).to(DEV) for row in packed]
+    used = lengths[: starts[len(packed)]].astype(np.float64)
+    span = float((used**2).sum() / used.sum())
+    return [packed_batch(store, [row], pad_id=0).to(DEV) for row in packed], span
 
 
-def run_ours(shape: str, seq: int, steps: int, warmup: int, qlora: bool, ckpt: bool, peak: float) -> dict[str, Any]:
-    if DEV == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    model, cfg = build(shape, seq, qlora, ckpt)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=DEV == "cuda")
-    batches = mixed_rows(seq, warmup + steps, cfg.vocab_size, seed=1)
-    tokens = 0
-    for i, batch in enumerate(batches):
-        if i == warmup:
-            sync()
-            t0 = time.perf_counter()
-        if i >= warmup:
-            tokens += batch.n_tokens
-        loss = accumulate(model, [batch])
-        update(opt, params, 1e-4, 1.0)
-    loss_value = loss.item()
-    sync()
-    dt = (time.perf_counter() - t0) / steps
-    result = {"tokens_per_s": tokens / steps / dt, "s_per_step": dt, "loss": loss_value,
-              "peak_mem_gib": torch.cuda.max_memory_allocated() / GB if DEV == "cuda" else None}
-    result["mfu"] = result["tokens_per_s"] * flops_per_token(cfg, seq) / (peak * 1e12)
-    if not qlora and not ckpt:
-        result["ckpt_stall_s"] = checkpoint_stall(model, opt)
-    del model, opt, batches
+def run_ours(model: torch.nn.Module, cfg: Any, seq: int, steps: int, warmup: int, peak: float,
+             stall: bool = False) -> dict[str, Any]:
     if DEV == "cuda":
         torch.cuda.empty_cache()
-    return result
+        torch.cuda.reset_peak_memory_stats()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=DEV == "cuda")
+    batches, span = mixed_rows(seq, warmup + steps, cfg.vocab_size, seed=1)
+    tokens, t0 = 0, 0.0
+    try:
+        for i, batch in enumerate(batches):
+            if i == warmup:
+                sync()
+                t0 = time.perf_counter()
+            if i >= warmup:
+                tokens += batch.n_tokens
+            loss = accumulate(model, [batch])
+            update(opt, params, 1e-4, 1.0)
+        loss_value = loss.item()
+        sync()
+        dt = (time.perf_counter() - t0) / steps
+        result = {"tokens_per_s": tokens / steps / dt, "s_per_step": dt, "loss": loss_value,
+                  "attention_span": round(span),
+                  "peak_mem_gib": torch.cuda.max_memory_allocated() / GB if DEV == "cuda" else None}
+        # The reference's convention, with the attention term at the span packed tokens really attend over.
+        result["mfu"] = result["tokens_per_s"] * flops_per_token(cfg, span) / (peak * 1e12)
+        result["mfu_at_row_length"] = result["tokens_per_s"] * flops_per_token(cfg, seq) / (peak * 1e12)
+        if stall:
+            result["ckpt_stall_s"] = checkpoint_stall(model, opt)
+        return result
+    finally:
+        del opt, batches
+        for p in params:
+            p.grad = None
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
 
 
 def checkpoint_stall(model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
@@ -142,11 +177,12 @@ def checkpoint_stall(model: torch.nn.Module, opt: torch.optim.Optimizer) -> floa
     return stall
 
 
-def fits(shape: str, seq: int, qlora: bool, ckpt: bool, budget_gb: float) -> bool:
+def fits(model: torch.nn.Module, cfg: Any, seq: int, budget_gb: float) -> bool:
+    """One step of a row of `seq` tokens within `budget_gb` of GPU memory, weights included."""
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * GB / total))
     try:
-        run_ours(shape, seq, steps=1, warmup=1, qlora=qlora, ckpt=ckpt, peak=989)
+        run_ours(model, cfg, seq, steps=1, warmup=0, peak=989)
         return True
     except torch.OutOfMemoryError:
         return False
@@ -155,14 +191,14 @@ def fits(shape: str, seq: int, qlora: bool, ckpt: bool, budget_gb: float) -> boo
         torch.cuda.set_per_process_memory_fraction(1.0)
 
 
-def longest(shape: str, qlora: bool, ckpt: bool, budget_gb: float) -> int:
-    best, lo, hi = 0, 512, 65536
-    while lo <= hi:  # binary search in steps of 512 tokens
-        mid = (lo + hi) // 1024 * 512 or 512
-        if fits(shape, mid, qlora, ckpt, budget_gb):
-            best, lo = mid, mid + 512
+def longest(model: torch.nn.Module, cfg: Any, budget_gb: float) -> int:
+    best, lo, hi = 0, 1, 128  # in units of 512 tokens: 512 .. 65536, seven probes
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(model, cfg, mid * 512, budget_gb):
+            best, lo = mid * 512, mid + 1
         else:
-            hi = mid - 512
+            hi = mid - 1
     return best
 
 
@@ -192,37 +228,59 @@ def main() -> None:
               "--peak-tflops", str(a.peak_tflops), "--mixed-min", str(min(256, a.seq // 2)), "--device", DEV]
     device = torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu"
     results: dict[str, Any] = {"device": device, "shape": a.shape, "seq": a.seq}
+    out = RESULTS if DEV == "cuda" else RESULTS.with_name("train_gpu_smoke.json")  # never mistaken for GPU figures
+    started = time.monotonic()
+
+    def save(name: str, value: Any) -> None:  # after every phase: a run cut short keeps what it measured
+        results[name] = value
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"[{time.monotonic() - started:5.0f} s] {name}: {json.dumps(value)[:300]}", flush=True)
+
     refs = {"reference": reference(common), "reference+ckpt": reference([*common, "--grad-ckpt"])}
-    results.update(refs)
-    for name, qlora, ckpt in (("finetuned", False, False), ("finetuned+ckpt", False, True), ("qlora", True, False)):
+    for name, value in refs.items():
+        save(name, value)
+    for method, qlora in (("finetuned", False), ("qlora", True)):
         try:
-            results[name] = run_ours(a.shape, a.seq, a.steps, a.warmup, qlora, ckpt, a.peak_tflops)
+            model, cfg = build(a.shape, a.seq, qlora)
         except torch.OutOfMemoryError as exc:
-            results[name] = {"error": f"out of memory: {exc}"[:200]}
+            save(method, {"error": f"out of memory while building: {exc}"[:200]})
+            continue
+        for ckpt in (False, True):
+            if qlora and ckpt:
+                continue  # QLoRA's speed is measured once; its memory reach with and without below
+            name = method + ("+ckpt" if ckpt else "")
+            set_checkpointing(model, ckpt)
+            try:
+                save(name, run_ours(model, cfg, a.seq, a.steps, a.warmup, a.peak_tflops,
+                                    stall=not qlora and not ckpt))
+            except torch.OutOfMemoryError as exc:
+                save(name, {"error": f"out of memory: {exc}"[:200]})
+        if not a.quick and DEV == "cuda":
+            for ckpt in (False, True):
+                set_checkpointing(model, ckpt)
+                label = ("qlora" if qlora else "lora") + ("+ckpt" if ckpt else "")
+                save(f"max_seq_24gb/{label}", longest(model, cfg, 24.0))
+        del model
+        if DEV == "cuda":
             torch.cuda.empty_cache()
-    if not a.quick and DEV == "cuda":
-        results["max_seq_24gb"] = {
-            label: longest(a.shape, qlora, ckpt, 24.0)
-            for label, qlora, ckpt in (("lora", False, False), ("lora+ckpt", False, True),
-                                       ("qlora", True, False), ("qlora+ckpt", True, True))}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     base = max((r.get("tokens_per_s", 0) for r in refs.values()), default=0) or float("nan")
     print(f"\n{results['device']}, {a.shape}, rows of {a.seq} tokens, LoRA r16, bf16")
     print(f"{'system':<16} {'real tok/s':>11} {'MFU':>7} {'peak GiB':>9} {'vs best reference':>18}")
     for name in ("reference", "reference+ckpt", "finetuned", "finetuned+ckpt", "qlora"):
-        r = results[name]
+        r = results.get(name, {"error": "not run"})
         if "tokens_per_s" not in r:
             print(f"{name:<16} {r.get('error', '?')[:60]}")
             continue
         mem = r.get("peak_mem_gib") or 0
         print(f"{name:<16} {r['tokens_per_s']:>11.0f} {100 * r['mfu']:>6.1f}% {mem:>9.1f} "
               f"{r['tokens_per_s'] / base:>17.2f}x")
-    if "ckpt_stall_s" in results["finetuned"]:
+    if "ckpt_stall_s" in results.get("finetuned", {}):
         print(f"checkpoint stall (LoRA): {results['finetuned']['ckpt_stall_s']:.3f} s")
-    if "max_seq_24gb" in results:
-        print("longest packed row in 24 GB: " + ", ".join(f"{k} {v}" for k, v in results["max_seq_24gb"].items()))
-    print(f"written to {RESULTS}")
+    reach = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("max_seq_24gb/")}
+    if reach:
+        print("longest packed row in 24 GB: " + ", ".join(f"{k} {v}" for k, v in reach.items()))
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":
