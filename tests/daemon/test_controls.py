@@ -26,6 +26,8 @@ from finetuned.config import save_config
 from finetuned.worker import checkpoint
 
 
+# builtin:tiny trains ~40 steps a second on a quiet machine: the jobs below are sized (hundreds of
+# examples) so that each control lands while its job still trains, with seconds to spare.
 @pytest.fixture
 def long_ws(tmp_path, tiny_model_dir):
     return make_workspace(tmp_path / "ws", tiny_config(mode="independent", checkpoint_every_steps=1000))
@@ -34,7 +36,7 @@ def long_ws(tmp_path, tiny_model_dir):
 def test_pause_checkpoints_holds_priority_work_and_resume_continues(long_ws, start_daemon):
     ws = long_ws
     daemon = start_daemon(ws)
-    drop(ws, "long.jsonl", chat_lines(200))
+    drop(ws, "long.jsonl", chat_lines(800))
     wait_for(lambda: last_step(ws, "long.jsonl") >= 2, 120, "training", daemon=daemon)
     (ws.control / ".pause").touch()
     wait_for(lambda: queue_status(ws, "long.jsonl") == "paused", 30, "paused in queue.json", daemon=daemon)
@@ -57,7 +59,7 @@ def test_pause_checkpoints_holds_priority_work_and_resume_continues(long_ws, sta
 def test_stop_requeues_behind_its_class_and_resumes_later(long_ws, start_daemon):
     ws = long_ws
     daemon = start_daemon(ws)
-    drop(ws, "a.jsonl", chat_lines(120))
+    drop(ws, "a.jsonl", chat_lines(480))
     drop(ws, "b.jsonl", chat_lines(6, "yo"))
     wait_for(lambda: last_step(ws, "a.jsonl") >= 2, 120, "a to train", daemon=daemon)
     (ws.control / ".stop").touch()
@@ -75,7 +77,7 @@ def test_stop_requeues_behind_its_class_and_resumes_later(long_ws, start_daemon)
 def test_skip_abandons_the_job_keeps_its_checkpoint_and_starts_the_next(long_ws, start_daemon):
     ws = long_ws
     daemon = start_daemon(ws)
-    drop(ws, "a.jsonl", chat_lines(120))
+    drop(ws, "a.jsonl", chat_lines(480))
     drop(ws, "b.jsonl", chat_lines(6, "yo"))
     wait_for(lambda: last_step(ws, "a.jsonl") >= 2, 120, "a to train", daemon=daemon)
     (ws.control / ".skip").touch()
@@ -146,7 +148,7 @@ def test_a_long_pause_releases_the_model_and_resume_reloads(tmp_path, tiny_model
     config.control.pause_release_after_seconds = 0.5
     ws = make_workspace(tmp_path / "ws", config)
     daemon = start_daemon(ws)
-    drop(ws, "a.jsonl", chat_lines(120))
+    drop(ws, "a.jsonl", chat_lines(480))
     wait_for(lambda: last_step(ws, "a.jsonl") >= 2, 120, "training", daemon=daemon)
     worker = daemon.worker_pid()
     (ws.control / ".pause").touch()
