@@ -182,3 +182,16 @@ def test_read_ahead_stopped_early_closes_its_source_without_hanging() -> None:
     assert next(items) == 0
     items.close()  # what prepare does when a write fails mid-file
     assert closed.wait(5), "the producer thread closed the source generator"
+
+
+def test_special_token_text_in_content_is_counted_and_warned(
+    tmp_path: Path, tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = [chat(("user", "How do turns end?"), ("assistant", "With <|im_end|> after the answer.")),
+               chat(("user", "Hi"), ("assistant", "Hello."))]
+    path = write_jsonl(tmp_path / "special.jsonl", records)
+    with caplog.at_level("WARNING"):
+        summary = prepare(path, tmp_path / "prepared", tokenizer, None, 512)
+    assert summary.special_token_text == 1
+    assert load_meta(tmp_path / "prepared")["special_token_text"] == 1
+    assert "1 examples spell a special token in their text (first seen: <|im_end|>)" in caplog.text

@@ -23,6 +23,7 @@ filled skeleton with the real rendering. Templates that rewrite content
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,12 @@ class ChatRenderer:
         self.eos = tokenizer.eos_token or ""
         self._skeletons: dict[tuple[str, ...], _Skeleton | None] = {}
         self._direct = self._direct_render()
+        # Content that spells a special token ("<|im_end|>") is tokenised as that token, as
+        # Hugging Face does: counted, so a job's summary can say so (it may end turns early).
+        specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
+        self._special = re.compile("|".join(map(re.escape, specials))) if specials else None
+        self.special_token_text = 0  # examples whose content holds one
+        self.special_token_seen: str | None = None  # the first one found, for the warning
 
     def _apply(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
         if self._direct is not None:
@@ -142,12 +149,20 @@ class ChatRenderer:
             return None  # a template that refuses the probe: records take the public path
         return render
 
+    def _count_special(self, contents: Sequence[str]) -> None:
+        found = self._special.search("\n".join(contents)) if self._special is not None else None
+        if found:
+            self.special_token_text += 1
+            self.special_token_seen = self.special_token_seen or found.group()
+
     def render_text(self, text: str) -> tuple[str, list[Span]]:
+        self._count_special((text,))
         full = text + self.eos
         return full, [(0, len(full))]
 
     def render_chat(self, messages: Sequence[Message]) -> tuple[str, list[Span]]:
         dicts = [{"role": m.role, "content": m.content} for m in messages]
+        self._count_special([m.content for m in messages])
         try:
             text = self._apply(dicts)
         except Exception as exc:  # jinja raise_exception() in a template: the record, not the file

@@ -61,6 +61,7 @@ class PrepareSummary:
     dropped_overlong: int
     truncated: int
     dropped_no_loss: int  # examples left with no trained token (an answer cut off by truncation)
+    special_token_text: int  # examples whose content spells a special token, tokenised as that token
     skipped_lines: int  # bad lines left out under skip_bad_lines
     longest: int  # tokens in the longest example kept
     sha256: str
@@ -210,7 +211,8 @@ def prepare(
     worker = _Tokenizer(tokenizer, max_seq_len, option(settings, "overlong"))
     problems = ProblemLog()
     reader = FileReader(path, max_line_bytes=option(settings, "max_line_bytes"), skip_long_lines=skip)
-    batches = _ahead(_rendered_batches(reader, validation, tokenizer, settings, problems))
+    renderer = ChatRenderer(tokenizer, train_on_prompt=bool(option(settings, "train_on_prompt")))
+    batches = _ahead(_rendered_batches(reader, validation, renderer, settings, problems))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -237,6 +239,7 @@ def prepare(
             max_seq_len=max_seq_len,
             tokenizer=tokenizer_fingerprint(tokenizer),
             seconds=round(time.monotonic() - started, 3),
+            special_token_text=renderer.special_token_text,
             **worker.counts,
         )
         meta = {
@@ -260,14 +263,17 @@ def prepare(
         summary.dropped_overlong,
         summary.truncated,
     )
+    if summary.special_token_text:
+        log.warning(
+            "%s: %d examples spell a special token in their text (first seen: %s); it is tokenised as that "
+            "token, which can end a turn early", path.name, summary.special_token_text, renderer.special_token_seen)
     return summary
 
 
 def _rendered_batches(
-    reader: FileReader, validation: Validation, tokenizer: Any, settings: Any, problems: ProblemLog
+    reader: FileReader, validation: Validation, renderer: ChatRenderer, settings: Any, problems: ProblemLog
 ) -> Iterator[list[tuple[str, list[Span]]]]:
     """The file's good records as (text, trained spans), BATCH at a time; bad ones go to `problems`."""
-    renderer = ChatRenderer(tokenizer, train_on_prompt=bool(option(settings, "train_on_prompt")))
     system_prompt = option(settings, "system_prompt")
     pending: list[tuple[str, list[Span]]] = []
     for item in reader:

@@ -311,5 +311,5 @@ def _data_summary(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     if meta is None:
         return None
     keys = ("format", "examples", "tokens", "loss_tokens", "dropped_overlong", "truncated", "dropped_no_loss",
-            "skipped_lines", "longest", "max_seq_len", "warnings")
+            "special_token_text", "skipped_lines", "longest", "max_seq_len", "warnings")
     return {k: meta[k] for k in keys if k in meta}
