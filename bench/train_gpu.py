@@ -51,6 +51,7 @@ from hf_peft_baseline import SHAPES, flops_per_token  # noqa: E402 - the referen
 
 from finetuned.config import LoraSettings  # noqa: E402
 from finetuned.data.batches import ExampleStore, pack_rows, packed_batch  # noqa: E402
+from finetuned.models.attention import use_packed_attention  # noqa: E402
 from finetuned.models.loading import add_lora  # noqa: E402
 from finetuned.worker import checkpoint  # noqa: E402
 from finetuned.worker.checkpoint import TrainingProgress  # noqa: E402
@@ -91,6 +92,7 @@ def build(shape: str, seq: int, qlora: bool) -> tuple[torch.nn.Module, Any]:
     else:
         with torch.device(DEV):
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
+    use_packed_attention(model)  # as load_model does: packed rows attend per example
     model = add_lora(model, LoraSettings(r=16, alpha=32, dropout=0.0))
     model.train()
     return model, cfg

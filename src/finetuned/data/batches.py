@@ -41,6 +41,9 @@ class Batch:
     n_loss_tokens: int
     n_tokens: int  # real tokens, padding excluded
     n_examples: int
+    # Packed: per row, (start, end) of each example and of the padding; models/attention.py
+    # attends within each instead of through the mask.
+    segments: list[list[tuple[int, int]]] | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -115,8 +118,10 @@ def packed_batch(store: ExampleStore, rows: Sequence[Sequence[int]], pad_id: int
     positions = np.zeros(shape, dtype=np.int64)
     segments = np.zeros(shape, dtype=np.int64)
     n_examples = n_tokens = 0
+    spans: list[list[tuple[int, int]]] = []
     for r, row in enumerate(rows):
         col = 0
+        spans.append([])
         for seg, i in enumerate(row):
             tokens, mask = store.example(i)
             n = len(tokens)
@@ -124,16 +129,21 @@ def packed_batch(store: ExampleStore, rows: Sequence[Sequence[int]], pad_id: int
             labels[r, col : col + n] = np.where(mask == 1, tokens, IGNORE)
             positions[r, col : col + n] = np.arange(n)
             segments[r, col : col + n] = seg
+            spans[r].append((col, col + n))
             col += n
         # Padding is a segment of its own: its rows of the mask are never all False (sdpa would give NaN).
         n_tokens += col
         positions[r, col:] = np.arange(width - col)
         segments[r, col:] = len(row)
+        if col < width:
+            spans[r].append((col, width))
         n_examples += len(row)
     seg = torch.from_numpy(segments)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     mask = (seg[:, :, None] == seg[:, None, :]) & causal
-    return _finish(input_ids, labels, mask[:, None], torch.from_numpy(positions), n_tokens, n_examples)
+    batch = _finish(input_ids, labels, mask[:, None], torch.from_numpy(positions), n_tokens, n_examples)
+    batch.segments = spans
+    return batch
 
 
 def _finish(

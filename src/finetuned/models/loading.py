@@ -56,6 +56,8 @@ def load_model(folder: Path, method: str = "lora", activation_checkpointing: boo
     import torch
     from transformers import AutoModelForCausalLM
 
+    from finetuned.models.attention import use_packed_attention
+
     # float32 on CPU: bf16 matmuls are far slower there and exact resume is checked in fp32.
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -68,9 +70,11 @@ def load_model(folder: Path, method: str = "lora", activation_checkpointing: boo
                                           bnb_4bit_compute_dtype=dtype)
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, quantization_config=quantization,
                                                      device_map={"": device})
+        use_packed_attention(model)
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing,
                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
+    use_packed_attention(model)  # packed rows attend per example, with SDPA's fast kernels
     if activation_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

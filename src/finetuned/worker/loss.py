@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from finetuned.models.attention import uses_packed_attention
+
 IGNORE = -100
 CHUNK_TOKENS = 4096
 
@@ -45,6 +47,8 @@ def token_loss_sum(model: torch.nn.Module, batch: Any, chunk_tokens: int = CHUNK
         "attention_mask": None if batch.attention_mask is None else batch.attention_mask.to(device),
         "position_ids": None if batch.position_ids is None else batch.position_ids.to(device),
     }
+    if getattr(batch, "segments", None) is not None and uses_packed_attention(model):
+        inputs["packed_segments"] = batch.segments
     labels = batch.labels[:, 1:].to(device)
     if not supports_selective_logits(model):
         logits = model(**inputs, use_cache=False).logits[:, :-1].float()
