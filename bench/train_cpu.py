@@ -1,6 +1,6 @@
 """Training throughput on this machine: finetuned's trainer beside the plain Hugging Face + PEFT loop.
 
-    python bench/train_cpu.py [--shapes tiny smollm2-135m] [--steps 12] [--bs 4] [--seq 256] [--levers]
+    python bench/train_cpu.py [--shapes tiny smollm2-135m] [--steps 12] [--bs 4] [--seq 256] [--levers [NAME ...]]
 
 For each shape (random weights of the reference script's shapes, SmolLM2's tokenizer) three
 systems run one after another, each in its own process (so peak RSS is its own):
@@ -12,11 +12,13 @@ systems run one after another, each in its own process (so peak RSS is its own):
   reference     ../shared/bench/hf_peft_baseline.py --mixed-min 32 (random tokens, lengths
                 uniform in [32, seq]): the shared reference script, run beside ours
 
-With --levers, finetuned also runs with one lever changed at a time, to show what each pays:
+With --levers, finetuned also runs with one lever changed at a time, to show what each pays
+(all of them, or the ones named):
 
-  -packing       data.packing off: batches padded to their longest example
-  -selective     the loss over the full float32 logits (the model's own output layer)
-  +act-ckpt      training.activation_checkpointing on
+  no-packing     data.packing off: batches padded to their longest example
+  no-selective   the loss over the full float32 logits (the model's own output layer)
+  act-ckpt       training.activation_checkpointing on
+  no-per-example packed rows attend through their block mask in one SDPA call, not per example
 
 Throughput counts real (non-padding) tokens only. Prints a table with the ratio to
 hf-padded and writes bench/results/train_cpu.json.
@@ -72,19 +74,20 @@ def prepared(folder: Path, work: Path, seq: int, packing: bool, bs: int, steps: 
                         packing=packing, holdout_fraction=0.0, max_holdout=0, seed=0, pad_id=tokenizer.pad_token_id)
 
 
-LEVERS = ("-packing", "-selective", "+act-ckpt")
+LEVERS = ("no-packing", "no-selective", "act-ckpt", "no-per-example")
 
 
 def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
     """The real recipe, in-process, timed from its own step reports; a lever named in --system changed."""
     from finetuned.config import Config, save_config
+    from finetuned.models import attention
     from finetuned.worker import loss
     from finetuned.worker.recipe import Recipe
     from finetuned.workspace import Workspace
 
-    lever = a.system.removeprefix("finetuned")
+    lever = a.system.removeprefix("finetuned").removeprefix("/")
 
-    ws = Workspace.at(work / f"ws{lever}")  # its own: a second run in one would resume the first
+    ws = Workspace.at(work / f"ws-{lever or 'all'}")  # its own: a second run in one would resume the first
     ws.create()
     config = Config(base_model=str(folder))
     config.lora.dropout = 0.0
@@ -93,9 +96,11 @@ def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, 
     config.training.checkpoint_every_steps = 10_000
     config.data.holdout_fraction, config.data.overlong = 0.0, "truncate"
     config.monitor.preview_every_steps = 0
-    config.data.packing = lever != "-packing"
-    config.training.activation_checkpointing = lever == "+act-ckpt"
-    if lever == "-selective":
+    config.data.packing = lever != "no-packing"
+    config.training.activation_checkpointing = lever == "act-ckpt"
+    if lever == "no-per-example":  # load_model then leaves the model on plain sdpa
+        attention.use_packed_attention = lambda model: False
+    if lever == "no-selective":
         loss.supports_selective_logits = lambda model: False
     save_config(ws.config_path, config)
     steps: list[dict[str, Any]] = []
@@ -163,7 +168,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--bs", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--levers", action="store_true", help="also run finetuned with each lever changed")
+    parser.add_argument("--levers", nargs="*", choices=LEVERS, default=None,
+                        help="also run finetuned with each lever changed (all when none is named)")
     parser.add_argument("--system", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
@@ -176,21 +182,22 @@ def main() -> None:
     for shape in a.shapes:
         with tempfile.TemporaryDirectory() as tmp:
             make_model(shape, Path(tmp) / "model")
-            systems = ["hf-padded", "finetuned", *(f"finetuned{lever}" for lever in LEVERS if a.levers)]
+            levers = [] if a.levers is None else a.levers or list(LEVERS)
+            systems = ["hf-padded", "finetuned", *(f"finetuned/{lever}" for lever in levers)]
             row = {system: spawn([__file__, "--system", system, "--work", tmp, *common]) for system in systems}
             ref = spawn([str(SHARED / "bench" / "hf_peft_baseline.py"), "--shape", shape, "--device", "cpu",
                          "--bs", str(a.bs), "--seq", str(a.seq), "--mixed-min", "32", "--steps", str(a.steps),
                          "--warmup", str(a.warmup), "--rank", str(LORA_RANK)])
             row["reference"] = {"tokens_per_s": ref["tokens_per_s"], "s_per_step": ref["s_per_step"]}
             results[shape] = row
-    print(f"\n{'shape':<14} {'system':<20} {'real tok/s':>11} {'s/step':>8} {'tok/step':>9} {'peak RSS GB':>12} "
+    print(f"\n{'shape':<14} {'system':<26} {'real tok/s':>11} {'s/step':>8} {'tok/step':>9} {'peak RSS GB':>12} "
           f"{'vs hf-padded':>13}")
     for shape, row in results.items():
         base = row["hf-padded"]["tokens_per_s"]
         for system, r in row.items():
             rss = f"{r['peak_rss_gb']:.2f}" if "peak_rss_gb" in r else "-"
             per_step = f"{r['tokens_per_step']:.0f}" if "tokens_per_step" in r else "-"
-            print(f"{shape:<14} {system:<20} {r['tokens_per_s']:>11.1f} {r['s_per_step']:>8.3f} {per_step:>9} "
+            print(f"{shape:<14} {system:<26} {r['tokens_per_s']:>11.1f} {r['s_per_step']:>8.3f} {per_step:>9} "
                   f"{rss:>12} {r['tokens_per_s'] / base:>12.2f}x")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"cpu_count": os.cpu_count(), "args": vars(a), "results": results}, indent=2) + "\n")
