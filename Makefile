@@ -6,7 +6,7 @@ TORCH     ?= torch==2.13.0
 WORKSPACE ?= workspace
 BIN       := $(VENV)/bin
 
-.PHONY: run test install lint clean-workspace
+.PHONY: run test test-fast install lint clean-workspace
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ test: install
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "could not install Debian's chromium (not root?): the browser tests will be skipped"
 	$(BIN)/python -m pytest
+
+# The inner loop: everything but the real-daemon and real-model tests, a few minutes on two cores.
+test-fast: install
+	$(BIN)/python -m pytest -m "not daemon and not slow"
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -81,8 +81,12 @@ def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, 
     """The real recipe, in-process, timed from its own step reports; a lever named in --system changed."""
     from finetuned.config import Config, save_config
     from finetuned.models import attention
+    from finetuned.queue.job import Job, JobStatus
     from finetuned.worker import loss
-    from finetuned.worker.recipe import Recipe
+    from finetuned.worker.cache import ModelCache
+    from finetuned.worker.protocol import Step, Train
+    from finetuned.worker.recipe import run_job
+    from finetuned.worker.world import Solo
     from finetuned.workspace import Workspace
 
     lever = a.system.removeprefix("finetuned").removeprefix("/")
@@ -95,7 +99,7 @@ def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, 
     config.training.max_steps = a.warmup + a.steps
     config.training.checkpoint_every_steps = 10_000
     config.data.holdout_fraction, config.data.overlong = 0.0, "truncate"
-    config.monitor.preview_every_steps = 0
+    config.previews.every_steps = 0
     config.data.packing = lever != "no-packing"
     config.training.activation_checkpointing = lever == "act-ckpt"
     if lever == "no-per-example":  # load_model then leaves the model on plain sdpa
@@ -103,14 +107,15 @@ def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, 
     if lever == "no-selective":
         loss.supports_selective_logits = lambda model: False
     save_config(ws.config_path, config)
-    steps: list[dict[str, Any]] = []
-    recipe = Recipe(ws, lambda m: steps.append(m) if m["type"] == "step" else None, lambda: None)
-    recipe.run("bench", ALPACA, config, set())
+    steps: list[Step] = []
+    world = Solo(lambda m: steps.append(m) if isinstance(m, Step) else None, lambda _step: None)
+    job = Job(id="bench", file=ALPACA.name, order=1.0, path=str(ALPACA), status=JobStatus.TRAINING)
+    run_job(ws, Train(job=job, file=ALPACA, config=config), ModelCache(ws), world)
     timed = steps[a.warmup:]
-    tokens = timed[-1]["tokens"] - steps[a.warmup - 1]["tokens"] if a.warmup else timed[-1]["tokens"]
-    seconds = sum(m["step_seconds"] for m in timed)
+    tokens = timed[-1].tokens - steps[a.warmup - 1].tokens if a.warmup else timed[-1].tokens
+    seconds = sum(m.step_seconds for m in timed)
     return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / len(timed),
-            "tokens_per_step": tokens / len(timed), "loss": timed[-1]["loss"]}
+            "tokens_per_step": tokens / len(timed), "loss": timed[-1].loss}
 
 
 def run_hf_padded(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:

@@ -49,12 +49,13 @@ sys.path.insert(0, str(SHARED / "bench"))
 
 from hf_peft_baseline import SHAPES, flops_per_token  # noqa: E402 - the reference's own shapes and FLOPs
 
+from finetuned.checkpoints import TrainingProgress  # noqa: E402
 from finetuned.config import LoraSettings  # noqa: E402
 from finetuned.data.batches import ExampleStore, pack_rows, packed_batch  # noqa: E402
 from finetuned.models.attention import use_packed_attention  # noqa: E402
 from finetuned.models.loading import add_lora  # noqa: E402
 from finetuned.worker import checkpoint  # noqa: E402
-from finetuned.worker.checkpoint import TrainingProgress  # noqa: E402
+from finetuned.worker.objectives import SFT  # noqa: E402
 from finetuned.worker.step import accumulate, update  # noqa: E402
 
 GB = 2**30
@@ -142,7 +143,7 @@ def run_ours(model: torch.nn.Module, cfg: Any, seq: int, steps: int, warmup: int
                 t0 = time.perf_counter()
             if i >= warmup:
                 tokens += batch.n_tokens
-            loss = accumulate(model, [batch])
+            loss, _ = accumulate(model, [batch], SFT())
             update(opt, params, 1e-4, 1.0)
         loss_value = loss.item()
         sync()

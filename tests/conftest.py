@@ -7,9 +7,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import DaemonProcess, make_workspace
+from helpers import DaemonProcess, Gate, make_workspace
 
 from finetuned.models.builtin import materialize
+
+# Fixtures that start a real `finetuned run`: their tests are marked `daemon` (left out of `make test-fast`).
+DAEMON_FIXTURES = {"start_daemon", "live_daemon", "daemon", "outcome"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DAEMON_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.daemon)
 
 
 @pytest.fixture(scope="session")
@@ -24,11 +33,17 @@ def ws(tmp_path: Path, tiny_model_dir: Path):
 
 
 @pytest.fixture
-def start_daemon(tmp_path: Path):
+def gate(tmp_path: Path) -> Gate:
+    """The step gate every daemon of the test obeys; open until the test holds it."""
+    return Gate(tmp_path / "step-gate")
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, gate: Gate):
     started: list[DaemonProcess] = []
 
     def start(ws) -> DaemonProcess:
-        daemon = DaemonProcess(ws, tmp_path / f"daemon-{len(started)}.out")
+        daemon = DaemonProcess(ws, tmp_path / f"daemon-{len(started)}.out", gate)
         started.append(daemon)
         return daemon
 

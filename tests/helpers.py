@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from finetuned.config import Config, save_config
+from finetuned.queue.job import Job, JobStatus
+from finetuned.worker.protocol import Report, Step, Train, Yield, YieldReason
 from finetuned.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +36,54 @@ def tiny_config(**training: Any) -> Config:
     for key, value in training.items():
         setattr(config.training, key, value)
     return config
+
+
+class Driver:
+    """Plays the daemon's side of the worker's pipe in-process: keeps every report, yields after a chosen step."""
+
+    def __init__(self, yield_at: int | None = None, reason: YieldReason = YieldReason.STOP) -> None:
+        self.messages: list[Report] = []
+        self.yield_at = yield_at
+        self.reason = reason
+
+    def send(self, message: Report) -> None:
+        self.messages.append(message)
+
+    def poll(self, step: int) -> Yield | None:
+        if self.yield_at is not None and step == self.yield_at:
+            self.yield_at = None
+            return Yield(self.reason)
+        return None
+
+    def world(self) -> Any:
+        from finetuned.worker.world import Solo
+
+        return Solo(self.send, self.poll)
+
+    def of(self, kind: type) -> list[Any]:
+        return [m for m in self.messages if isinstance(m, kind)]
+
+    def last(self, kind: type) -> Any:
+        found = self.of(kind)
+        assert found, f"no {kind.__name__} report among {[type(m).__name__ for m in self.messages]}"
+        return found[-1]
+
+    def losses(self) -> list[float]:
+        return [m.loss for m in self.of(Step)]
+
+
+def train_in_process(ws: Workspace, config: Config, job: Job | str, file: Path, driver: Driver,
+                     cache: Any = None, exclude: set[str] | frozenset[str] = frozenset()) -> Any:
+    """Run one job with the real recipe in this process, as the worker would; returns the model cache,
+    which a next call may reuse (the model stays loaded, as in the worker)."""
+    from finetuned.worker.cache import ModelCache
+    from finetuned.worker.recipe import run_job
+
+    if isinstance(job, str):
+        job = Job(id=job, file=file.name, order=1.0, path=str(file), status=JobStatus.TRAINING)
+    cache = cache or ModelCache(ws)
+    run_job(ws, Train(job=job, file=file, config=config, line_exclude=frozenset(exclude)), cache, driver.world())
+    return cache
 
 
 def make_workspace(root: Path, config: Config | None = None) -> Workspace:
@@ -105,14 +155,36 @@ def status_of(ws: Workspace, file: str) -> str | None:
     return record["status"] if record else None
 
 
+class Gate:
+    """Holds a daemon's worker at a step boundary (worker/main.py's step gate): a test reaches "mid-job"
+    deterministically, whatever the machine's speed. Open (no file) unless told to hold."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def hold(self, step: int) -> None:
+        """Let the job in the worker finish steps up to `step`, then wait there (still obeying controls)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(str(step))
+        tmp.rename(self.path)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class DaemonProcess:
     """`finetuned run` as a real process, its output kept in a file for failure messages."""
 
-    def __init__(self, ws: Workspace, log_path: Path) -> None:
+    def __init__(self, ws: Workspace, log_path: Path, gate: Gate | None = None) -> None:
+        from finetuned.worker.main import GATE_ENV
+
         self.ws = ws
         self.log_path = log_path
+        self.gate = gate
         self._log = open(log_path, "ab")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if gate is not None:
+            env[GATE_ENV] = str(gate.path)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "finetuned", "run", "--root", str(ws.root), "--no-monitor"],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
@@ -198,6 +270,12 @@ def logged_losses(ws: Workspace, job_id: str) -> dict[int, float]:
 def last_step(ws: Workspace, file: str) -> int:
     job = jobs_by_file(ws).get(file)
     return max(logged_losses(ws, job["id"]), default=0) if job else 0
+
+
+def held_at(ws: Workspace, file: str, step: int, daemon: DaemonProcess, timeout: float = 120) -> None:
+    """Wait until `file`'s job has trained exactly `step` steps and waits at the gate there."""
+    wait_for(lambda: last_step(ws, file) >= step, timeout, f"{file} to reach step {step}", daemon=daemon)
+    assert last_step(ws, file) == step, f"{file} went past the gate at step {step}"
 
 
 def queue_status(ws: Workspace, file: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -45,3 +46,15 @@ def test_cli_reports_a_bad_config_in_one_line_without_traceback(tmp_path):
     assert "training.epochs" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_preview_keys_in_their_old_place_are_read_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"monitor": {"port": 9000, "preview_every_steps": 7, "preview_budget": 0.2}}))
+    with caplog.at_level(logging.WARNING, logger="finetuned.config"):
+        config = load_config(path)
+    assert (config.previews.every_steps, config.previews.budget, config.monitor.port) == (7, 0.2, 9000)
+    assert any("monitor.preview_every_steps is now previews.every_steps" in r.message for r in caplog.records)
+    both = {"monitor": {"preview_every_steps": 7}, "previews": {"every_steps": 3}}
+    path.write_text(json.dumps(both))
+    assert load_config(path).previews.every_steps == 3, "the new place wins"

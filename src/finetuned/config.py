@@ -8,13 +8,15 @@ silently fall back to a default.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from finetuned.fsio import atomic_write_json
 
+log = logging.getLogger(__name__)
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -73,15 +75,20 @@ class DataSettings(_Section):
     prepare_ahead: bool = True
 
 
+class PreviewSettings(_Section):
+    """What the model answers on a few held-out prompts while it trains (worker/previews.py)."""
+
+    every_steps: int = Field(50, ge=0)  # 0: no previews
+    examples: int = Field(3, ge=1)
+    max_new_tokens: int = Field(64, gt=0)
+    seconds: float = Field(20, gt=0)  # hard limit for one preview round
+    budget: float = Field(0.05, ge=0, le=1)  # share of training time previews may take
+
+
 class MonitorSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token: str | None = None
-    preview_every_steps: int = Field(50, ge=0)  # 0: no previews
-    preview_examples: int = Field(3, ge=1)
-    preview_max_new_tokens: int = Field(64, gt=0)
-    preview_seconds: float = Field(20, gt=0)  # hard limit for one preview round
-    preview_budget: float = Field(0.05, ge=0, le=1)  # share of training time previews may take
     max_upload_mb: float = Field(512, gt=0)
     # Heartbeats come every second; this many seconds without one means the daemon is stuck or gone.
     stale_after_seconds: float = Field(10, gt=0)
@@ -117,9 +124,31 @@ class Config(_Section):
     control: ControlSettings = Field(default_factory=ControlSettings)
     inbox: InboxSettings = Field(default_factory=InboxSettings)
     data: DataSettings = Field(default_factory=DataSettings)
+    previews: PreviewSettings = Field(default_factory=PreviewSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+
+
+# Keys that moved to the section that says what they configure: (old section, old key) -> (section, key).
+MOVED = {("monitor", f"preview_{key}"): ("previews", key)
+         for key in ("every_steps", "examples", "max_new_tokens", "seconds", "budget")}
+
+
+def _moved_keys(raw: dict[str, Any]) -> list[str]:
+    """Move keys read from their old place to their new one, in place; returns a warning for each."""
+    notes = []
+    for (old_section, old_key), (section, key) in MOVED.items():
+        old = raw.get(old_section)
+        if not isinstance(old, dict) or old_key not in old:
+            continue
+        value = old.pop(old_key)
+        new = raw.setdefault(section, {})
+        if isinstance(new, dict) and key not in new:
+            new[key] = value
+        notes.append(f"{old_section}.{old_key} is now {section}.{key}; it was read from its old place "
+                     f"(move it in config.json)")
+    return notes
 
 
 class ConfigError(Exception):
@@ -148,8 +177,17 @@ def load_config(path: Path) -> Config:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: Any, path: Path, warn: bool = True) -> Config:
+    """A config from config.json's content: keys in their old place are read (with a warning), then validated."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must hold a JSON object")
+    raw = json.loads(json.dumps(raw))  # moving keys must not change the caller's copy
+    for note in _moved_keys(raw):
+        if warn:
+            log.warning("%s: %s", path, note)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

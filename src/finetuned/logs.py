@@ -7,21 +7,23 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from finetuned.workspace import Workspace
+
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 class DailyFileHandler(logging.FileHandler):
     """Writes to `logs/PREFIX_YYYYMMDD.log`, switching file when the date changes."""
 
-    def __init__(self, folder: Path, prefix: str) -> None:
-        self.folder = folder
+    def __init__(self, ws: Workspace, prefix: str) -> None:
+        self.ws = ws
         self.prefix = prefix
         self.day = datetime.now().strftime("%Y%m%d")
-        folder.mkdir(parents=True, exist_ok=True)
+        ws.logs.mkdir(parents=True, exist_ok=True)
         super().__init__(self._path(), encoding="utf-8")
 
     def _path(self) -> Path:
-        return self.folder / f"{self.prefix}_{self.day}.log"
+        return self.ws.log_file(self.prefix, self.day)
 
     def emit(self, record: logging.LogRecord) -> None:
         day = datetime.now().strftime("%Y%m%d")
@@ -34,8 +36,8 @@ class DailyFileHandler(logging.FileHandler):
         self.flush()
 
 
-def setup_logging(root: Path, prefix: str, stream: bool = True) -> None:
-    handlers: list[logging.Handler] = [DailyFileHandler(root / "logs", prefix)]
+def setup_logging(ws: Workspace, prefix: str, stream: bool = True) -> None:
+    handlers: list[logging.Handler] = [DailyFileHandler(ws, prefix)]
     if stream:
         handlers.append(logging.StreamHandler(sys.stderr))
     for handler in handlers:

@@ -15,6 +15,8 @@ from finetuned.config import Config, load_config
 
 # A file in the inbox with one of these is still being written by someone.
 IGNORED_SUFFIXES = (".tmp", ".part", ".crdownload")
+# Beside every published adapter: what it was trained on, how long, from what.
+ADAPTER_RECORD = "job.json"
 
 
 def default_root() -> Path:
@@ -75,6 +77,16 @@ class Workspace:
         return self.control / ".daemon.lock"
 
     @property
+    def quiet_lock(self) -> Path:
+        """Held while the lifecycle switches the base: the daemon starts no job meanwhile."""
+        return self.control / ".quiet.lock"
+
+    @property
+    def requests(self) -> Path:
+        """Queue changes asked of a running daemon (`ID.json`), and its answers (`ID.reply.json`)."""
+        return self.control / "requests"
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 
@@ -125,6 +137,15 @@ class Workspace:
         return self.models / "checkpoints"
 
     @property
+    def versions_history(self) -> Path:
+        """Every switch of the line's version (use, rollback, consolidation), one JSON line each."""
+        return self.models / "versions.jsonl"
+
+    @property
+    def lifecycle_lock(self) -> Path:
+        return self.models / ".lifecycle.lock"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 
@@ -148,11 +169,20 @@ class Workspace:
     def system_health_json(self) -> Path:
         return self.status / "system_health.json"
 
-    def daemon_log(self, when: datetime | None = None) -> Path:
-        return self.logs / f"daemon_{(when or datetime.now()).strftime('%Y%m%d')}.log"
+    @property
+    def consolidate_log(self) -> Path:
+        """The output of scheduled consolidations, which run in their own process."""
+        return self.logs / "consolidate.out"
 
-    def training_log(self, when: datetime | None = None) -> Path:
-        return self.logs / f"training_{(when or datetime.now()).strftime('%Y%m%d')}.log"
+    def log_file(self, prefix: str, day: str) -> Path:
+        """`logs/PREFIX_YYYYMMDD.log`: `daemon` and `training`, a new file each day."""
+        return self.logs / f"{prefix}_{day}.log"
+
+    def daemon_log(self, when: datetime | None = None) -> Path:
+        return self.log_file("daemon", (when or datetime.now()).strftime("%Y%m%d"))
+
+    def job_record(self, job_id: str) -> Path:
+        return self.jobs / f"{job_id}.json"
 
     def metrics_file(self, job_id: str) -> Path:
         return self.metrics / f"{job_id}.jsonl"
@@ -168,6 +198,9 @@ class Workspace:
 
     def adapter_dir(self, job_id: str) -> Path:
         return self.adapters / job_id
+
+    def adapter_record(self, job_id: str) -> Path:
+        return self.adapter_dir(job_id) / ADAPTER_RECORD
 
     # --- lifecycle ------------------------------------------------------
     def folders(self) -> list[Path]:

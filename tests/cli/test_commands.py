@@ -60,9 +60,10 @@ def test_commands_outside_a_workspace_say_so(tmp_path):
 
 
 @pytest.mark.usefixtures("tiny_model_dir")
-def test_status_and_queue_while_training(ws, start_daemon):
+def test_status_and_queue_while_training(ws, start_daemon, gate):
     daemon = start_daemon(ws)
-    (ws.inbox_normal / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_lines(200)))
+    gate.hold(2)
+    (ws.inbox_normal / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_lines(40)))
     (ws.inbox_normal / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_lines(4, "yo")))
     wait_for(lambda: last_step(ws, "a.jsonl") >= 2 and "b.jsonl" in jobs_by_file(ws), 120, "training",
              daemon=daemon)

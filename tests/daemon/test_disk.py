@@ -7,8 +7,8 @@ import time
 
 from helpers import chat_lines, drop, last_step, make_workspace, read_json, status_of, tiny_config, wait_for
 
+from finetuned import checkpoints
 from finetuned.config import save_config
-from finetuned.worker import checkpoint
 
 
 def test_low_disk_space_pauses_before_a_checkpoint_and_continues_when_space_returns(
@@ -25,8 +25,8 @@ def test_low_disk_space_pauses_before_a_checkpoint_and_continues_when_space_retu
     time.sleep(1.5)
     assert held == last_step(ws, "a.jsonl") < 4, "training holds at the checkpoint it cannot write (step 3)"
     job_id = json.loads(next(ws.jobs.glob("*.json")).read_text())["id"]
-    assert checkpoint.latest(ws.job_checkpoints(job_id)) is None, "no half-written checkpoint"
-    assert not list(ws.job_checkpoints(job_id).glob("*.tmp")) if ws.job_checkpoints(job_id).exists() else True
+    assert checkpoints.latest(ws.job_checkpoints(job_id)) is None, "no half-written checkpoint"
+    assert not list(ws.job_checkpoints(job_id).glob("*.tmp")), "no half-written checkpoint folder either"
     assert "waiting for disk space" in ws.daemon_log().read_text()
 
     config.lifecycle.min_free_gb = 0  # space "returns"

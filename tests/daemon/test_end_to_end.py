@@ -11,6 +11,7 @@ from helpers import (
     chat_lines,
     check_queue_shape,
     drop,
+    held_at,
     job_records,
     jobs_by_file,
     make_workspace,
@@ -21,6 +22,8 @@ from helpers import (
     wait_for,
     where_is,
 )
+
+from finetuned import checkpoints
 
 
 def test_two_files_train_in_order_and_publish_adapters(tmp_path, tiny_model_dir, start_daemon):
@@ -107,16 +110,20 @@ def test_second_daemon_on_the_same_workspace_is_refused(ws, start_daemon):
     assert daemon.proc.poll() is None
 
 
-def test_sigkill_mid_training_loses_nothing_and_resumes(ws, start_daemon):
+def test_sigkill_mid_training_loses_nothing_and_resumes(ws, start_daemon, gate):
     """SIGKILL the daemon mid-job: the worker dies with it; a restart finishes the job from its checkpoint."""
     daemon = start_daemon(ws)
-    drop(ws, "long.jsonl", chat_lines(800))
+    gate.hold(10)
+    drop(ws, "long.jsonl", chat_lines(60))
     drop(ws, "later.jsonl", chat_lines(6))
-    wait_for(lambda: (jobs_by_file(ws).get("long.jsonl") or {}).get("step", 0) >= 10, 120,
-             "two checkpoints", daemon=daemon)
+    held_at(ws, "long.jsonl", 10, daemon)
+    long_dir = ws.job_checkpoints(jobs_by_file(ws)["long.jsonl"]["id"])
+    wait_for(lambda: (checkpoints.latest(long_dir) or (None,))[0] and checkpoints.latest(long_dir)[0].step == 10,
+             30, "the checkpoint at step 10 on disk", daemon=daemon)
     worker = daemon.worker_pid()
     assert worker and pid_alive(worker)
     daemon.kill()
+    gate.release()
     wait_for(lambda: not pid_alive(worker), 10, "the worker to die with its daemon")
     for job in job_records(ws).values():
         assert len(where_is(ws, job)) == 1, (job["file"], where_is(ws, job))
@@ -129,29 +136,32 @@ def test_sigkill_mid_training_loses_nothing_and_resumes(ws, start_daemon):
     assert long["runs"][1]["from_step"] >= 10, "the second run must resume from a checkpoint"
     record = read_json(ws.adapter_dir(long["id"]) / "job.json")
     assert record["steps"] == record["total_steps"] > long["runs"][1]["from_step"]
-    assert record["examples_trained"] == 800
+    assert record["examples_trained"] == 60
     for job in jobs.values():
         assert len(where_is(ws, job)) == 1, (job["file"], where_is(ws, job))
 
 
-def test_sigterm_checkpoints_and_requeues(ws, start_daemon):
+def test_sigterm_checkpoints_and_requeues(ws, start_daemon, gate):
     daemon = start_daemon(ws)
-    drop(ws, "job.jsonl", chat_lines(200))
-    wait_for(lambda: (jobs_by_file(ws).get("job.jsonl") or {}).get("step", 0) >= 3, 120, "training", daemon=daemon)
+    gate.hold(3)
+    drop(ws, "job.jsonl", chat_lines(40))
+    held_at(ws, "job.jsonl", 3, daemon)
     assert daemon.stop() == 0
     job = jobs_by_file(ws)["job.jsonl"]
-    assert job["status"] == "queued"
+    assert job["status"] == "queued" and job["step"] == 3
+    assert checkpoints.latest(ws.job_checkpoints(job["id"]))[0].step == 3, "the shutdown checkpoint"
     assert not pid_alive(int(daemon.proc.pid))
     status = read_json(ws.status_json)
     assert status["state"] == "stopped"
 
 
 
-def test_queued_files_are_tokenised_while_another_trains(ws, start_daemon):
+def test_queued_files_are_tokenised_while_another_trains(ws, start_daemon, gate):
     """The next file is prepared during the current job; one that cannot train fails while it waits."""
     daemon = start_daemon(ws)
-    drop(ws, "long.jsonl", chat_lines(200))
-    wait_for(lambda: status_of(ws, "long.jsonl") == "training", 60, "long to start", daemon=daemon)
+    gate.hold(1)
+    drop(ws, "long.jsonl", chat_lines(40))
+    held_at(ws, "long.jsonl", 1, daemon)
     drop(ws, "next.jsonl", chat_lines(6, "yo"))
     overlong = [{"text": "word " * 400}] * 3  # every example longer than max_seq_len: nothing would train
     drop(ws, "overlong.jsonl", overlong)
@@ -161,6 +171,7 @@ def test_queued_files_are_tokenised_while_another_trains(ws, start_daemon):
     wait_for(lambda: (ws.tokenized / next_id / "meta.json").exists(), 120, "next.jsonl tokenised ahead",
              daemon=daemon)
     assert status_of(ws, "next.jsonl") == "queued"
+    gate.release()
     report = read_json(ws.failed / "overlong.jsonl.error.json")
     assert "max_seq_len" in json.dumps(report), report
     wait_for(lambda: status_of(ws, "next.jsonl") == "completed", 240, "next to train", daemon=daemon)

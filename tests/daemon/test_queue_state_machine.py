@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 from collections import defaultdict
-from typing import Any
 
 from helpers import chat_lines, make_workspace, tiny_config, write_jsonl
 from hypothesis import HealthCheck, settings
@@ -21,6 +20,18 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from finetuned import fsio
 from finetuned.daemon.daemon import Daemon
 from finetuned.queue.job import JobStatus
+from finetuned.worker.protocol import (
+    Completed,
+    Order,
+    Report,
+    Shutdown,
+    Started,
+    Step,
+    Train,
+    Yield,
+    Yielded,
+    YieldReason,
+)
 
 
 def arrival(job_id: str) -> tuple[str, int]:
@@ -36,30 +47,29 @@ class SimWorker:
 
     def __init__(self, disk: dict[str, int], trained: dict[str, list[int]], adapters) -> None:
         self.disk, self.trained, self.adapters = disk, trained, adapters
-        self.inbox: list[dict[str, Any]] = []
-        self.outbox: list[dict[str, Any]] = []
+        self.inbox: list[Order] = []
+        self.outbox: list[Report] = []
         self.job: str | None = None
         self.step = self.total = 0
         self.pid, self.last_heard, self.stopping, self._alive = 4242, 1e18, False, True
 
     # the WorkerHandle interface the daemon uses
-    def send(self, message: dict[str, Any]) -> bool:
+    def send(self, message: Order) -> bool:
         self.inbox.append(message)
         return True
 
-    def receive(self) -> list[dict[str, Any]]:
+    def receive(self) -> list[Report]:
         for message in self.inbox:
-            if message["type"] == "train":
-                self.job, self.total = message["job_id"], 6
+            if isinstance(message, Train):
+                self.job, self.total = message.job.id, 6
                 self.step = self.disk.get(self.job, 0)
-                self.outbox.append({"type": "started", "job_id": self.job, "step": self.step,
-                                    "total_steps": self.total, "examples": 12, "resumed_from": None})
-            elif message["type"] == "yield" and self.job:
+                self.outbox.append(Started(job_id=self.job, step=self.step, total_steps=self.total, examples=12,
+                                           resumed_from=None))
+            elif isinstance(message, Yield) and self.job:
                 self.disk[self.job] = self.step
-                self.outbox.append({"type": "yielded", "job_id": self.job, "reason": message["reason"],
-                                    "step": self.step, "checkpoint": "sim"})
+                self.outbox.append(Yielded(job_id=self.job, reason=message.reason, step=self.step, checkpoint="sim"))
                 self.job = None
-            elif message["type"] == "shutdown":
+            elif isinstance(message, Shutdown):
                 self._alive = False
         self.inbox.clear()
         out, self.outbox = self.outbox, []
@@ -70,15 +80,14 @@ class SimWorker:
             return
         self.step += 1
         self.trained[self.job].append(self.step)
-        self.outbox.append({"type": "step", "job_id": self.job, "step": self.step, "total_steps": self.total,
-                            "loss": 1.0, "lr": 1e-3, "tokens": self.step * 10, "examples": self.step,
-                            "step_seconds": 0.01})
+        self.outbox.append(Step(job_id=self.job, step=self.step, total_steps=self.total, loss=1.0, lr=1e-3,
+                                tokens=self.step * 10, examples=self.step, step_seconds=0.01))
         if self.step % 2 == 0:
             self.disk[self.job] = self.step
         if self.step == self.total:
             (self.adapters / self.job).mkdir(parents=True)  # the real worker publishes its adapter first
-            self.outbox.append({"type": "completed", "job_id": self.job, "summary": {
-                "steps": self.step, "examples_trained": 12, "first_loss": 1.0, "final_loss": 1.0}})
+            self.outbox.append(Completed(job_id=self.job, summary={
+                "steps": self.step, "examples_trained": 12, "first_loss": 1.0, "final_loss": 1.0}))
             self.job = None
 
     def alive(self) -> bool:
@@ -114,7 +123,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     def _new_daemon(self) -> Daemon:
         daemon = Daemon(self.ws, self.ws.load_config(), monitor=False)
-        daemon.worker_factory = self._new_worker
+        daemon.session.worker_factory = self._new_worker
         daemon.store.load().recover()
         return daemon
 
@@ -125,19 +134,19 @@ class QueueMachine(RuleBasedStateMachine):
 
     def settle(self, steps: int = 0) -> None:
         for i in range(steps + 8):
-            if i < steps and self.daemon.worker is not None:
-                self.daemon.worker.advance()
+            if i < steps and self.daemon.session.worker is not None:
+                self.daemon.session.worker.advance()
             self.daemon.tick()
-            while self.daemon._validating:
-                for future in list(self.daemon._validating.values()):
-                    future.result()
+            while self.daemon.validator.busy:
+                self.daemon.validator.wait()
                 self.daemon.tick()
-            current = self.daemon.current
+            current = self.daemon.session.job
             if current is not None and current.status == JobStatus.TRAINING and current.id not in self.first_starts:
                 self.first_starts.append(current.id)
 
     def teardown(self) -> None:
-        self.daemon._validator.shutdown(wait=True)
+        self.daemon.validator.wait()
+        self.daemon.validator.close()
         self.tmp.cleanup()
 
     # --- rules ----------------------------------------------------------
@@ -180,9 +189,9 @@ class QueueMachine(RuleBasedStateMachine):
     @rule()
     def crash(self) -> None:
         """The daemon dies at once (SIGKILL): its worker with it, nothing closed cleanly."""
-        if self.daemon.worker is not None:
-            self.daemon.worker.kill()
-        self.daemon._validator.shutdown(wait=True)
+        self.daemon.session.kill_worker()
+        self.daemon.validator.wait()
+        self.daemon.validator.close()
         self.daemon = self._new_daemon()
         self.settle()
 
@@ -203,11 +212,11 @@ class QueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def priority_work_is_never_left_waiting_behind_normal_work(self) -> None:
-        current = self.daemon.current
+        current = self.daemon.session.job
         if current is None or current.status != JobStatus.TRAINING or current.priority == "high":
             return
         waiting = [j for j in self.daemon.store.active() if j.status == JobStatus.QUEUED and j.priority == "high"]
-        assert not waiting or self.daemon.yielding == "preempt", waiting
+        assert not waiting or self.daemon.session.yielding == YieldReason.PREEMPT, waiting
 
     @invariant()
     def first_starts_follow_arrival_within_each_class(self) -> None:

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from data_helpers import SHARED_DATASETS, Settings
+from data_helpers import DATASETS
+
+from finetuned.config import DataSettings
 
 
 @pytest.fixture(scope="session")
@@ -26,16 +28,15 @@ def tokenizer(model_dir: Path) -> Any:
 
 
 @pytest.fixture
-def settings() -> Callable[..., Settings]:
+def settings() -> Callable[..., DataSettings]:
     """Build settings with overrides: settings(train_on_prompt=True)."""
-    return lambda **overrides: Settings(**overrides)
+    return lambda **overrides: DataSettings(**overrides)
 
 
 @pytest.fixture
-def shared_datasets() -> Path:
-    if not SHARED_DATASETS.is_dir():
-        pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
-    return SHARED_DATASETS
+def datasets() -> Path:
+    assert (DATASETS / "alpaca_en_demo.json").is_file(), f"the test data is missing from {DATASETS}"
+    return DATASETS
 
 
 @pytest.fixture(scope="session")

@@ -6,24 +6,14 @@ import itertools
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from finetuned.config import DataSettings
 from finetuned.data.tokenize import MASK, OFFSETS, TOKENS
 
-SHARED_DATASETS = Path(__file__).parents[2] / ".." / "shared" / "datasets"
-
-
-class Settings(DataSettings):
-    """DataSettings plus the data options this package reads (to be added to config.py itself)."""
-
-    packing: bool = True
-    overlong: Literal["drop", "truncate"] = "drop"
-    skip_bad_lines: bool = False
-    max_holdout: int = 200
-    max_line_bytes: int = 64 * 2**20
+# Real public data as users hold it (the first records of LLaMA-Factory's demo files; see its README).
+DATASETS = Path(__file__).parents[1] / "fixtures" / "datasets"
 
 
 def write_jsonl(path: Path, records: Iterable[Any]) -> Path:

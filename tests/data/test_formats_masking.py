@@ -164,7 +164,7 @@ def test_template_that_rewrites_content_still_masks_exactly(tmp_path: Path, mode
     assert prepared_spans(tmp_path, trimming, [record]) == [["Hi there." + END, "Bye." + END]]
 
 
-def test_direct_rendering_matches_apply_chat_template_on_real_data(tokenizer: Any, shared_datasets: Path) -> None:
+def test_direct_rendering_matches_apply_chat_template_on_real_data(tokenizer: Any, datasets: Path) -> None:
     """The fast path calls the compiled template itself: it must render byte for byte the same."""
     import json
 
@@ -173,7 +173,7 @@ def test_direct_rendering_matches_apply_chat_template_on_real_data(tokenizer: An
 
     renderer = ChatRenderer(tokenizer, train_on_prompt=False)
     assert renderer._direct is not None, "SmolLM2's template should take the fast path"
-    records = json.loads((shared_datasets / "alpaca_en_demo.json").read_text(encoding="utf-8"))[:200]
+    records = json.loads((datasets / "alpaca_en_demo.json").read_text(encoding="utf-8"))
     records.append(chat(("system", " odd\tspacing "), ("user", "{{ not a tag }}"), ("assistant", "")))
     for record in records:
         dicts = [{"role": m.role, "content": m.content} for m in parse_record(record)[1]]

@@ -118,21 +118,21 @@ def test_odd_names_prepare_fine(tmp_path: Path, tokenizer: Any) -> None:
     assert summary.source == path.name and summary.examples == 1
 
 
-def test_real_alpaca_json_array_prepares(tmp_path: Path, tokenizer: Any, shared_datasets: Path) -> None:
-    summary = prepare(shared_datasets / "alpaca_en_demo.json", tmp_path / "out", tokenizer, None, 1024)
-    assert (summary.format, summary.examples, summary.dropped_overlong) == ("alpaca", 999, 0)
+def test_real_alpaca_json_array_prepares(tmp_path: Path, tokenizer: Any, datasets: Path) -> None:
+    summary = prepare(datasets / "alpaca_en_demo.json", tmp_path / "out", tokenizer, None, 1024)
+    assert (summary.format, summary.examples, summary.dropped_overlong) == ("alpaca", 120, 0)
     assert 0.5 < summary.loss_share < 0.9
     first_ids, first_mask = read_prepared(tmp_path / "out")[0]
     trained = tokenizer.decode(first_ids[first_mask == 1].tolist())
     assert trained.startswith("Making crepes is an easy and delicious process!") and trained.endswith(END)
 
 
-def test_real_c4_text_prepares(tmp_path: Path, tokenizer: Any, shared_datasets: Path, settings: Any) -> None:
-    dropped = prepare(shared_datasets / "c4_demo.jsonl", tmp_path / "drop", tokenizer, settings(), 1024)
-    cut = prepare(shared_datasets / "c4_demo.jsonl", tmp_path / "cut", tokenizer, settings(overlong="truncate"), 1024)
-    assert dropped.format == "text" and dropped.examples + dropped.dropped_overlong == 300
+def test_real_c4_text_prepares(tmp_path: Path, tokenizer: Any, datasets: Path, settings: Any) -> None:
+    dropped = prepare(datasets / "c4_demo.jsonl", tmp_path / "drop", tokenizer, settings(), 1024)
+    cut = prepare(datasets / "c4_demo.jsonl", tmp_path / "cut", tokenizer, settings(overlong="truncate"), 1024)
+    assert dropped.format == "text" and dropped.examples + dropped.dropped_overlong == 40
     assert dropped.dropped_overlong > 0, "c4 holds documents longer than 1024 tokens"
-    assert (cut.examples, cut.truncated) == (300, dropped.dropped_overlong)
+    assert (cut.examples, cut.truncated) == (40, dropped.dropped_overlong)
     for ids, mask in read_prepared(tmp_path / "drop"):
         assert mask[0] == 0 and mask[1:].all() and ids[-1] == tokenizer.eos_token_id
 

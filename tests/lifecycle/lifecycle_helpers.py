@@ -8,45 +8,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from helpers import drop, tiny_config
+from helpers import Driver, drop, tiny_config, train_in_process
 
 from finetuned.config import Config
-from finetuned.daemon.outcomes import job_record
-from finetuned.fsio import atomic_write_json, sha256_file
+from finetuned.fsio import sha256_file
 from finetuned.lifecycle.line import line_exclusions
+from finetuned.queue.endings import Endings
 from finetuned.queue.job import Job, JobStatus
 from finetuned.queue.store import JobStore
-from finetuned.worker import checkpoint
-from finetuned.worker.recipe import Recipe
+from finetuned.worker.protocol import Completed, Yielded
 from finetuned.workspace import Workspace
-
-
-class Driver:
-    """The daemon's side of the worker pipe: records reports, asks for a yield after a chosen step."""
-
-    def __init__(self, yield_at: int | None = None) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.yield_at = yield_at
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.messages.append(message)
-
-    def poll(self) -> dict[str, Any] | None:
-        steps = [m for m in self.messages if m["type"] == "step"]
-        if self.yield_at is not None and steps and steps[-1]["step"] == self.yield_at:
-            self.yield_at = None
-            return {"type": "yield", "reason": "stop"}
-        return None
-
-    def last(self, kind: str) -> dict[str, Any]:
-        return [m for m in self.messages if m["type"] == kind][-1]
 
 
 def train_job(ws: Workspace, name: str, records: list[dict[str, Any]], yield_at: int | None = None,
               keep_all: bool = False, fresh_line_after_switch: bool = True) -> Job:
     """Admit a file, train it in-process with the config in config.json, and record the outcome.
 
-    A completed job gets the daemon's ending (record, job.json, checkpoints pruned to the final one
+    A completed job gets the daemon's ending (record, file moved, checkpoints pruned to the final one
     unless `keep_all`); a yielded one goes back to queued with its checkpoint, as a stop does.
     `fresh_line_after_switch` adds `line_exclusions` to the line's exclusions, as the daemon hook
     proposed for the daemon does.
@@ -56,33 +34,32 @@ def train_job(ws: Workspace, name: str, records: list[dict[str, Any]], yield_at:
     job = store.admit(drop(ws, name, records), "normal")
     job.examples, job.format, job.sha256 = len(records), "chat", sha256_file(store.file_path(job))
     store.save(job)
-    store.start_run(job)
+    job.start_run()
     store.move(job, JobStatus.TRAINING, "started")
     driver = Driver(yield_at)
     exclude = {j.id for j in store.jobs.values() if j.status in (JobStatus.SKIPPED, JobStatus.FAILED)}
     if fresh_line_after_switch:
         exclude |= set(line_exclusions(ws, store.jobs.values()))
-    Recipe(ws, driver.send, driver.poll).run(job.id, store.file_path(job), config, exclude, job.sha256)
+    train_in_process(ws, config, job, store.file_path(job), driver, exclude=exclude)
+    endings = Endings(store)
     if yield_at is not None:
-        job.step = driver.last("yielded")["step"]
-        store.end_run(job, "stop")
-        store.move(job, JobStatus.QUEUED, f"stop at step {job.step}")
+        job.step = driver.last(Yielded).step
+        endings.requeued(job, f"stop at step {job.step}", front=False)
         return job
-    summary = driver.last("completed")["summary"]
-    store.end_run(job, "completed")
-    job.summary, job.step = summary, summary["steps"]
-    store.move(job, JobStatus.COMPLETED, f"trained {summary['steps']} steps")
-    atomic_write_json(ws.adapter_dir(job.id) / "job.json", job_record(job))
-    if not keep_all:
-        checkpoint.prune(ws.job_checkpoints(job.id), 1)
-    shutil.rmtree(ws.tokenized / job.id, ignore_errors=True)
+    kept = ws.root / ".kept-checkpoints"
+    if keep_all:  # as if the daemon had stopped before pruning them
+        shutil.copytree(ws.job_checkpoints(job.id), kept)
+    endings.completed(job, driver.last(Completed).summary)
+    if keep_all:
+        shutil.rmtree(ws.job_checkpoints(job.id))
+        kept.rename(ws.job_checkpoints(job.id))
     return job
 
 
 def lifecycle_config(**training: Any) -> Config:
     config = tiny_config(**training)
     config.lifecycle.min_free_gb = 0.0
-    config.monitor.preview_every_steps = 0
+    config.previews.every_steps = 0
     return config
 
 

@@ -9,10 +9,10 @@ import time
 from lifecycle_helpers import cli
 
 from finetuned.config import save_config
-from finetuned.daemon.lock import WorkspaceLock
 from finetuned.fsio import atomic_write_json
 from finetuned.lifecycle.doctor import FAIL, OK, WARN, as_json, run_checks
 from finetuned.lifecycle.line import log_event
+from finetuned.lock import WorkspaceLock
 
 
 def by_name(checks):

@@ -10,11 +10,11 @@ import pytest
 from helpers import chat_lines, make_workspace
 from lifecycle_helpers import cli, lifecycle_config, train_job
 
-from finetuned.daemon.lock import WorkspaceLock
 from finetuned.fsio import atomic_write_json
 from finetuned.lifecycle import retention
 from finetuned.lifecycle.consolidate import consolidate
 from finetuned.lifecycle.errors import LifecycleError
+from finetuned.lock import WorkspaceLock
 from finetuned.workspace import Workspace
 
 

@@ -10,12 +10,14 @@ import pytest
 from helpers import chat_lines
 from lifecycle_helpers import base_plus_adapter_logits, cli, logits, train_job
 
-from finetuned.daemon.lock import WorkspaceLock
+from finetuned import controls
+from finetuned.controls import Control
 from finetuned.fsio import atomic_write_json, sha256_file
 from finetuned.lifecycle.consolidate import consolidate
 from finetuned.lifecycle.errors import LifecycleError, UnfinishedWork
 from finetuned.lifecycle.line import line_exclusions, read_history, rollback, use
 from finetuned.lifecycle.records import list_adapters, read_jobs
+from finetuned.lock import WorkspaceLock
 from finetuned.models.loading import resolve_base, weights_hash
 
 VERSION_KEYS = {"id", "name", "version", "parent", "parent_hash", "base_model", "created", "note", "weights_hash",
@@ -155,19 +157,25 @@ def test_after_a_rollback_the_line_starts_from_the_version_itself(trained):
 
 
 class FakeDaemon(threading.Thread):
-    """Holds the workspace lock and heartbeats like an idle daemon; notes whether it ever saw .pause."""
+    """Holds the workspace lock and heartbeats like an idle daemon; notes whether it was ever held quiet.
 
-    def __init__(self, ws, answer: bool = True) -> None:
+    With `user_pauses`, the user pauses (touches .pause) while the switch holds it quiet.
+    """
+
+    def __init__(self, ws, answer: bool = True, user_pauses: bool = False) -> None:
         super().__init__(daemon=True)
-        self.ws, self.answer = ws, answer
-        self.saw_pause = False
+        self.ws, self.answer, self.user_pauses = ws, answer, user_pauses
+        self.saw_quiet = False
         self.ready, self.done = threading.Event(), threading.Event()
 
     def run(self) -> None:
         with WorkspaceLock(self.ws.lock_file):
             self.ready.set()
             while not self.done.is_set():
-                self.saw_pause |= self.ws.pause_file.exists()
+                if controls.quiet(self.ws):
+                    self.saw_quiet = True
+                    if self.user_pauses:
+                        controls.request(self.ws, Control.PAUSE)
                 if self.answer:
                     atomic_write_json(self.ws.status_json, {"state": "idle", "current_job": None,
                                                             "heartbeat_unix": time.time()})
@@ -183,12 +191,12 @@ class FakeDaemon(threading.Thread):
         self.join(10)
 
 
-def test_a_switch_under_a_live_daemon_holds_it_paused_until_written(trained, monkeypatch):
+def test_a_switch_under_a_live_daemon_holds_it_quiet_until_written(trained, monkeypatch):
     """No job may start on the old base while the config changes; the user's own pause is left alone."""
     consolidate(trained, use=False)
     with FakeDaemon(trained) as daemon:
         use(trained, "tiny-v1")
-    assert daemon.saw_pause and not trained.pause_file.exists()
+    assert daemon.saw_quiet and not controls.quiet(trained) and not trained.pause_file.exists()
     assert trained.load_config().base_model == "tiny-v1"
 
     trained.pause_file.touch()
@@ -196,6 +204,12 @@ def test_a_switch_under_a_live_daemon_holds_it_paused_until_written(trained, mon
         rollback(trained, "tiny")
     assert trained.pause_file.exists(), "the user's pause stays"
     trained.pause_file.unlink()
+
+    with FakeDaemon(trained, user_pauses=True) as daemon:
+        use(trained, "tiny-v1")
+    assert daemon.saw_quiet and trained.pause_file.exists(), "a pause made during the switch is the user's: it stays"
+    trained.pause_file.unlink()
+    rollback(trained, "tiny")
 
     monkeypatch.setattr("finetuned.lifecycle.line.DAEMON_ANSWER_SECONDS", 0.5)
     with FakeDaemon(trained, answer=False), pytest.raises(LifecycleError, match="did not answer"):

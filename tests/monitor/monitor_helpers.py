@@ -60,7 +60,7 @@ class StateWorkspace:
         self.done.summary = {"steps": 10, "examples_trained": 30, "tokens": 1000, "first_loss": 3.0,
                              "final_loss": 0.3, "val_loss": 0.35, "line_step": 10}
         self.done.step = 10
-        self.store.end_run(self.done, "completed")
+        self.done.end_run("completed")
         self.store.move(self.done, JobStatus.COMPLETED, "trained 10 steps")
         self.ws.adapter_dir(self.done.id).mkdir(parents=True)
         atomic_write_json(self.ws.adapter_dir(self.done.id) / "job.json", {"job_id": self.done.id, "steps": 10})
@@ -88,7 +88,7 @@ class StateWorkspace:
         return job
 
     def _train(self, job: Job) -> None:
-        self.store.start_run(job)
+        job.start_run()
         self.store.move(job, JobStatus.TRAINING, "started")
 
     def write(self, state: str = "training") -> None:

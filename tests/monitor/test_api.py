@@ -119,7 +119,7 @@ def test_controls_create_and_remove_the_control_files(client, state: StateWorksp
     ws = state.ws
     assert client.post("/api/control/pause").json()["paused"] is True and ws.pause_file.exists()
     assert client.post("/api/control/resume").json()["message"] == "resumed" and not ws.pause_file.exists()
-    assert client.post("/api/control/resume").json()["message"] == "not paused"
+    assert client.post("/api/control/resume").json()["message"].startswith("not paused")
     client.post("/api/control/stop")
     client.post("/api/control/skip")
     assert ws.stop_file.exists() and ws.skip_file.exists()

@@ -56,9 +56,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     root = tmp_path_factory.mktemp("browser")
     config = monitor_config(epochs=3, checkpoint_every_steps=8)
     config.data.holdout_fraction = 0.1  # validation loss on the chart, prompts for previews
-    config.monitor.preview_every_steps = 8
-    config.monitor.preview_max_new_tokens = 12
-    config.monitor.preview_budget = 1.0  # builtin:tiny trains faster than it generates
+    config.previews.every_steps = 8
+    config.previews.max_new_tokens = 12
+    config.previews.budget = 1.0  # builtin:tiny trains faster than it generates
     ws = make_workspace(root / "ws", config)
     drop(ws, "warmup.jsonl", chat_lines(12, "go"), priority=True)
     drop(ws, "arithmetic_20k.jsonl", chat_lines(4000, "hi"))

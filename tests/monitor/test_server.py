@@ -43,7 +43,7 @@ def test_events_push_a_state_change_within_a_second(server: MonitorServer, state
     first = {name for _, name, _ in (events.wait(lambda e: e[1] == "metrics"), *events.events)}
     assert {"hello", "status", "queue", "metrics"} <= first, "a snapshot first"
     changed = time.time()
-    state.store.end_run(state.current, "paused")
+    state.current.end_run("paused")
     state.store.move(state.current, JobStatus.PAUSED, "paused at step 6")
     state.write(state="paused")
     at, _, body = events.wait(lambda e: e[1] == "status" and e[2]["daemon"]["state"] == "paused")

@@ -6,40 +6,14 @@ import json
 import shutil
 
 import pytest
-from helpers import chat_lines, make_workspace, tiny_config, write_jsonl
+from helpers import Driver, chat_lines, make_workspace, tiny_config, train_in_process, write_jsonl
 
-from finetuned.worker import checkpoint
-from finetuned.worker.recipe import Recipe
-
-
-class Driver:
-    """Plays the daemon's side of the pipe: records messages, yields on a chosen step."""
-
-    def __init__(self, yield_at: int | None = None) -> None:
-        self.messages: list[dict] = []
-        self.yield_at = yield_at
-
-    def send(self, message: dict) -> None:
-        self.messages.append(message)
-
-    def poll(self):
-        steps = [m for m in self.messages if m["type"] == "step"]
-        if self.yield_at is not None and steps and steps[-1]["step"] == self.yield_at:
-            self.yield_at = None
-            return {"type": "yield", "reason": "stop"}
-        return None
-
-    def losses(self) -> list[float]:
-        return [m["loss"] for m in self.messages if m["type"] == "step"]
-
-    def last(self, kind: str) -> dict:
-        return [m for m in self.messages if m["type"] == kind][-1]
+from finetuned import checkpoints
+from finetuned.worker.protocol import Checkpoint, Completed, Failed, Step, Yielded
 
 
-def run_job(ws, config, job_id, file, driver):
-    recipe = Recipe(ws, driver.send, driver.poll)
-    recipe.run(job_id, file, config, set())
-    return recipe
+def run_job(ws, config, job_id, file, driver, cache=None):
+    return train_in_process(ws, config, job_id, file, driver, cache)
 
 
 @pytest.mark.parametrize("mode", ["continuous", "independent"])
@@ -51,14 +25,14 @@ def test_stopped_and_resumed_run_logs_the_same_losses(tmp_path, tiny_model_dir, 
     ws_a = make_workspace(tmp_path / "a", config)
     plain = Driver()
     run_job(ws_a, config, "job", write_jsonl(tmp_path / "a.jsonl", records), plain)
-    assert plain.last("completed")
+    assert plain.last(Completed)
 
     ws_b = make_workspace(tmp_path / "b", config)
     file_b = write_jsonl(tmp_path / "b.jsonl", records)
     interrupted = Driver(yield_at=4)
-    recipe = run_job(ws_b, config, "job", file_b, interrupted)
-    assert interrupted.last("yielded")["step"] == 4
-    recipe.run("job", file_b, config, set())  # same worker, model still loaded
+    cache = run_job(ws_b, config, "job", file_b, interrupted)
+    assert interrupted.last(Yielded).step == 4
+    run_job(ws_b, config, "job", file_b, interrupted, cache)  # same worker, model still loaded
     assert interrupted.losses()[:4] == plain.losses()[:4]
     assert interrupted.losses()[4:] == pytest.approx(plain.losses()[4:], abs=1e-6)
     assert len(interrupted.losses()) == len(plain.losses()) > 6
@@ -76,7 +50,7 @@ def test_resume_in_a_new_process_state_matches(tmp_path, tiny_model_dir):
     file_b = write_jsonl(tmp_path / "b.jsonl", records)
     first = Driver(yield_at=5)  # the yield checkpoint at 5 is removed below: resume from the periodic one at 3
     run_job(ws_b, config, "job", file_b, first)
-    latest = checkpoint.latest(ws_b.job_checkpoints("job"))
+    latest = checkpoints.latest(ws_b.job_checkpoints("job"))
     assert latest[0].step == 5
     shutil.rmtree(latest[1])
     second = Driver()
@@ -89,7 +63,7 @@ def test_published_adapter_and_summary(tmp_path, tiny_model_dir):
     ws = make_workspace(tmp_path / "ws", config)
     driver = Driver()
     run_job(ws, config, "job", write_jsonl(tmp_path / "d.jsonl", chat_lines(8)), driver)
-    summary = driver.last("completed")["summary"]
+    summary = driver.last(Completed).summary
     assert summary["steps"] == summary["total_steps"] >= 1
     assert summary["examples_trained"] == 8
     adapter = ws.adapter_dir("job")
@@ -103,8 +77,8 @@ def test_nan_loss_fails_the_job_and_keeps_the_last_good_checkpoint(tmp_path, tin
     ws = make_workspace(tmp_path / "ws", config)
     driver = Driver()
     run_job(ws, config, "job", write_jsonl(tmp_path / "d.jsonl", chat_lines(40)), driver)
-    failed = driver.last("failed")
-    assert "loss became" in failed["reason"] and failed["step"] >= 1
+    failed = driver.last(Failed)
+    assert "loss became" in failed.reason and failed.step >= 1
     assert not ws.adapter_dir("job").exists(), "a broken adapter must never be published"
 
 
@@ -113,19 +87,19 @@ def test_model_line_carries_on_only_in_continuous_mode(tmp_path, tiny_model_dir,
     config = tiny_config(mode=mode)
     ws = make_workspace(tmp_path / "ws", config)
     driver = Driver()
-    recipe = Recipe(ws, driver.send, driver.poll)
-    recipe.run("one", write_jsonl(tmp_path / "one.jsonl", chat_lines(12)), config, set())
-    first = driver.last("completed")["summary"]
-    recipe.run("two", write_jsonl(tmp_path / "two.jsonl", chat_lines(12, "yo")), config, set())
-    second = driver.last("completed")["summary"]
+    cache = run_job(ws, config, "one", write_jsonl(tmp_path / "one.jsonl", chat_lines(12)), driver)
+    first = driver.last(Completed).summary
+    run_job(ws, config, "two", write_jsonl(tmp_path / "two.jsonl", chat_lines(12, "yo")), driver, cache)
+    second = driver.last(Completed).summary
     assert first["line_step"] == first["steps"]
     if mode == "continuous":
         assert second["line_step"] == first["line_step"] + second["steps"], "the step counter carries on"
     else:
         assert second["line_step"] == second["steps"], "each job starts fresh"
     # Skipped or failed jobs are left out of the line: the next job starts from the base again.
-    recipe.run("three", write_jsonl(tmp_path / "three.jsonl", chat_lines(12)), config, {"one", "two"})
-    assert driver.last("completed")["summary"]["line_step"] == driver.last("completed")["summary"]["steps"]
+    train_in_process(ws, config, "three", write_jsonl(tmp_path / "three.jsonl", chat_lines(12)), driver, cache,
+                     exclude={"one", "two"})
+    assert driver.last(Completed).summary["line_step"] == driver.last(Completed).summary["steps"]
 
 
 def test_full_fine_tuning_resumes_exactly_and_publishes_a_model(tmp_path, tiny_model_dir):
@@ -139,7 +113,7 @@ def test_full_fine_tuning_resumes_exactly_and_publishes_a_model(tmp_path, tiny_m
     ws = make_workspace(tmp_path / "b", config)
     file_b = write_jsonl(tmp_path / "b.jsonl", records)
     interrupted = Driver(yield_at=3)
-    run_job(ws, config, "job", file_b, interrupted).run("job", file_b, config, set())
+    run_job(ws, config, "job", file_b, interrupted, run_job(ws, config, "job", file_b, interrupted))
     assert interrupted.losses() == pytest.approx(plain.losses(), abs=1e-6)
     model = AutoModelForCausalLM.from_pretrained(ws.adapter_dir("job"))
     assert model.config.hidden_size == 64
@@ -150,12 +124,12 @@ def test_previews_are_written_within_budget_and_do_not_change_training(tmp_path,
     config.data.holdout_fraction = 0.2
     records = chat_lines(60)
     plain = Driver()
-    config.monitor.preview_every_steps = 0
+    config.previews.every_steps = 0
     run_job(make_workspace(tmp_path / "a", config), config, "job", write_jsonl(tmp_path / "a.jsonl", records), plain)
 
-    config.monitor.preview_every_steps = 1
-    config.monitor.preview_budget = 1.0  # generous: one round per step until it runs ahead of training time
-    config.monitor.preview_max_new_tokens = 8
+    config.previews.every_steps = 1
+    config.previews.budget = 1.0  # generous: one round per step until it runs ahead of training time
+    config.previews.max_new_tokens = 8
     ws = make_workspace(tmp_path / "b", config)
     watched = Driver()
     run_job(ws, config, "job", write_jsonl(tmp_path / "b.jsonl", records), watched)
@@ -164,7 +138,7 @@ def test_previews_are_written_within_budget_and_do_not_change_training(tmp_path,
     assert rounds, "some preview rounds must run"
     assert len(rounds) <= len(plain.losses())
     spent = sum(r["seconds"] for r in rounds)
-    train = sum(m["step_seconds"] for m in watched.messages if m["type"] == "step")
+    train = sum(m.step_seconds for m in watched.of(Step))
     assert spent <= train + max(r["seconds"] for r in rounds), "previews stay within their budget"
     item = rounds[0]["items"][0]
     assert set(item) == {"prompt", "expected", "answer", "exact"} and item["expected"]
@@ -181,10 +155,10 @@ def test_qlora_trains_on_cpu_and_its_adapter_loads_on_the_unquantised_base(tmp_p
     ws = make_workspace(tmp_path / "ws", config)
     driver = Driver(yield_at=2)
     file = write_jsonl(tmp_path / "d.jsonl", chat_lines(24))
-    run_job(ws, config, "job", file, driver).run("job", file, config, set())
+    run_job(ws, config, "job", file, driver, run_job(ws, config, "job", file, driver))
     losses = driver.losses()
     assert all(loss == loss for loss in losses) and losses[-1] < losses[0]
-    summary = driver.last("completed")["summary"]
+    summary = driver.last(Completed).summary
     assert summary["steps"] == summary["total_steps"]
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(summary["base_path"]),
                                       ws.adapter_dir("job"))
@@ -210,8 +184,8 @@ def test_every_checkpoint_is_reported_once_it_is_durable(tmp_path, tiny_model_di
     ws = make_workspace(tmp_path / "ws", config)
     driver = Driver()
     run_job(ws, config, "job", write_jsonl(tmp_path / "d.jsonl", chat_lines(100)), driver)
-    reported = [m["step"] for m in driver.messages if m["type"] == "checkpoint"]
+    reported = [m.step for m in driver.of(Checkpoint)]
     assert reported == [2, 4, 6, 8, 9]
-    for m in driver.messages:
-        if m["type"] == "checkpoint":
-            assert (ws.job_checkpoints("job") / f"checkpoint-{m['step']}").exists() or m["step"] < 6
+    kept = config.lifecycle.keep_checkpoints  # older ones are pruned once the newer are durable
+    for step in reported[-kept:]:
+        assert checkpoints.path_for(ws.job_checkpoints("job"), step).exists(), f"checkpoint {step} is not on disk"

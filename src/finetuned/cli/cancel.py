@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from finetuned.cli.common import RootOption, console, fail, workspace
-from finetuned.daemon.lock import AlreadyRunning, WorkspaceLock
+from finetuned.lock import AlreadyRunning, WorkspaceLock
 from finetuned.queue import actions
 from finetuned.queue.store import JobStore
 from finetuned.workspace import Workspace

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from finetuned.cli.common import RootOption, console, workspace
 from finetuned.fsio import read_json
+from finetuned.queue.job import JobStatus
 from finetuned.queue.render import queue_document
 from finetuned.queue.store import JobStore
 
@@ -44,7 +45,7 @@ def queue(
         return
     table = Table("#", "id", "file", "priority", "size", "added", "status")
     for n, entry in enumerate(doc["queue"], 1):
-        style = "bold" if entry["status"] in ("training", "paused") else ""
+        style = "bold" if entry["status"] in (JobStatus.TRAINING, JobStatus.PAUSED) else ""
         table.add_row(str(n), entry["id"], entry["file"], entry["priority"], entry["size"], entry["added"],
                       entry["status"], style=style)
     console.print(table)

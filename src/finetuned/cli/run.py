@@ -8,7 +8,7 @@ import typer
 
 from finetuned.cli.common import RootOption, fail
 from finetuned.config import ConfigError
-from finetuned.daemon.lock import AlreadyRunning
+from finetuned.lock import AlreadyRunning
 from finetuned.logs import setup_logging
 from finetuned.workspace import Workspace
 
@@ -32,7 +32,7 @@ def run(
         config = ws.create()
     except ConfigError as exc:
         fail(str(exc), 2)
-    setup_logging(ws.root, "daemon")
+    setup_logging(ws, "daemon")
     from finetuned.daemon.daemon import Daemon  # after the config check: a typo answers at once
     from finetuned.monitor.server import MonitorRefused
 

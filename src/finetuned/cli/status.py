@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from finetuned.cli.common import RootOption, console, fail, workspace
-from finetuned.daemon.lock import holder
 from finetuned.fsio import read_json
+from finetuned.lock import holder
 from finetuned.queue.store import JobNotFound, JobStore
 from finetuned.workspace import Workspace
 

@@ -49,7 +49,7 @@ class ScheduledConsolidation:
         if why is None:
             return False
         log.info("consolidating the model line: %s", why)
-        with open(self.ws.logs / "consolidate.out", "ab") as out:
+        with open(self.ws.consolidate_log, "ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "finetuned", "consolidate", "--root", str(self.ws.root),
                  "--note", f"scheduled: {why}"],

@@ -1,65 +1,68 @@
 """Tokenising queued files ahead of their turn, in the preparer process.
 
 The daemon never starts a job the preparer is working on (it waits, which is no
-slower), so the two never write the same token cache.
+slower), so the two never write the same token cache. A file the preparer finds
+cannot train fails while it waits, not when its turn comes.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
+from finetuned.config import Config
 from finetuned.daemon.supervisor import WorkerHandle
+from finetuned.queue.endings import Endings
 from finetuned.queue.job import JobStatus
+from finetuned.queue.store import JobStore
 from finetuned.worker.preparer import main as preparer_main
-
-if TYPE_CHECKING:
-    from finetuned.daemon.daemon import Daemon
+from finetuned.worker.protocol import Failed, FailKind, Prepare, Prepared
+from finetuned.workspace import Workspace
 
 log = logging.getLogger("finetuned.daemon")
 
 
 class Prefetcher:
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
+    def __init__(self, ws: Workspace, store: JobStore, endings: Endings) -> None:
+        self.ws = ws
+        self.store = store
+        self.endings = endings
         self.handle: WorkerHandle | None = None
         self.busy: str | None = None
         self.seen: set[str] = set()  # prepared, or tried: the worker covers what failed here
 
-    def tick(self) -> None:
+    def tick(self, config: Config, current: str | None) -> None:
         if self.handle is not None:
             self._read()
-        if self.busy is None and self.d.config.data.prepare_ahead:
-            self._next()
+        if self.busy is None and config.data.prepare_ahead:
+            self._next(config, current)
 
     def _read(self) -> None:
         assert self.handle is not None
-        for message in self.handle.receive():
-            if message["type"] == "ready":
+        for report in self.handle.receive():
+            if not isinstance(report, Prepared | Failed):
                 continue
-            job = self.d.store.jobs.get(message["job_id"])
             self.busy = None
-            if message["type"] == "failed" and message.get("data_error") and job is not None \
+            job = self.store.jobs.get(report.job_id)
+            if isinstance(report, Failed) and report.kind is FailKind.DATA and job is not None \
                     and job.status == JobStatus.QUEUED:
-                self.d.outcomes.fail(job, message["reason"], message["data_error"])
-            elif message["type"] == "failed":
+                self.endings.failed(job, report.reason, report.report)
+            elif isinstance(report, Failed):
                 log.warning("job %s: preparing ahead failed (%s); it is prepared when it starts",
-                            message["job_id"], message["reason"])
+                            report.job_id, report.reason)
         if not self.handle.alive():
             log.warning("preparer %s", self.handle.exit_reason())
             self.handle, self.busy = None, None
 
-    def _next(self) -> None:
-        current = self.d.current.id if self.d.current else None
-        for job in self.d.store.active():
+    def _next(self, config: Config, current: str | None) -> None:
+        for job in self.store.active():
             if job.status != JobStatus.QUEUED or not job.validated or job.id == current or job.id in self.seen:
                 continue
             if self.handle is None:
-                self.handle = WorkerHandle(str(self.d.ws.root), preparer_main, "preparer")
+                self.handle = WorkerHandle(str(self.ws.root), preparer_main, "preparer")
             self.seen.add(job.id)
             self.busy = job.id
-            self.handle.send({"type": "prepare", "job_id": job.id, "file": str(self.d.store.file_path(job)),
-                              "sha256": job.sha256, "config": self.d.config.model_dump(mode="json")})
+            self.handle.send(Prepare(job_id=job.id, file=self.store.file_path(job), sha256=job.sha256,
+                                     config=config))
             return
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from finetuned import controls
 from finetuned.fsio import atomic_write_json
 from finetuned.queue.job import Job, JobStatus
 from finetuned.queue.render import Progress, human_duration, queue_document
@@ -63,7 +64,7 @@ class StateWriter:
             "state": state, "reason": reason, "pid": os.getpid(), "worker_pid": worker_pid,
             "started": iso(self.started), "heartbeat": iso(now), "heartbeat_unix": now,
             "current_job": current.id if current else None, "phase": phase,
-            "paused": self.ws.pause_file.exists(), "monitor_url": self.monitor_url,
+            "paused": controls.paused(self.ws), "monitor_url": self.monitor_url,
         })
         training: dict[str, Any] = {"job": None, "state": state, "time": iso(now)}
         if current is not None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from finetuned.worker.main import main as worker_main
-from finetuned.worker.protocol import Message
+from finetuned.worker.protocol import Order, Report, Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,15 @@ class WorkerHandle:
         self.stopping = False
         log.info("started %s pid %s", name, self.pid)
 
-    def send(self, message: Message) -> bool:
+    def send(self, message: Order) -> bool:
         try:
             self._conn.send(message)
             return True
         except (BrokenPipeError, OSError):
             return False
 
-    def receive(self) -> list[Message]:
-        messages: list[Message] = []
+    def receive(self) -> list[Report]:
+        messages: list[Report] = []
         try:
             while self._conn.poll():
                 messages.append(self._conn.recv())
@@ -75,7 +75,7 @@ class WorkerHandle:
     def shutdown(self, timeout: float = 10) -> None:
         """Ask the worker to exit; kill it if it does not."""
         self.stopping = True
-        self.send({"type": "shutdown"})
+        self.send(Shutdown())
         self.process.join(timeout)
         if self.process.is_alive():
             log.warning("%s %s did not exit in %.0fs; killing it", self.name, self.pid, timeout)

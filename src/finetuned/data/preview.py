@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from finetuned.config import DataSettings
 from finetuned.data.formats import TEXT, parse_record, with_system_prompt
 from finetuned.data.masking import ChatRenderer, token_mask
-from finetuned.data.options import option
 from finetuned.data.reader import FileReader
 from finetuned.data.report import RecordProblem
 from finetuned.data.tokenize import _backend
@@ -28,14 +28,15 @@ from finetuned.data.tokenize import _backend
 OPEN, CLOSE = "[[", "]]"
 
 
-def encode_record(record: Any, tokenizer: Any, settings: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def encode_record(record: Any, tokenizer: Any, settings: DataSettings | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(token ids, loss mask) of one record, exactly as `prepare` builds them (before overlong handling)."""
+    settings = settings or DataSettings()
     fmt, payload = parse_record(record)
-    renderer = ChatRenderer(tokenizer, train_on_prompt=bool(option(settings, "train_on_prompt")))
+    renderer = ChatRenderer(tokenizer, train_on_prompt=settings.train_on_prompt)
     if fmt == TEXT:
         text, spans = renderer.render_text(payload)
     else:
-        text, spans = renderer.render_chat(with_system_prompt(payload, option(settings, "system_prompt")))
+        text, spans = renderer.render_chat(with_system_prompt(payload, settings.system_prompt))
     encoding = _backend(tokenizer).encode(text, add_special_tokens=False)
     mask = token_mask(encoding, spans)
     mask[0] = 0
@@ -47,7 +48,7 @@ def trained_spans(ids: Any, mask: Any, tokenizer: Any) -> list[str]:
     return [tokenizer.decode(list(ids[a:b])) for a, b in _runs(mask) if mask[a]]
 
 
-def render(path_or_record: Path | str | dict[str, Any], tokenizer: Any, settings: Any = None) -> str:
+def render(path_or_record: Path | str | dict[str, Any], tokenizer: Any, settings: DataSettings | None = None) -> str:
     """One example as text with trained tokens inside [[ ]]; a path shows the file's first good record."""
     record = path_or_record if isinstance(path_or_record, dict) else _first_record(Path(path_or_record))
     ids, mask = encode_record(record, tokenizer, settings)
@@ -66,7 +67,7 @@ def _runs(mask: Any) -> list[tuple[int, int]]:
 
 
 def _first_record(path: Path) -> dict[str, Any]:
-    for item in FileReader(path, max_line_bytes=option(None, "max_line_bytes")):
+    for item in FileReader(path, max_line_bytes=DataSettings().max_line_bytes):
         if item.problem is None:
             try:
                 parse_record(item.value)

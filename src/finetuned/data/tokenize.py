@@ -31,9 +31,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from finetuned.config import DataSettings
 from finetuned.data.formats import TEXT, parse_record, with_system_prompt
 from finetuned.data.masking import ChatRenderer, Span, token_mask
-from finetuned.data.options import option
 from finetuned.data.reader import FileReader
 from finetuned.data.report import DataError, ProblemLog, RecordProblem
 from finetuned.data.validate import Validation, validate_file
@@ -82,16 +82,17 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def prepared_key(tokenizer: Any, settings: Any, max_seq_len: int) -> dict[str, Any]:
+def prepared_key(tokenizer: Any, settings: DataSettings | None, max_seq_len: int) -> dict[str, Any]:
     """Everything besides the source bytes that decides the prepared arrays."""
+    settings = settings or DataSettings()
     return {
         "version": FORMAT_VERSION,
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "max_seq_len": max_seq_len,
-        "train_on_prompt": bool(option(settings, "train_on_prompt")),
-        "system_prompt": option(settings, "system_prompt"),
-        "overlong": option(settings, "overlong"),
-        "skip_bad_lines": bool(option(settings, "skip_bad_lines")),
+        "train_on_prompt": settings.train_on_prompt,
+        "system_prompt": settings.system_prompt,
+        "overlong": settings.overlong,
+        "skip_bad_lines": settings.skip_bad_lines,
     }
 
 
@@ -104,7 +105,7 @@ def load_meta(out_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def is_current(out_dir: Path, sha256: str, tokenizer: Any, settings: Any, max_seq_len: int) -> bool:
+def is_current(out_dir: Path, sha256: str, tokenizer: Any, settings: DataSettings | None, max_seq_len: int) -> bool:
     """True when `out_dir` already holds this file prepared this way (skip preparing again)."""
     meta = load_meta(out_dir)
     key = prepared_key(tokenizer, settings, max_seq_len)
@@ -192,7 +193,7 @@ def prepare(
     path: Path,
     out_dir: Path,
     tokenizer: Any,
-    settings: Any,
+    settings: DataSettings | None,
     max_seq_len: int,
     *,
     validation: Validation | None = None,
@@ -203,15 +204,16 @@ def prepare(
     """
     started = time.monotonic()
     path, out_dir = Path(path), Path(out_dir)
+    settings = settings or DataSettings()
     if validation is None:
         validation = validate_file(path, settings)
     if not validation.ok:
         raise DataError(validation.error or _report(path, "validation failed"))
-    skip = bool(option(settings, "skip_bad_lines"))
-    worker = _Tokenizer(tokenizer, max_seq_len, option(settings, "overlong"))
+    skip = settings.skip_bad_lines
+    worker = _Tokenizer(tokenizer, max_seq_len, settings.overlong)
     problems = ProblemLog()
-    reader = FileReader(path, max_line_bytes=option(settings, "max_line_bytes"), skip_long_lines=skip)
-    renderer = ChatRenderer(tokenizer, train_on_prompt=bool(option(settings, "train_on_prompt")))
+    reader = FileReader(path, max_line_bytes=settings.max_line_bytes, skip_long_lines=skip)
+    renderer = ChatRenderer(tokenizer, train_on_prompt=settings.train_on_prompt)
     batches = _ahead(_rendered_batches(reader, validation, renderer, settings, problems))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -271,10 +273,10 @@ def prepare(
 
 
 def _rendered_batches(
-    reader: FileReader, validation: Validation, renderer: ChatRenderer, settings: Any, problems: ProblemLog
+    reader: FileReader, validation: Validation, renderer: ChatRenderer, settings: DataSettings, problems: ProblemLog
 ) -> Iterator[list[tuple[str, list[Span]]]]:
     """The file's good records as (text, trained spans), BATCH at a time; bad ones go to `problems`."""
-    system_prompt = option(settings, "system_prompt")
+    system_prompt = settings.system_prompt
     pending: list[tuple[str, list[Span]]] = []
     for item in reader:
         if item.problem is not None:

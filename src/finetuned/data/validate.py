@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetuned.config import DataSettings
 from finetuned.data.formats import parse_record
-from finetuned.data.options import option
 from finetuned.data.reader import FileReader
 from finetuned.data.report import KEEP_LINES, ProblemLog, RecordProblem
 
@@ -44,11 +44,12 @@ class _Seen:
     lines: list[int] = field(default_factory=list)
 
 
-def validate_file(path: Path, settings: Any = None) -> Validation:
+def validate_file(path: Path, settings: DataSettings | None = None) -> Validation:
     """Check one file; never raises for what the file holds or for I/O errors reading it."""
     path = Path(path)
-    skip = bool(option(settings, "skip_bad_lines"))
-    reader = FileReader(path, max_line_bytes=option(settings, "max_line_bytes"), skip_long_lines=skip)
+    settings = settings or DataSettings()
+    skip = settings.skip_bad_lines
+    reader = FileReader(path, max_line_bytes=settings.max_line_bytes, skip_long_lines=skip)
     problems = ProblemLog()
     seen: dict[str, _Seen] = {}
     try:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetuned import checkpoints, disk
 from finetuned.config import ConfigError
 from finetuned.fsio import publish_dir, remove_tree
-from finetuned.lifecycle import disk
-from finetuned.lifecycle.errors import LifecycleError, UnfinishedWork
+from finetuned.lifecycle.errors import LifecycleError, UnfinishedWork, require_space
 from finetuned.lifecycle.line import (
     append_history,
     lifecycle_lock,
@@ -42,15 +42,14 @@ from finetuned.lifecycle.versions import (
     write_version,
 )
 from finetuned.models.loading import weights_hash
-from finetuned.worker import checkpoint
-from finetuned.workspace import Workspace
+from finetuned.workspace import ADAPTER_RECORD, Workspace
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]  # (what happens now, stages done, stages in all)
 STAGES = 6
 # Files a model folder holds that save_pretrained writes itself, or that belong to one folder only.
-_NOT_EXTRAS = ("config.json", "generation_config.json", "version.json", "job.json", "adapter_config.json",
+_NOT_EXTRAS = ("config.json", "generation_config.json", "version.json", ADAPTER_RECORD, "adapter_config.json",
                "model.safetensors.index.json", "pytorch_model.bin.index.json", "README.txt", "finetuned.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 SPACE_MARGIN = 64 << 20  # tokenizer and config files beside the weights
@@ -92,7 +91,7 @@ def contributors(ws: Workspace, adapter: Adapter) -> list[dict[str, Any]]:
     chain.sort(key=lambda a: (a.line_step, a.finished))
     entries = [data_entry(a, jobs.get(a.job_id), a.job_id) for a in chain]
     for job in jobs.values():  # a preempted job's steps so far may sit under a later job's adapter
-        last = checkpoint.latest(ws.job_checkpoints(job.id)) if job.status.active else None
+        last = checkpoints.latest(ws.job_checkpoints(job.id)) if job.status.active else None
         if last is None or last[0].base_model != adapter.base_model or last[0].line_step > adapter.line_step:
             continue
         if since < last[1].stat().st_mtime <= adapter.finished:
@@ -198,7 +197,7 @@ def consolidate(ws: Workspace, job_id: str | None = None, note: str = "", progre
                                  f"(to train on it: finetuned use {done.id})")
         source = parent.path if adapter.is_peft else adapter.path
         new_id, number = next_id(ws, parent.name)
-        disk.require_space(ws.base_models, disk.model_bytes(source) + SPACE_MARGIN,
+        require_space(ws.base_models, disk.model_bytes(source) + SPACE_MARGIN,
                            config.lifecycle.min_free_gb, f"write {new_id}")
         jobs = contributors(ws, adapter)
         steps = adapter.line_step if adapter.mode == "continuous" else adapter.steps

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from finetuned.config import Config, ConfigError, load_config
-from finetuned.daemon.lock import holder
+from finetuned.disk import free_gb
 from finetuned.fsio import read_json
-from finetuned.lifecycle.disk import free_gb
 from finetuned.lifecycle.versions import base_folder, describe
+from finetuned.lock import holder
 from finetuned.models import builtin
 from finetuned.workspace import Workspace
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from finetuned import disk
+
 
 class LifecycleError(Exception):
     """A lifecycle action that cannot be done as asked; nothing was changed."""
@@ -13,3 +17,10 @@ class UnfinishedWork(LifecycleError):
 
 class DiskSpaceError(LifecycleError):
     """Writing would leave less free space than `lifecycle.min_free_gb`."""
+
+
+def require_space(path: Path, need_bytes: int, min_free_gb: float, what: str) -> None:
+    """Refuse, before anything is written, a write that would leave less than `min_free_gb` free."""
+    why = disk.shortfall(path, need_bytes, min_free_gb, what)
+    if why is not None:
+        raise DiskSpaceError(why)

@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from finetuned import disk
 from finetuned.fsio import atomic_write_json, publish_dir, remove_tree
-from finetuned.lifecycle import disk
 from finetuned.lifecycle.consolidate import ProgressFn, merge_into, no_progress
-from finetuned.lifecycle.errors import LifecycleError
+from finetuned.lifecycle.errors import LifecycleError, require_space
 from finetuned.lifecycle.records import Adapter, read_adapter
 from finetuned.lifecycle.versions import Version, ensure_recorded, find, model_dtype
 from finetuned.queue.job import now_text
@@ -96,7 +96,7 @@ def export(ws: Workspace, ref: str, to: Path, merged: bool = False, progress: Pr
             if not version.recorded:
                 version = ensure_recorded(ws, version.base_model)
             assert version.path is not None
-            disk.require_space(to.parent, disk.tree_bytes(version.path), config.lifecycle.min_free_gb,
+            require_space(to.parent, disk.tree_bytes(version.path), config.lifecycle.min_free_gb,
                                f"export {version.id}")
             report(f"copying {version.id}", 1, 2)
             _copy_tree(version.path, tmp)
@@ -118,7 +118,7 @@ def _export_job(ws: Workspace, adapter: Adapter, base: Version, tmp: Path, to: P
     assert base.path is not None
     meta: dict[str, Any] = {"kind": "", "job": adapter.info, "base": base.model_dump(mode="json")}
     if not adapter.is_peft:  # a full fine-tune published a whole model: it is its own export
-        disk.require_space(to.parent, disk.tree_bytes(adapter.path), min_free_gb, f"export job {adapter.job_id}")
+        require_space(to.parent, disk.tree_bytes(adapter.path), min_free_gb, f"export job {adapter.job_id}")
         report("copying the fine-tuned model", 1, 2)
         _copy_tree(adapter.path, tmp)
         meta["kind"] = "model"
@@ -126,7 +126,7 @@ def _export_job(ws: Workspace, adapter: Adapter, base: Version, tmp: Path, to: P
                     meta)
         return
     if merged:
-        disk.require_space(to.parent, disk.model_bytes(base.path) + (64 << 20), min_free_gb,
+        require_space(to.parent, disk.model_bytes(base.path) + (64 << 20), min_free_gb,
                            f"export job {adapter.job_id} merged")
         tmp.mkdir(parents=True)
         merge_into(base.path, adapter, tmp, model_dtype(base.path), report)
@@ -135,7 +135,7 @@ def _export_job(ws: Workspace, adapter: Adapter, base: Version, tmp: Path, to: P
                     _job_details(adapter), _LOAD_MODEL, meta)
         return
     need = disk.tree_bytes(base.path) + disk.tree_bytes(adapter.path)
-    disk.require_space(to.parent, need, min_free_gb, f"export job {adapter.job_id}")
+    require_space(to.parent, need, min_free_gb, f"export job {adapter.job_id}")
     tmp.mkdir(parents=True)
     report("copying the adapter", 1, 2)
     _copy_tree(adapter.path, tmp / "adapter")

@@ -21,30 +21,25 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from finetuned import checkpoints
 from finetuned.config import Config, ConfigError, save_config
-from finetuned.daemon.lock import AlreadyRunning, WorkspaceLock, holder
-from finetuned.fsio import read_json, remove_file
+from finetuned.fsio import read_json
 from finetuned.lifecycle.errors import LifecycleError, UnfinishedWork
 from finetuned.lifecycle.records import parse_time, read_jobs
 from finetuned.lifecycle.versions import Version, ensure_recorded, find, lineage
+from finetuned.lock import AlreadyRunning, WorkspaceLock, holder
 from finetuned.logs import FORMAT
 from finetuned.queue.job import Job, JobStatus, now_text
-from finetuned.worker import checkpoint
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-HISTORY = "versions.jsonl"
 SWITCHES = ("use", "rollback")  # a consolidation that switches also writes a "use" entry
 DAEMON_ANSWER_SECONDS = 15.0
 
 
-def history_path(ws: Workspace) -> Path:
-    return ws.models / HISTORY
-
-
 def read_history(ws: Workspace) -> list[dict[str, Any]]:
-    path = history_path(ws)
+    path = ws.versions_history
     if not path.exists():
         return []
     entries = []
@@ -69,7 +64,7 @@ def _append_line(path: Path, line: str) -> None:
 
 def append_history(ws: Workspace, entry: dict[str, Any]) -> None:
     record = {"time": now_text(), "unix": time.time(), **entry}
-    _append_line(history_path(ws), json.dumps(record, ensure_ascii=False) + "\n")
+    _append_line(ws.versions_history, json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def log_event(ws: Workspace, message: str, level: int = logging.INFO) -> None:
@@ -123,7 +118,7 @@ def unfinished(ws: Workspace, base_model: str) -> list[str]:
     for job in read_jobs(ws).values():
         if not job.status.active:
             continue
-        last = checkpoint.latest(ws.job_checkpoints(job.id))
+        last = checkpoints.latest(ws.job_checkpoints(job.id))
         on_base = last is not None and last[0].base_model == base_model
         if job.status in (JobStatus.TRAINING, JobStatus.PAUSED) and (alive or on_base):
             found.append(f"job {job.id} ({job.file}) is {job.status.value} at step {job.step}")
@@ -150,7 +145,7 @@ def daemon_current_job(ws: Workspace) -> str | None:
 @contextlib.contextmanager
 def lifecycle_lock(ws: Workspace, what: str) -> Iterator[None]:
     """One consolidation, switch or gc at a time per workspace."""
-    lock = WorkspaceLock(ws.models / ".lifecycle.lock")
+    lock = WorkspaceLock(ws.lifecycle_lock)
     try:
         lock.acquire()
     except AlreadyRunning:
@@ -164,24 +159,26 @@ def lifecycle_lock(ws: Workspace, what: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def quiet_daemon(ws: Workspace) -> Iterator[None]:
-    """Keep a live daemon from starting a job while the base changes: `.pause` until a tick has seen it."""
-    if daemon_pid(ws) is None or ws.pause_file.exists():
-        yield
-        return
-    touched = time.time()
-    ws.pause_file.touch()
+    """Keep a live daemon from starting a job while the base changes: the quiet lock, until a tick has seen it.
+
+    Its own lock, never the user's `.pause`: a pause the user makes meanwhile is theirs and stays.
+    """
+    lock = WorkspaceLock(ws.quiet_lock).acquire()  # the lifecycle lock is held: no one else takes it
     try:
-        # A heartbeat written after the touch ends a tick that either saw the pause or had already
-        # recorded the job it started, which the caller's second look at the records then finds.
-        while _heartbeat(ws) <= touched + 0.05:
-            if daemon_pid(ws) is None:
-                break  # it stopped: nothing will start a job now
-            if time.time() > touched + DAEMON_ANSWER_SECONDS:
-                raise LifecycleError(f"the daemon did not answer within {DAEMON_ANSWER_SECONDS:.0f}s; nothing changed")
-            time.sleep(0.1)
+        if daemon_pid(ws) is not None:
+            taken = time.time()
+            # A heartbeat written after the lock was taken ends a tick that either saw it or had already
+            # recorded the job it started, which the caller's second look at the records then finds.
+            while _heartbeat(ws) <= taken + 0.05:
+                if daemon_pid(ws) is None:
+                    break  # it stopped: nothing will start a job now
+                if time.time() > taken + DAEMON_ANSWER_SECONDS:
+                    raise LifecycleError(
+                        f"the daemon did not answer within {DAEMON_ANSWER_SECONDS:.0f}s; nothing changed")
+                time.sleep(0.1)
         yield
     finally:
-        remove_file(ws.pause_file)
+        lock.release()
 
 
 def _heartbeat(ws: Workspace) -> float:

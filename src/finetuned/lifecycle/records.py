@@ -18,11 +18,10 @@ from pydantic import ValidationError
 from finetuned.fsio import read_json
 from finetuned.lifecycle.errors import LifecycleError
 from finetuned.queue.job import Job
-from finetuned.workspace import Workspace
+from finetuned.workspace import ADAPTER_RECORD, Workspace
 
 log = logging.getLogger(__name__)
 
-JOB_JSON = "job.json"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # queue.job.now_text's format
 
 
@@ -95,12 +94,12 @@ class Adapter:
         """When the job finished: the end of the second its last run ended in, else when job.json was written."""
         runs = self.info.get("runs") or []
         ended = parse_time(runs[-1].get("ended")) if runs else None
-        return ended + 0.999 if ended is not None else (self.path / JOB_JSON).stat().st_mtime
+        return ended + 0.999 if ended is not None else (self.path / ADAPTER_RECORD).stat().st_mtime
 
 
 def read_adapter(path: Path) -> Adapter | None:
     try:
-        info = read_json(path / JOB_JSON)
+        info = read_json(path / ADAPTER_RECORD)
     except (OSError, ValueError):
         return None
     if not isinstance(info, dict):

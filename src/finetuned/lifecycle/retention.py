@@ -21,20 +21,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetuned import checkpoints
 from finetuned.config import Config
+from finetuned.disk import tree_bytes
 from finetuned.fsio import remove_tree
-from finetuned.lifecycle.disk import tree_bytes
 from finetuned.lifecycle.errors import LifecycleError
 from finetuned.lifecycle.line import daemon_current_job, daemon_pid, lifecycle_lock, log_event
 from finetuned.lifecycle.records import read_jobs
 from finetuned.queue.job import JobStatus
-from finetuned.worker import checkpoint
 from finetuned.workspace import Workspace
 
-KEEP = checkpoint.KEEP  # the worker's prune honours the same marker
 QUIET_SECONDS = 3600.0
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_CHECKPOINT_TMP = re.compile(r"^checkpoint-\d+\.tmp$")
 _HIDDEN_DEBRIS = re.compile(r"^\..+\.(tmp|tmp-\d+|old-\d+)$")
 
 
@@ -70,10 +67,10 @@ def _newest_change(path: Path) -> float:
 def _is_debris(path: Path, in_checkpoints: bool) -> bool:
     if _HIDDEN_DEBRIS.match(path.name):
         return True
-    if in_checkpoints and _CHECKPOINT_TMP.match(path.name):
+    if in_checkpoints and checkpoints.TMP_NAME.match(path.name):
         return True
-    # A checkpoint folder without its state.json (and files) was cut short: checkpoint.complete passes over it.
-    return in_checkpoints and bool(_CHECKPOINT.match(path.name)) and checkpoint.read_progress(path) is None
+    # A checkpoint folder without its state.json (and files) was cut short: checkpoints.complete passes over it.
+    return in_checkpoints and bool(checkpoints.NAME.match(path.name)) and checkpoints.read_progress(path) is None
 
 
 def _debris_folders(ws: Workspace) -> list[tuple[Path, bool]]:
@@ -104,7 +101,7 @@ def plan(ws: Workspace, config: Config | None = None, now: float | None = None) 
         for path in sorted(job_dir.iterdir()):
             if not _is_debris(path, in_checkpoints):
                 continue
-            if (path / KEEP).exists():
+            if (path / checkpoints.KEEP).exists():
                 protect(path, "debris", "holds a KEEP file")
             elif in_checkpoints and job_dir.name == training:
                 protect(path, "debris", "the running daemon is training this job")
@@ -117,7 +114,7 @@ def plan(ws: Workspace, config: Config | None = None, now: float | None = None) 
         for job_dir in sorted(ws.checkpoints.iterdir()):
             if not job_dir.is_dir() or job_dir.name.startswith("."):
                 continue
-            found = checkpoint.complete(job_dir)
+            found = checkpoints.complete(job_dir)
             job = jobs.get(job_dir.name)
             if job_dir.name == training or (daemon_alive and job is not None and job.status == JobStatus.TRAINING):
                 for _progress, path in found:
@@ -127,7 +124,7 @@ def plan(ws: Workspace, config: Config | None = None, now: float | None = None) 
             keep = 1 if completed else keep_n
             status = job.status.value if job else "no job record"
             for n, (progress, path) in enumerate(reversed(found)):  # newest first
-                if (path / KEEP).exists():
+                if (path / checkpoints.KEEP).exists():
                     protect(path, "checkpoint", "marked KEEP")
                 elif n == 0:
                     protect(path, "checkpoint", "final checkpoint of a completed job" if completed
@@ -184,12 +181,12 @@ def apply(ws: Workspace, planned: Plan) -> list[Item]:
 
 def keep(ws: Workspace, job_id: str, step: int, note: str = "", undo: bool = False) -> Path:
     """Mark a checkpoint KEEP (retention never removes it), or unmark it."""
-    path = ws.job_checkpoints(job_id) / f"checkpoint-{step}"
-    if checkpoint.read_progress(path) is None:
-        have = [str(p.step) for p, _ in checkpoint.complete(ws.job_checkpoints(job_id))]
+    path = checkpoints.path_for(ws.job_checkpoints(job_id), step)
+    if checkpoints.read_progress(path) is None:
+        have = [str(p.step) for p, _ in checkpoints.complete(ws.job_checkpoints(job_id))]
         raise LifecycleError(f"job {job_id} has no complete checkpoint at step {step}"
                              + (f" (it has: {', '.join(have)})" if have else ""))
-    marker = path / KEEP
+    marker = path / checkpoints.KEEP
     if undo:
         marker.unlink(missing_ok=True)
         log_event(ws, f"keep: checkpoint {job_id}/checkpoint-{step} no longer marked KEEP")

@@ -75,16 +75,6 @@ def base_folder(ws: Workspace, base_model: str) -> Path:
     return ws.base_models / path if (ws.base_models / path).exists() else path.resolve()
 
 
-def config_name(ws: Workspace, folder: Path) -> str:
-    """The base_model value that selects `folder`: a bare name inside models/base, else the full path."""
-    try:
-        if folder.resolve().parent == ws.base_models.resolve():
-            return folder.name
-    except OSError:
-        pass
-    return str(folder.resolve())
-
-
 def read_version(folder: Path) -> Version | None:
     path = folder / VERSION_FILE
     if not path.exists():

@@ -10,6 +10,7 @@ from finetuned.config import LoraSettings
 from finetuned.models import builtin
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 
@@ -51,17 +52,18 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def load_model(folder: Path, method: str = "lora", activation_checkpointing: bool = False) -> nn.Module:
-    """The base model on the best device: bf16 on a GPU, float32 on the CPU; 4-bit NF4 for qlora."""
+def load_model(folder: Path, method: str = "lora", device: torch.device | str = "cpu",
+               activation_checkpointing: bool = False) -> nn.Module:
+    """The base model on `device` (the caller's world chooses it): bf16 on a GPU, float32 on the CPU;
+    4-bit NF4 for qlora."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from finetuned.models.attention import use_packed_attention
 
+    device = torch.device(device)
     # float32 on CPU: bf16 matmuls are far slower there and exact resume is checked in fp32.
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    device = "cuda" if cuda else "cpu"
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -69,7 +71,7 @@ def load_model(folder: Path, method: str = "lora", activation_checkpointing: boo
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                           bnb_4bit_compute_dtype=dtype)
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, quantization_config=quantization,
-                                                     device_map={"": device})
+                                                     device_map={"": str(device)})
         use_packed_attention(model)
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing,
                                                gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from finetuned.queue.job import JobStatus
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class Files:
     def job(self, job_id: str) -> dict[str, Any] | None:
         if not JOB_ID.match(job_id):
             return None
-        record = self.doc(self.ws.jobs / f"{job_id}.json")
+        record = self.doc(self.ws.job_record(job_id))
         return record if isinstance(record, dict) else None
 
     def jobs(self) -> list[dict[str, Any]]:
@@ -168,11 +169,11 @@ class Files:
     def adapter_record(self, job_id: str) -> dict[str, Any] | None:
         if not JOB_ID.match(job_id):
             return None
-        return self.doc(self.ws.adapter_dir(job_id) / "job.json")
+        return self.doc(self.ws.adapter_record(job_id))
 
     def error_report(self, job: dict[str, Any]) -> dict[str, Any] | None:
         """`data/failed/NAME.error.json` of a failed job, never a path outside data/failed."""
-        if job.get("status") != "failed" or not isinstance(job.get("path"), str):
+        if job.get("status") != JobStatus.FAILED or not isinstance(job.get("path"), str):
             return None
         path = (self.ws.root / job["path"]).resolve()
         if path.parent != self.ws.failed.resolve():

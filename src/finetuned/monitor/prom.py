@@ -19,11 +19,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from finetuned import controls
 from finetuned.config import MonitorSettings
 from finetuned.monitor.files import Files
 from finetuned.monitor.views import daemon_view, health_view, job_summary, queue_eta, training_view
-
-STATES = ("queued", "training", "paused", "completed", "failed", "skipped")
+from finetuned.queue.job import JobStatus
 
 
 def _gauge(name: str, doc: str, value: object) -> Iterator[Metric]:
@@ -42,7 +42,7 @@ class FilesCollector(Collector):
         yield from _gauge("finetuned_up", "1 while the daemon's heartbeat is fresh", daemon["responding"])
         yield from _gauge("finetuned_heartbeat_age_seconds", "age of the daemon's last heartbeat",
                           daemon.get("heartbeat_age"))
-        yield from _gauge("finetuned_paused", "1 while control/.pause exists", files.ws.pause_file.exists())
+        yield from _gauge("finetuned_paused", "1 while control/.pause exists", controls.paused(files.ws))
         yield from self._training()
         yield from self._jobs()
         yield from self._gpus()
@@ -72,16 +72,16 @@ class FilesCollector(Collector):
 
     def _jobs(self) -> Iterator[Metric]:
         jobs = self.files.jobs()
-        counts = {s: 0 for s in STATES}
+        counts = {s.value: 0 for s in JobStatus}
         queued = {"high": 0, "normal": 0}
         steps = tokens = 0
         durations = SummaryMetricFamily("finetuned_job_train_seconds", "training time of finished jobs",
                                         labels=["status"])
-        finished: dict[str, list[float]] = {s: [] for s in ("completed", "failed", "skipped")}
+        finished: dict[str, list[float]] = {s.value: [] for s in JobStatus if not s.active}
         for job in jobs:
             status = job.get("status")
             counts[status] = counts.get(status, 0) + 1
-            if status == "queued" and job.get("priority") in queued:
+            if status == JobStatus.QUEUED and job.get("priority") in queued:
                 queued[job["priority"]] += 1
             steps += job.get("step") or 0
             tokens += (job.get("summary") or {}).get("tokens") or 0

@@ -14,9 +14,10 @@ from typing import Any
 
 import psutil
 
-from finetuned.config import MonitorSettings
+from finetuned.config import ConfigError, MonitorSettings, parse_config
 from finetuned.monitor.files import Files
 from finetuned.monitor.gpu import gpu_info
+from finetuned.queue.job import JobStatus
 from finetuned.queue.render import human_duration
 
 Point = dict[str, Any]
@@ -98,7 +99,7 @@ def queue_eta(files: Files, training: dict[str, Any] | None) -> tuple[float | No
     seconds = _number(training.get("eta_seconds")) or 0.0
     partial = False
     for entry in (files.queue() or {}).get("queue", []):
-        if entry.get("status") != "queued":
+        if entry.get("status") != JobStatus.QUEUED:
             continue
         job = files.job(str(entry.get("id")))
         size = job.get("examples") if job else None
@@ -120,9 +121,17 @@ def status_view(files: Files, settings: MonitorSettings, now: float | None = Non
         "eta_queue_seconds": eta_queue, "eta_queue": human_duration(eta_queue), "eta_queue_partial": partial,
         "settings": {
             "stale_after_seconds": settings.stale_after_seconds, "max_upload_mb": settings.max_upload_mb,
-            "preview_every_steps": settings.preview_every_steps,
+            "preview_every_steps": _previews_every(files),
         },
     }
+
+
+def _previews_every(files: Files) -> int | None:
+    """`previews.every_steps` as config.json says now (None while it cannot be read)."""
+    try:
+        return parse_config(files.config(), files.ws.config_path, warn=False).previews.every_steps
+    except ConfigError:
+        return None
 
 
 def health_view(files: Files) -> dict[str, Any]:

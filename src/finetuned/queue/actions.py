@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from finetuned.fsio import atomic_write_json, read_json, remove_file
+from finetuned.queue.endings import Endings
 from finetuned.queue.job import JobStatus
 from finetuned.queue.store import JobNotFound, JobStore
 from finetuned.workspace import Workspace
@@ -35,7 +36,7 @@ def apply(store: JobStore, action: str, job_id: str) -> str:
         if job.status != JobStatus.QUEUED:
             hint = " (use skip for the job in training)" if job.status.active else ""
             raise ActionError(f"job {job_id} is {job.status.value}, not queued{hint}")
-        store.move(job, JobStatus.SKIPPED, "cancelled")
+        Endings(store).cancelled(job)
         return f"job {job_id} cancelled; {job.file} is in data/skipped/"
     if action == "front":
         if job.status != JobStatus.QUEUED:
@@ -46,20 +47,16 @@ def apply(store: JobStore, action: str, job_id: str) -> str:
     raise ActionError(f"unknown action '{action}' (known: {', '.join(ACTIONS)})")
 
 
-def requests_dir(ws: Workspace) -> Path:
-    return ws.control / "requests"
-
-
 def submit(ws: Workspace, action: str, job_id: str) -> str:
     request_id = f"{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"
-    folder = requests_dir(ws)
+    folder = ws.requests
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / f"{request_id}.json", {"action": action, "job_id": job_id})
     return request_id
 
 
 def wait_reply(ws: Workspace, request_id: str, timeout: float = 15) -> dict[str, Any] | None:
-    path = requests_dir(ws) / f"{request_id}.reply.json"
+    path = ws.requests / f"{request_id}.reply.json"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if path.exists():
@@ -71,7 +68,7 @@ def wait_reply(ws: Workspace, request_id: str, timeout: float = 15) -> dict[str,
 
 
 def pending(ws: Workspace) -> list[Path]:
-    folder = requests_dir(ws)
+    folder = ws.requests
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("*.json") if not p.name.endswith(".reply.json"))

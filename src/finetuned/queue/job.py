@@ -105,5 +105,14 @@ class Job(BaseModel):
         self.reason = reason
         self.history.append(Event(time=now_text(), status=new.value, reason=reason))
 
+    def start_run(self) -> None:
+        self.runs.append(Run(started=now_text(), from_step=self.step))
+
+    def end_run(self, reason: str) -> None:
+        if self.runs and self.runs[-1].ended is None:
+            self.runs[-1].ended = now_text()
+            self.runs[-1].to_step = self.step
+            self.runs[-1].reason = reason
+
     def sort_key(self) -> tuple[int, float]:
         return (0 if self.priority == "high" else 1, self.order)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from finetuned.queue.job import Job
+from finetuned.queue.job import Job, JobStatus
 
 
 @dataclass
@@ -61,7 +61,7 @@ def queue_document(active: list[Job], current: Job | None, progress: Progress | 
             "id": current.id,
             "progress": f"{int(100 * step / total) if total else 0}%",
             "step": f"{step}/{total if total else '?'}",
-            "eta": human_duration(eta) if current.status.value == "training" else None,
+            "eta": human_duration(eta) if current.status == JobStatus.TRAINING else None,
             "status": current.status.value,
         }
     return doc

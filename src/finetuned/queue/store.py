@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetuned.fsio import atomic_write_json, durable_rename, read_json, unique_path
-from finetuned.queue.job import Job, JobStatus, PendingMove, Priority, Run, now_text
+from finetuned.queue.job import Job, JobStatus, PendingMove, Priority
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,14 @@ class JobStore:
 
     # --- writing --------------------------------------------------------
     def save(self, job: Job) -> None:
-        atomic_write_json(self.ws.jobs / f"{job.id}.json", job.model_dump(mode="json"))
+        atomic_write_json(self.ws.job_record(job.id), job.model_dump(mode="json"))
         self.jobs[job.id] = job
         self.revision += 1
 
     def new_id(self, when: datetime | None = None) -> str:
         stem = (when or datetime.now()).strftime("%Y%m%d_%H%M%S")
         candidate, n = stem, 1
-        while candidate in self.jobs or (self.ws.jobs / f"{candidate}.json").exists():
+        while candidate in self.jobs or self.ws.job_record(candidate).exists():
             n += 1
             candidate = f"{stem}_{n}"
         return candidate
@@ -145,15 +145,6 @@ class JobStore:
         job.set_status(pending.status, pending.reason)
         self.save(job)
 
-    def start_run(self, job: Job) -> None:
-        job.runs.append(Run(started=now_text(), from_step=job.step))
-
-    def end_run(self, job: Job, reason: str) -> None:
-        if job.runs and job.runs[-1].ended is None:
-            job.runs[-1].ended = now_text()
-            job.runs[-1].to_step = job.step
-            job.runs[-1].reason = reason
-
     # --- crash repair ---------------------------------------------------
     def recover(self) -> None:
         """Repair whatever a crash left half done; run once before the daemon starts work."""
@@ -162,7 +153,7 @@ class JobStore:
                 log.warning("job %s: finishing an interrupted move to %s", job.id, job.pending.dst)
                 self._finish_move(job)
             if job.status in (JobStatus.TRAINING, JobStatus.PAUSED):
-                self.end_run(job, "daemon stopped")
+                job.end_run("daemon stopped")
                 job.set_status(JobStatus.QUEUED, "daemon restarted; resumes from its last checkpoint")
                 self.save(job)
             if job.status.active and not self.file_path(job).exists():

@@ -1,18 +1,13 @@
-"""Checkpoints: complete or absent, with a readable record beside the tensors.
+"""Checkpoint tensors: written off the training thread, complete or absent; loaded back on resume.
 
-`models/checkpoints/JOB_ID/checkpoint-STEP/` holds the trainable weights, the
-optimizer state, every RNG state and `state.json` (a `TrainingProgress`),
-written last. The folder is built as `checkpoint-STEP.tmp`, fsynced and
-renamed, so a folder without `state.json` is never a checkpoint: a loader
-passes over it to the one before.
+What a checkpoint folder holds and how a reader finds a whole one is
+`finetuned.checkpoints` (no torch); this module writes and reads the tensors.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import random
-import re
 import shutil
 import threading
 from dataclasses import dataclass
@@ -21,40 +16,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ValidationError
 
-from finetuned.fsio import atomic_write_json, publish_dir, read_json
-
-log = logging.getLogger(__name__)
-
-STATE = "state.json"
-WEIGHTS = "weights.safetensors"
-OPTIMIZER = "optimizer.pt"
-RNG = "rng.pt"
-KEEP = "KEEP"  # a user's marker: retention never removes this checkpoint
-_NAME = re.compile(r"^checkpoint-(\d+)$")
+from finetuned.checkpoints import OPTIMIZER, RNG, STATE, WEIGHTS, TrainingProgress, path_for, prune
+from finetuned.fsio import atomic_write_json, publish_dir
 
 
 class CheckpointMismatch(Exception):
     """A checkpoint that does not fit the model it is loaded into."""
 
 
-class TrainingProgress(BaseModel):
-    """Everything beside the tensors that a resume needs; data position is the step."""
-
-    job_id: str
-    step: int  # optimizer steps of this job done
-    total_steps: int
-    line_step: int  # steps of the model line (continuous mode carries it across jobs)
-    seed: int
-    base_model: str
-    base_hash: str
-    method: str
-    mode: str
-    tokens: int = 0  # real (non-padding) tokens trained in this job
-    loss_tokens: int = 0
-    examples: int = 0
-    last_loss: float | None = None
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def rng_state() -> dict[str, Any]:
@@ -83,6 +57,10 @@ class Snapshot:
     optimizer: dict[str, Any]
     rng: dict[str, Any]
 
+    @property
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.weights.values())
+
 
 def snapshot(progress: TrainingProgress, weights: dict[str, torch.Tensor],
              optimizer: torch.optim.Optimizer) -> Snapshot:
@@ -90,10 +68,6 @@ def snapshot(progress: TrainingProgress, weights: dict[str, torch.Tensor],
     state = copy.deepcopy(optimizer.state_dict())
     cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
     return Snapshot(progress.model_copy(), cpu, state, rng_state())
-
-
-def path_for(job_dir: Path, step: int) -> Path:
-    return job_dir / f"checkpoint-{step}"
 
 
 def write(job_dir: Path, snap: Snapshot, keep: int) -> Path:
@@ -162,55 +136,6 @@ class Writer:
         return done
 
 
-def read_progress(path: Path) -> TrainingProgress | None:
-    try:
-        return TrainingProgress.model_validate(read_json(path / STATE))
-    except (OSError, ValueError, ValidationError):
-        return None
-
-
-def complete(job_dir: Path) -> list[tuple[TrainingProgress, Path]]:
-    """The job's complete checkpoints, oldest first; broken ones are logged and passed over."""
-    found = []
-    if not job_dir.is_dir():
-        return found
-    for path in job_dir.iterdir():
-        match = _NAME.match(path.name)
-        if not match:
-            continue
-        progress = read_progress(path)
-        files_ok = all((path / name).exists() for name in (WEIGHTS, OPTIMIZER, RNG))
-        if progress is None or not files_ok:
-            log.warning("passing over incomplete checkpoint %s", path)
-            continue
-        found.append((progress, path))
-    found.sort(key=lambda item: item[0].step)
-    return found
-
-
-def latest(job_dir: Path) -> tuple[TrainingProgress, Path] | None:
-    found = complete(job_dir)
-    return found[-1] if found else None
-
-
-def line_head(
-    checkpoints: Path, base_model: str, method: str, exclude: set[str],
-) -> tuple[TrainingProgress, Path] | None:
-    """The newest checkpoint of the continuous model line on this base and method."""
-    best: tuple[TrainingProgress, Path] | None = None
-    if not checkpoints.is_dir():
-        return None
-    for job_dir in checkpoints.iterdir():
-        if job_dir.name in exclude:
-            continue
-        for progress, path in complete(job_dir):
-            if (progress.mode, progress.base_model, progress.method) != ("continuous", base_model, method):
-                continue
-            if best is None or progress.line_step > best[0].line_step:
-                best = (progress, path)
-    return best
-
-
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -223,10 +148,3 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
 
 def load_rng(path: Path) -> None:
     set_rng_state(torch.load(path / RNG, weights_only=False))
-
-
-def prune(job_dir: Path, keep: int) -> None:
-    """Remove all but the newest `keep` checkpoints; one holding a KEEP file is never removed."""
-    for _progress, path in complete(job_dir)[:-keep]:
-        if not (path / KEEP).exists():
-            shutil.rmtree(path, ignore_errors=True)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from finetuned.data.batches import IGNORE
 from finetuned.models.attention import uses_packed_attention
 
-IGNORE = -100
 CHUNK_TOKENS = 4096
 
 

@@ -2,7 +2,8 @@
 
 It runs in its own process group and ignores Ctrl+C (the daemon decides how to
 stop), and asks the kernel to kill it when the daemon dies, so training never
-goes on unsupervised.
+goes on unsupervised. Nothing here imports torch at module level: the daemon
+imports this module to name the process's entry point.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from finetuned.worker.protocol import Message, msg
+from finetuned.worker.protocol import Failed, FailKind, Order, Ready, Report, Shutdown, Train, Yield
 
 log = logging.getLogger("finetuned.worker")
 
 _PR_SET_PDEATHSIG = 1
+# Tests hold the worker at a known step: a file holding a step number N lets it finish steps up to
+# N and then wait at that boundary (still reading orders) until the number grows or the file goes.
+GATE_ENV = "FINETUNED_STEP_GATE"
+GATE_POLL_SECONDS = 0.02
 
 
 def die_with_parent() -> None:
@@ -31,60 +37,88 @@ def die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _setup_logging(ws_root: Path) -> None:
-    from finetuned.logs import setup_logging
-
-    setup_logging(ws_root, "training", stream=False)
-
-
-def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
+def detach(parent_pid: int) -> bool:
+    """Own process group, Ctrl+C ignored, killed with the daemon; False when the daemon is gone already."""
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
-    if os.getppid() != parent_pid:  # the daemon died before the kernel could be told
-        return
-    root = Path(ws_root)
-    _setup_logging(root)
+    return os.getppid() == parent_pid
 
-    from finetuned.config import Config
-    from finetuned.worker.recipe import Recipe
-    from finetuned.workspace import Workspace
 
-    held: list[Message] = []
+class Link:
+    """The worker's end of the pipe: a yield is read at a step boundary; other orders wait for the loop."""
 
-    def send(message: Message) -> None:
-        conn.send(message)
+    def __init__(self, conn: Connection, parent_pid: int) -> None:
+        self.conn = conn
+        self.parent_pid = parent_pid
+        self.held: list[Order] = []
+        gate = os.environ.get(GATE_ENV)
+        self.gate = Path(gate) if gate else None
 
-    def poll() -> Message | None:
-        if os.getppid() != parent_pid:
-            os._exit(0)
-        while conn.poll():
-            message = conn.recv()
-            if message["type"] == "yield":
-                return message
-            held.append(message)  # a train or shutdown order waits for the loop below
+    def send(self, message: Report) -> None:
+        self.conn.send(message)
+
+    def next_order(self) -> Order:
+        """The next order, waiting for one; a closed pipe reads as Shutdown."""
+        if self.held:
+            return self.held.pop(0)
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            return Shutdown()
+
+    def poll(self, step: int) -> Yield | None:
+        """A yield order, if one came; the step gate (tests) may hold the worker here first."""
+        while True:
+            order = self._read()
+            if order is not None or not self._gated(step):
+                return order
+            time.sleep(GATE_POLL_SECONDS)
+
+    def _read(self) -> Yield | None:
+        if os.getppid() != self.parent_pid:
+            os._exit(0)  # the daemon is gone: never train unsupervised
+        while self.conn.poll():
+            order = self.conn.recv()
+            if isinstance(order, Yield):
+                return order
+            self.held.append(order)  # a train or shutdown order waits for the loop
         return None
 
-    recipe = Recipe(Workspace(root), send, poll)
-    send(msg("ready", pid=os.getpid()))
-    while True:
+    def _gated(self, step: int) -> bool:
+        if self.gate is None:
+            return False
         try:
-            message = held.pop(0) if held else conn.recv()
-        except (EOFError, OSError):
+            return step >= int(self.gate.read_text().strip())
+        except (OSError, ValueError):
+            return False
+
+
+def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
+    if not detach(parent_pid):
+        return
+    from finetuned.logs import setup_logging
+    from finetuned.worker.cache import ModelCache
+    from finetuned.worker.recipe import run_job
+    from finetuned.worker.world import Solo
+    from finetuned.workspace import Workspace
+
+    ws = Workspace(Path(ws_root))
+    setup_logging(ws, "training", stream=False)
+    link = Link(conn, parent_pid)
+    world = Solo(link.send, link.poll)
+    cache = ModelCache(ws)
+    link.send(Ready(pid=os.getpid()))
+    while True:
+        order = link.next_order()
+        if isinstance(order, Shutdown):
             return
-        kind = message["type"]
-        if kind == "shutdown":
-            return
-        if kind == "yield":
-            continue  # nothing is training: nothing to yield
-        if kind == "train":
-            job_id = message["job_id"]
-            try:
-                config = Config.model_validate(message["config"])
-                recipe.run(job_id, Path(message["file"]), config, set(message.get("line_exclude", [])),
-                           message.get("sha256"))
-            except Exception as exc:  # a crash of one job must reach the daemon as that job's failure
-                log.exception("job %s crashed", job_id)
-                recipe.loaded = None  # its state is unknown now: reload before the next job
-                send(msg("failed", job_id=job_id, step=None, data_error=None,
-                         reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()))
+        if not isinstance(order, Train):
+            continue  # a yield with nothing training: nothing to yield
+        try:
+            run_job(ws, order, cache, world)
+        except Exception as exc:  # a crash of one job must reach the daemon as that job's failure
+            log.exception("job %s crashed", order.job.id)
+            cache.drop()  # its state is unknown now: reload before the next job
+            link.send(Failed(job_id=order.job.id, kind=FailKind.CRASH, reason=f"{type(exc).__name__}: {exc}",
+                             traceback=traceback.format_exc()))

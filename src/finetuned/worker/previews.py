@@ -1,8 +1,8 @@
 """Previews: what the model now answers on a few held-out prompts of the current file.
 
-They run between optimizer steps, every `monitor.preview_every_steps`, greedy and
+They run between optimizer steps, every `previews.every_steps`, greedy and
 with a hard time limit per round; their total time stays under
-`monitor.preview_budget` of the job's training time (a round is skipped while
+`previews.budget` of the job's training time (a round is skipped while
 previews are ahead of their budget), so watching never slows training much and a
 stuck generation can never hang it. Greedy decoding draws no random numbers, so
 previews do not change the training run. Results go to `logs/previews/JOB_ID.jsonl`.
@@ -18,32 +18,32 @@ from typing import Any
 
 import torch
 
-from finetuned.config import MonitorSettings
+from finetuned.config import PreviewSettings
 
 log = logging.getLogger(__name__)
 
 
 class Previewer:
-    def __init__(self, settings: MonitorSettings, tokenizer: Any, path: Path) -> None:
+    def __init__(self, settings: PreviewSettings, tokenizer: Any, path: Path) -> None:
         self.settings = settings
         self.tokenizer = tokenizer
         self.path = path
         self.spent = 0.0
 
     def due(self, step: int) -> bool:
-        every = self.settings.preview_every_steps
+        every = self.settings.every_steps
         return bool(every) and step % every == 0
 
     def run(self, model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], step: int,
             train_seconds: float) -> dict[str, Any] | None:
         if not examples:
             return None
-        if self.spent > self.settings.preview_budget * train_seconds:
+        if self.spent > self.settings.budget * train_seconds:
             log.info("preview at step %d skipped: previews are ahead of their %.0f%% budget", step,
-                     100 * self.settings.preview_budget)
+                     100 * self.settings.budget)
             return None
         started = time.monotonic()
-        deadline = started + self.settings.preview_seconds
+        deadline = started + self.settings.seconds
         device = next(model.parameters()).device
         items = []
         model.eval()
@@ -56,7 +56,7 @@ class Previewer:
                     ids = torch.tensor([prompt], device=device)
                     out = model.generate(
                         input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_time=left,
-                        max_new_tokens=self.settings.preview_max_new_tokens,
+                        max_new_tokens=self.settings.max_new_tokens,
                         pad_token_id=self.tokenizer.pad_token_id,
                     )
                     answer = self._text(out[0, len(prompt):].tolist())

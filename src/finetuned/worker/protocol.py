@@ -1,26 +1,158 @@
-"""Messages between the daemon and the training worker (plain dicts over a pipe).
+"""The messages between the daemon and its worker processes, one class each.
 
-daemon -> worker
-  train     {job_id, file, sha256, config, line_exclude}   train this job until it ends or is told to yield
-  yield     {reason}                               checkpoint at the next step boundary, then wait
-  shutdown  {}                                     exit (the model's memory goes with the process)
-worker -> daemon
-  ready     {pid}
-  phase     {job_id, phase}                        loading model, tokenizing...: a heartbeat too
-  started   {job_id, step, total_steps, examples, resumed_from}
-  step      {job_id, step, total_steps, loss, lr, tokens, examples, step_seconds}
-  checkpoint {job_id, step, path}
-  yielded   {job_id, reason, step, checkpoint}
-  completed {job_id, summary}
-  failed    {job_id, reason, step, data_error}     data_error: the NAME.error.json body, if the data is at fault
+The daemon gives orders; the worker reports at optimizer-step boundaries. Each
+message is a frozen dataclass sent over a `multiprocessing` pipe, and readers
+match on the class, so a field renamed here is renamed everywhere.
+
+    daemon -> training worker   Train, Yield, Shutdown
+    daemon -> preparer          Prepare, Shutdown
+    worker -> daemon            Ready, Phase, Started, Step, Checkpoint, Yielded, Completed, Failed
+    preparer -> daemon          Ready, Prepared, Failed
+
+No torch here: the daemon imports this module.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
-Message = dict[str, Any]
+from finetuned.config import Config
+from finetuned.queue.job import Job
 
 
-def msg(kind: str, **fields: Any) -> Message:
-    return {"type": kind, **fields}
+class YieldReason(str, Enum):
+    """Why the daemon asks the worker to checkpoint and hand back control."""
+
+    PAUSE = "pause"
+    STOP = "stop"
+    SKIP = "skip"
+    PREEMPT = "preempt"  # priority work arrived
+    SHUTDOWN = "shutdown"  # the daemon is stopping
+
+
+WAITING_FOR_DISK = "waiting for disk space"  # the phase of a worker held by a full disk
+
+
+class FailKind(str, Enum):
+    """How a failed job ends: the daemon fails it, or retries it from its last checkpoint."""
+
+    DATA = "data"  # the file cannot train (refused, no step): it fails with its error report
+    DIVERGED = "diverged"  # the loss became NaN or infinite at a step: it fails, the last good checkpoint kept
+    CRASH = "crash"  # the worker raised or died: retried from the last checkpoint, a limited number of times
+
+
+# --- orders -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Train:
+    """Train this job until it ends or is told to yield. `job` is its record as the daemon holds it."""
+
+    job: Job
+    file: Path
+    config: Config
+    line_exclude: frozenset[str] = frozenset()  # jobs the continuous line must not continue from
+
+
+@dataclass(frozen=True)
+class Yield:
+    """Checkpoint at the next step boundary, report `Yielded`, and wait for the next order."""
+
+    reason: YieldReason
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Exit: the model's memory goes with the process."""
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """Tokenise a queued file ahead of its turn."""
+
+    job_id: str
+    file: Path
+    sha256: str | None
+    config: Config
+
+
+# --- reports ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What the worker is doing before or between steps (loading, tokenising, waiting for disk); a heartbeat too."""
+
+    job_id: str
+    phase: str
+    reason: str = ""  # why it is held up, when it is
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: str
+    step: int
+    total_steps: int
+    examples: int
+    resumed_from: str | None  # the checkpoint the job's own progress came from
+
+
+@dataclass(frozen=True)
+class Step:
+    job_id: str
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    tokens: int
+    examples: int
+    step_seconds: float
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint became durable."""
+
+    job_id: str
+    step: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Yielded:
+    job_id: str
+    reason: YieldReason
+    step: int
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class Completed:
+    """Every step trained and the adapter published; `summary` is what job.json adds to the record."""
+
+    job_id: str
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    job_id: str
+    kind: FailKind
+    reason: str
+    step: int | None = None  # the step that failed, when one did
+    report: dict[str, Any] | None = None  # the NAME.error.json body, for DATA
+    traceback: str = field(default="", repr=False)
+
+
+Order = Train | Yield | Shutdown | Prepare
+Report = Ready | Phase | Started | Step | Checkpoint | Yielded | Completed | Prepared | Failed
+Message = Order | Report

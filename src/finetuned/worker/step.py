@@ -7,19 +7,24 @@ from typing import Any
 
 import torch
 
-from finetuned.worker.loss import token_loss_sum
+from finetuned.worker.objectives import Objective
 
 
-def accumulate(model: torch.nn.Module, batches: Sequence[Any]) -> torch.Tensor:
-    """Backward over the step's micro-batches; returns the step's mean loss per loss token (0-dim)."""
-    loss_tokens = max(sum(b.n_loss_tokens for b in batches), 1)
+def accumulate(model: torch.nn.Module, batches: Sequence[Any], objective: Objective,
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Backward over the step's micro-batches; returns the step's mean loss per unit and its mean metrics (0-dim)."""
+    units = max(sum(objective.units(b) for b in batches), 1)
     total = torch.zeros((), device=next(model.parameters()).device)
+    metrics: dict[str, torch.Tensor] = {}
     for batch in batches:
-        # Each micro-batch weighs by its share of the step's loss tokens, as one big batch would.
-        loss = token_loss_sum(model, batch) / loss_tokens
+        # Each micro-batch weighs by its share of the step's units, as one big batch would.
+        loss, extra = objective.loss(model, batch)
+        loss = loss / units
         loss.backward()
         total += loss.detach()  # no .item() here: one device sync per step, not per micro-batch
-    return total
+        for name, value in extra.items():
+            metrics[name] = metrics.get(name, 0) + value.detach() / units
+    return total, metrics
 
 
 def update(optimizer: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter], lr: float,

@@ -9,19 +9,20 @@ from fastapi import APIRouter, HTTPException, Query
 from finetuned.monitor.deps import FilesDep, Guarded
 from finetuned.monitor.routes.queue import JobId
 from finetuned.monitor.views import downsample, job_summary, line_history
+from finetuned.queue.job import JobStatus
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=Guarded)
 line_router = APIRouter(prefix="/api/metrics", tags=["metrics"], dependencies=Guarded)
 
 MaxPoints = Annotated[int, Query(ge=10, le=100_000, description="at most this many points, evenly thinned")]
-Status = Annotated[str | None, Query(pattern="^(queued|training|paused|completed|failed|skipped)$")]
+Status = Annotated[JobStatus | None, Query(description="only jobs in this state")]
 
 
 @router.get("")
 async def jobs(files: FilesDep, status: Status = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
                ) -> list[dict[str, Any]]:
     """Every job, newest first, without its bulky parts; failed ones with their error report."""
-    records = [j for j in files.jobs() if status is None or j.get("status") == status]
+    records = [j for j in files.jobs() if status is None or j.get("status") == status.value]
     return [job_summary(files, j) for j in reversed(records[-limit:])]
 
 

@@ -40,7 +40,7 @@ def _ask_daemon(files: FilesDep, settings: SettingsDep, action: Literal["cancel"
     request_id = actions.submit(files.ws, action, job_id)
     reply = actions.wait_reply(files.ws, request_id, REPLY_SECONDS)
     if reply is None:
-        request = actions.requests_dir(files.ws) / f"{request_id}.json"
+        request = files.ws.requests / f"{request_id}.json"
         if request.exists():  # never taken: withdraw it, so it does not act later by surprise
             remove_file(request)
         raise HTTPException(504, f"the daemon did not answer within {REPLY_SECONDS:.0f} s")

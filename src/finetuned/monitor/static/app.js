@@ -282,7 +282,7 @@ function renderPreviews() {
   const rounds = (S.previews && S.previews.rounds) || [];
   $("prev-empty").hidden = rounds.length > 0;
   const every = S.status && S.status.settings ? S.status.settings.preview_every_steps : null;
-  if (every === 0) $("prev-empty").textContent = "Previews are off (monitor.preview_every_steps is 0 in config.json).";
+  if (every === 0) $("prev-empty").textContent = "Previews are off (previews.every_steps is 0 in config.json).";
   else if (num(every)) $("prev-empty").textContent = `No previews yet. Every ${every} steps the model answers a few held-out prompts of the current file; they appear here with the expected answers.`;
   $("prev-table").hidden = rounds.length === 0;
   $("prev-chart").hidden = rounds.length === 0;

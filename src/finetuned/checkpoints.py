@@ -1,0 +1,109 @@
+"""The checkpoint index: which checkpoints exist, which are whole, which one a job resumes from.
+
+`models/checkpoints/JOB_ID/checkpoint-STEP/` holds the trainable weights, the
+optimizer state, every RNG state and `state.json` (a `TrainingProgress`),
+written last. The folder is built as `checkpoint-STEP.tmp`, fsynced and
+renamed, so a folder without `state.json` is never a checkpoint: a reader
+passes over it to the one before.
+
+Reading the index needs no torch: the daemon, the lifecycle and `gc` use only
+this module; the worker's `worker/checkpoint.py` writes and loads the tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from finetuned.fsio import read_json
+
+log = logging.getLogger(__name__)
+
+STATE = "state.json"
+WEIGHTS = "weights.safetensors"
+OPTIMIZER = "optimizer.pt"
+RNG = "rng.pt"
+FILES = (WEIGHTS, OPTIMIZER, RNG)
+KEEP = "KEEP"  # a user's marker: retention never removes this checkpoint
+NAME = re.compile(r"^checkpoint-(\d+)$")
+TMP_NAME = re.compile(r"^checkpoint-\d+\.tmp$")
+
+
+class TrainingProgress(BaseModel):
+    """Everything beside the tensors that a resume needs; data position is the step."""
+
+    job_id: str
+    step: int  # optimizer steps of this job done
+    total_steps: int
+    line_step: int  # steps of the model line (continuous mode carries it across jobs)
+    seed: int
+    base_model: str
+    base_hash: str
+    method: str
+    mode: str
+    tokens: int = 0  # real (non-padding) tokens trained in this job
+    loss_tokens: int = 0
+    examples: int = 0
+    last_loss: float | None = None
+
+
+def path_for(job_dir: Path, step: int) -> Path:
+    return job_dir / f"checkpoint-{step}"
+
+
+def read_progress(path: Path) -> TrainingProgress | None:
+    try:
+        return TrainingProgress.model_validate(read_json(path / STATE))
+    except (OSError, ValueError, ValidationError):
+        return None
+
+
+def complete(job_dir: Path) -> list[tuple[TrainingProgress, Path]]:
+    """The job's complete checkpoints, oldest first; broken ones are logged and passed over."""
+    found: list[tuple[TrainingProgress, Path]] = []
+    if not job_dir.is_dir():
+        return found
+    for path in job_dir.iterdir():
+        if not NAME.match(path.name):
+            continue
+        progress = read_progress(path)
+        if progress is None or not all((path / name).exists() for name in FILES):
+            log.warning("passing over incomplete checkpoint %s", path)
+            continue
+        found.append((progress, path))
+    found.sort(key=lambda item: item[0].step)
+    return found
+
+
+def latest(job_dir: Path) -> tuple[TrainingProgress, Path] | None:
+    found = complete(job_dir)
+    return found[-1] if found else None
+
+
+def line_head(
+    checkpoints: Path, base_model: str, method: str, exclude: set[str],
+) -> tuple[TrainingProgress, Path] | None:
+    """The newest checkpoint of the continuous model line on this base and method."""
+    best: tuple[TrainingProgress, Path] | None = None
+    if not checkpoints.is_dir():
+        return None
+    for job_dir in checkpoints.iterdir():
+        if job_dir.name in exclude:
+            continue
+        for progress, path in complete(job_dir):
+            if (progress.mode, progress.base_model, progress.method) != ("continuous", base_model, method):
+                continue
+            if best is None or progress.line_step > best[0].line_step:
+                best = (progress, path)
+    return best
+
+
+def prune(job_dir: Path, keep: int) -> None:
+    """Remove all but the newest `keep` checkpoints; one holding a KEEP file is never removed."""
+    for _progress, path in complete(job_dir)[:-keep]:
+        if not (path / KEEP).exists():
+            shutil.rmtree(path, ignore_errors=True)
