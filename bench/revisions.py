@@ -66,8 +66,10 @@ def main() -> None:
     parser.add_argument("rev", help="the revision to compare against (e.g. HEAD~3, a commit)")
     parser.add_argument("bench", help="a script of bench/, without .py (train_cpu, controls, ...)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("args", nargs="*", help="after --: arguments for the bench script")
-    a = parser.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    a = parser.parse_args(argv[:cut])
+    a.args = argv[cut + 1:]  # everything after --: the bench script's own arguments
     samples: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
     with tempfile.TemporaryDirectory(dir=REPO.parent, prefix=".bench-revision-") as tmp:
         trees = {"before": export(a.rev, Path(tmp)), "after": REPO}
