@@ -50,3 +50,18 @@ def test_hidden_temporary_and_folders_are_ignored_and_priority_comes_first(tmp_p
     found = inbox.scan(t + 1)
     assert found[0] == (ws.inbox_priority / "p.jsonl", "high")
     assert {p.name for p, _ in found} == {"p.jsonl", "n.jsonl", "root.jsonl"}
+
+
+def test_a_refused_file_waits_until_it_changes(tmp_path):
+    """A file the daemon could not take is not tried (and logged) again every tick, only once it changes."""
+    ws, inbox = make(tmp_path, settle=0)
+    path = ws.inbox_normal / "a.jsonl"
+    path.write_text("x")
+    t0 = time.time() + 10
+    inbox.scan(t0)
+    assert inbox.scan(t0 + 1) == [(path, "normal")]
+    inbox.refuse(path)
+    assert inbox.scan(t0 + 2) == [] and inbox.scan(t0 + 3) == []
+    path.write_text("xy")
+    inbox.scan(t0 + 4)
+    assert inbox.scan(t0 + 5) == [(path, "normal")]

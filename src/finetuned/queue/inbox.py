@@ -33,6 +33,8 @@ class Inbox:
         self.ws = ws
         self.settings = settings
         self._seen: dict[Path, _Seen] = {}
+        # Files the daemon could not take, by (size, mtime): tried again only once they change.
+        self._refused: dict[Path, tuple[int, int]] = {}
 
     def folders(self) -> list[tuple[Path, Priority]]:
         return [(self.ws.inbox_priority, "high"), (self.ws.inbox_normal, "normal"), (self.ws.inbox, "normal")]
@@ -42,6 +44,7 @@ class Inbox:
         now = time.time() if now is None else now
         ready: list[tuple[float, int, Path, Priority]] = []
         present: set[Path] = set()
+        listed: set[Path] = set()
         for rank, (folder, priority) in enumerate(self.folders()):
             try:
                 entries = list(folder.iterdir())
@@ -50,11 +53,14 @@ class Inbox:
             for path in entries:
                 if is_ignored(path.name):
                     continue
+                listed.add(path)
                 try:
                     st = path.lstat()
                 except FileNotFoundError:
                     continue
                 if path.is_dir() and not path.is_symlink():
+                    continue
+                if self._refused.get(path) == (st.st_size, st.st_mtime_ns):
                     continue
                 present.add(path)
                 seen = self._seen.get(path)
@@ -66,11 +72,21 @@ class Inbox:
                     ready.append((st.st_mtime_ns / 1e9, rank, path, priority))
         for gone in set(self._seen) - present:
             del self._seen[gone]
+        for gone in set(self._refused) - listed:
+            del self._refused[gone]
         ready.sort(key=lambda r: (r[1] > 0, r[0]))
         return [(path, priority) for _, _, path, priority in ready]
 
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
+
+    def refuse(self, path: Path) -> None:
+        """Leave `path` alone until it changes (the daemon could not take it, and said why once)."""
+        try:
+            st = path.lstat()
+        except OSError:
+            return
+        self._refused[path] = (st.st_size, st.st_mtime_ns)
 
     @property
     def waiting(self) -> bool:
