@@ -13,9 +13,10 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from finetuned import controls
+from finetuned import controls, disk
 from finetuned import notify as notifications
 from finetuned.config import Config, ConfigError
 from finetuned.controls import Control
@@ -25,6 +26,7 @@ from finetuned.daemon.session import Session
 from finetuned.daemon.statefiles import StateWriter
 from finetuned.daemon.validation import Validator
 from finetuned.data.report import file_report
+from finetuned.fsio import is_disk_full
 from finetuned.lifecycle.line import line_exclusions
 from finetuned.lock import WorkspaceLock
 from finetuned.queue import actions
@@ -32,13 +34,16 @@ from finetuned.queue.endings import Endings
 from finetuned.queue.inbox import Inbox, Wakeup
 from finetuned.queue.job import Job, JobStatus
 from finetuned.queue.store import JobStore
-from finetuned.worker.protocol import YieldReason
+from finetuned.worker.protocol import WAITING_FOR_DISK, YieldReason
 from finetuned.workspace import Workspace
 
 if TYPE_CHECKING:
     from finetuned.monitor.server import MonitorServer
 
 log = logging.getLogger("finetuned.daemon")
+
+DISK_RETRY_SECONDS = 5.0  # how often a line held by a full disk looks for space again
+RESUME_FREE_BYTES = 8 << 20  # free space that counts as "space is back" (not just the status files' reserve)
 
 
 class Daemon:
@@ -58,11 +63,14 @@ class Daemon:
         self.shutdown_requested = 0
         self._dirty = True
         self._written_revision = -1
+        self.disk_full = ""  # why the line holds for a full disk; "" when it does not
+        self._disk_retry = 0.0
 
     # --- lifecycle ------------------------------------------------------
     def run(self) -> None:
         with WorkspaceLock(self.ws.lock_file):
-            self.store.load().recover()
+            self.state_writer.reserve()
+            self._guarded(self._recover)
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
             server = self._start_monitor()
@@ -72,7 +80,10 @@ class Daemon:
             self.notify("daemon_started", pid=os.getpid(), base_model=self.config.base_model)
             try:
                 while not self._finished():
-                    self.tick()
+                    if self.disk_full:
+                        self._while_disk_full()
+                    else:
+                        self._guarded(self.tick)
                     wakeup.wait(self._sleep_seconds())
             finally:
                 wakeup.close()
@@ -114,14 +125,89 @@ class Daemon:
         return False
 
     def _close(self) -> None:
-        self.session.close()
+        try:
+            self.session.close()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            log.error("the disk is full: the job's stop is not recorded; the next start resumes it from its "
+                      "last checkpoint")
         self.prefetch.close()
         self.validator.close()
         self.consolidation.wait()
         self.state_writer.monitor_url = None  # the monitor stops with the daemon
-        self.write_state(force=True, state="stopped")
+        try:
+            self.write_state(force=True, state="stopped")
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.state_writer.release_reserve()  # its purpose: the last word still gets written
+            try:
+                self.write_state(force=True, state="stopped")
+            except OSError:
+                log.error("the disk is full: control/status.json keeps the last heartbeat")
         log.info("daemon stopped")
         self.notify("daemon_stopped", pid=os.getpid())
+
+    # --- a full disk ----------------------------------------------------
+    def _recover(self, why: str = "") -> None:
+        """Rebuild the queue from the records on disk, repairing what was cut short (startup, a full disk)."""
+        self.store.load().recover(why)
+        for path in self.store.held:
+            self.inbox.refuse(path)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """One step of the loop; a full disk holds the line instead of ending the daemon."""
+        try:
+            step()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._hold_for_disk(exc)
+
+    def _hold_for_disk(self, exc: OSError) -> None:
+        """A write failed for want of space, somewhere in a step: what memory holds may be half changed.
+
+        So the worker is stopped (its job resumes from its last checkpoint), memory is dropped, and
+        the records on disk, whole since every write is atomic, are the truth again, repaired as at a
+        restart once there is space.
+        """
+        where = f" ({exc.filename})" if exc.filename else ""
+        self.disk_full = (f"{WAITING_FOR_DISK}: the disk is full{where}; training holds and goes on by itself "
+                          "once space is freed (finetuned gc --dry-run shows what retention can remove)")
+        log.error("%s", self.disk_full)
+        self.notify("paused_for_disk", reason=self.disk_full)
+        self.session.abandon()
+        self.prefetch.abandon()
+        self.state_writer.release_reserve()
+        self.store.load()
+        self._disk_retry = time.time() + DISK_RETRY_SECONDS
+        self._dirty = True
+        self._write_state_if_room()
+
+    def _while_disk_full(self) -> None:
+        if time.time() >= self._disk_retry and disk.free_bytes(self.ws.root) >= RESUME_FREE_BYTES:
+            self._disk_retry = time.time() + DISK_RETRY_SECONDS
+            self.state_writer.reserve()  # first: the next full disk must find it in place
+            try:
+                self._recover("the disk was full")
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self.store.load()  # a repair cut short: back to what the disk says
+            else:
+                log.info("disk space is back: the line goes on")
+                self.disk_full = ""
+                self._dirty = True
+                return
+        self._write_state_if_room()
+
+    def _write_state_if_room(self) -> None:
+        try:
+            self.write_state()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
 
     def _sleep_seconds(self) -> float:
         if self.session.worker is not None or self.prefetch.busy or self.inbox.waiting or self.validator.busy:
@@ -152,7 +238,10 @@ class Daemon:
             try:
                 job = self.store.admit(path, priority)
             except OSError as exc:
-                log.error("could not take %s: %s", path, exc)
+                if is_disk_full(exc):
+                    raise
+                log.error("could not take %s: %s; it stays in the inbox until it changes", path, exc)
+                self.inbox.refuse(path)
                 continue
             log.info("job %s: %s queued (%s priority)", job.id, job.file, priority)
             if self.store.file_path(job).is_symlink():
@@ -280,13 +369,15 @@ class Daemon:
             return
         session = self.session
         if state is None:
-            if session.job is None:
+            if self.disk_full:
+                state = "paused"
+            elif session.job is None:
                 state = "paused" if controls.paused(self.ws) else "idle"
             elif session.reason:
                 state = "paused"  # the worker holds the line itself (a full disk) and says why
             else:
                 state = session.job.status.value
-        self.state_writer.write(self.store, session.job, session.progress, state, session.phase,
-                                session.worker_pid, session.reason)
+        phase, reason = (WAITING_FOR_DISK, self.disk_full) if self.disk_full else (session.phase, session.reason)
+        self.state_writer.write(self.store, session.job, session.progress, state, phase, session.worker_pid, reason)
         self._dirty = False
         self._written_revision = self.store.revision

@@ -19,6 +19,7 @@ import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from finetuned.fsio import is_disk_full
 from finetuned.worker.protocol import Failed, FailKind, Order, Ready, Report, Shutdown, Train, Yield
 
 log = logging.getLogger("finetuned.worker")
@@ -120,5 +121,6 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
         except Exception as exc:  # a crash of one job must reach the daemon as that job's failure
             log.exception("job %s crashed", order.job.id)
             cache.drop()  # its state is unknown now: reload before the next job
-            link.send(Failed(job_id=order.job.id, kind=FailKind.CRASH, reason=f"{type(exc).__name__}: {exc}",
+            kind = FailKind.DISK if is_disk_full(exc) else FailKind.CRASH
+            link.send(Failed(job_id=order.job.id, kind=kind, reason=f"{type(exc).__name__}: {exc}",
                              traceback=traceback.format_exc()))
