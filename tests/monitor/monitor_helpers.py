@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -100,14 +101,19 @@ class StateWorkspace:
 class MonitoredDaemon:
     """`finetuned run` with its monitor (helpers.DaemonProcess runs without one)."""
 
-    def __init__(self, ws: Workspace, log_path: Path) -> None:
+    def __init__(self, ws: Workspace, log_path: Path, nofile: int | None = None) -> None:
         self.ws = ws
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115
+
+        def limits() -> None:  # in the child: the descriptor limit a user's machine may have
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "finetuned", "run", "--root", str(ws.root)],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
+            start_new_session=True, preexec_fn=limits,
         )
         self.url = ""
 
