@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from finetuned import disk
+from finetuned.config import redacted
 from finetuned.fsio import atomic_write_json, publish_dir, remove_tree
 from finetuned.lifecycle.consolidate import ProgressFn, merge_into, no_progress
 from finetuned.lifecycle.errors import LifecycleError, require_space
 from finetuned.lifecycle.records import Adapter, read_adapter
 from finetuned.lifecycle.versions import Version, ensure_recorded, find, model_dtype
 from finetuned.queue.job import now_text
-from finetuned.workspace import Workspace
+from finetuned.workspace import ADAPTER_RECORD, Workspace
 
 METADATA = "finetuned.json"
 README = "README.txt"
@@ -116,11 +117,12 @@ def export(ws: Workspace, ref: str, to: Path, merged: bool = False, progress: Pr
 def _export_job(ws: Workspace, adapter: Adapter, base: Version, tmp: Path, to: Path, merged: bool,
                 report: ProgressFn, min_free_gb: float) -> None:
     assert base.path is not None
-    meta: dict[str, Any] = {"kind": "", "job": adapter.info, "base": base.model_dump(mode="json")}
+    meta: dict[str, Any] = {"kind": "", "job": redacted(adapter.info), "base": base.model_dump(mode="json")}
     if not adapter.is_peft:  # a full fine-tune published a whole model: it is its own export
         require_space(to.parent, disk.tree_bytes(adapter.path), min_free_gb, f"export job {adapter.job_id}")
         report("copying the fine-tuned model", 1, 2)
         _copy_tree(adapter.path, tmp)
+        _redact_record(tmp)
         meta["kind"] = "model"
         _write_meta(tmp, to, f"the model fine-tuned by job {adapter.job_id}", _job_details(adapter), _LOAD_MODEL,
                     meta)
@@ -139,11 +141,19 @@ def _export_job(ws: Workspace, adapter: Adapter, base: Version, tmp: Path, to: P
     tmp.mkdir(parents=True)
     report("copying the adapter", 1, 2)
     _copy_tree(adapter.path, tmp / "adapter")
+    _redact_record(tmp / "adapter")
     report("copying the base model", 1, 2)
     _copy_tree(base.path, tmp / "base")
     meta["kind"] = "adapter"
     _write_meta(tmp, to, f"the LoRA adapter of job {adapter.job_id} (adapter/) and its base {base.id} (base/)",
                 _job_details(adapter), _LOAD_ADAPTER, meta)
+
+
+def _redact_record(folder: Path) -> None:
+    """An adapter published before secrets were redacted carries them in its job.json: not into an export."""
+    record = folder / ADAPTER_RECORD
+    if record.exists():
+        atomic_write_json(record, redacted(json.loads(record.read_text(encoding="utf-8"))))
 
 
 def _write_meta(tmp: Path, to: Path, what: str, details: list[str], load: str, meta: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from finetuned.checkpoints import TrainingProgress
-from finetuned.config import Config
+from finetuned.config import Config, redacted
 from finetuned.data import JobData, load_meta
 from finetuned.fsio import publish_dir, remove_tree
 from finetuned.queue.endings import adapter_record
@@ -33,7 +33,7 @@ def summary(ws: Workspace, config: Config, loaded: Loaded, data: JobData, progre
         "line_step": progress.line_step, "examples_trained": progress.examples, "train_examples": data.n_train,
         "holdout_examples": data.n_holdout, "tokens": progress.tokens, "loss_tokens": progress.loss_tokens,
         "first_loss": first_loss, "final_loss": progress.last_loss, "val_loss": val_loss,
-        "config": config.model_dump(mode="json"),
+        "config": redacted(config.model_dump(mode="json")),  # what trained it, never the monitor's token
         "data": None if meta is None else {k: meta[k] for k in DATA_KEYS if k in meta},
     }
 
@@ -46,8 +46,12 @@ def publish(ws: Workspace, job: Job, config: Config, loaded: Loaded, result: dic
         return
     tmp = final.with_name(f".{final.name}.tmp")
     remove_tree(tmp)
-    loaded.model.save_pretrained(tmp)
-    if config.method == "full":
-        loaded.tokenizer.save_pretrained(tmp)
-    (tmp / ADAPTER_RECORD).write_text(json.dumps(adapter_record(job, result), indent=2) + "\n")
-    publish_dir(tmp, final)
+    try:
+        loaded.model.save_pretrained(tmp)
+        if config.method == "full":
+            loaded.tokenizer.save_pretrained(tmp)
+        (tmp / ADAPTER_RECORD).write_text(json.dumps(adapter_record(job, result), indent=2) + "\n")
+        publish_dir(tmp, final)
+    except BaseException:  # a full disk, say: no half-written adapter stays behind
+        remove_tree(tmp)
+        raise
