@@ -62,6 +62,19 @@ def read_progress(path: Path) -> TrainingProgress | None:
         return None
 
 
+def _files_whole(path: Path) -> bool:
+    """Every tensor file present and not empty (an empty one is a write cut short, or outside damage)."""
+    try:
+        return all((path / name).stat().st_size > 0 for name in FILES)
+    except OSError:
+        return False
+
+
+def is_whole(path: Path) -> bool:
+    """A checkpoint a job can resume from: its state.json readable and every tensor file there."""
+    return read_progress(path) is not None and _files_whole(path)
+
+
 def complete(job_dir: Path) -> list[tuple[TrainingProgress, Path]]:
     """The job's complete checkpoints, oldest first; broken ones are logged and passed over."""
     found: list[tuple[TrainingProgress, Path]] = []
@@ -71,7 +84,7 @@ def complete(job_dir: Path) -> list[tuple[TrainingProgress, Path]]:
         if not NAME.match(path.name):
             continue
         progress = read_progress(path)
-        if progress is None or not all((path / name).exists() for name in FILES):
+        if progress is None or not _files_whole(path):
             log.warning("passing over incomplete checkpoint %s", path)
             continue
         found.append((progress, path))
@@ -103,7 +116,19 @@ def line_head(
 
 
 def prune(job_dir: Path, keep: int) -> None:
-    """Remove all but the newest `keep` checkpoints; one holding a KEEP file is never removed."""
-    for _progress, path in complete(job_dir)[:-keep]:
+    """Remove all but the newest `keep` whole checkpoints, and every checkpoint folder that is not whole.
+
+    A whole checkpoint appears in one rename, so a `checkpoint-STEP` that is not whole (state.json without
+    its weights, say) is damage no job can resume from: it goes too. One holding a KEEP file never does.
+    """
+    whole = complete(job_dir)
+    doomed = [path for _progress, path in whole[: max(len(whole) - keep, 0)]]
+    kept = {path for _progress, path in whole}
+    if job_dir.is_dir():
+        broken = [p for p in job_dir.iterdir() if NAME.match(p.name) and p.is_dir() and p not in kept]
+        for path in broken:
+            log.warning("removing %s: not a whole checkpoint", path)
+        doomed += broken
+    for path in doomed:
         if not (path / KEEP).exists():
             shutil.rmtree(path, ignore_errors=True)
