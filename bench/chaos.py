@@ -50,6 +50,7 @@ RESULTS = Path(__file__).parent / "results" / "chaos.json"
 MOMENTS = ("mid-step", "checkpoint", "inbox move", "publishing", "unaimed")
 TRAINING_MOMENTS = ("mid-step", "checkpoint", "publishing")  # aimed at once a restarted worker trains again
 MOMENT_WAIT = 6.0  # seconds the killer waits for its moment before it fires anyway
+IN_FLIGHT_SECONDS = 1.0  # a temporary folder touched this recently is a write under way
 
 
 def chaos_config() -> Config:
@@ -226,14 +227,15 @@ class Campaign:
         return False
 
     def in_flight(self, only: str | None = None) -> list[str]:
-        """Temporary folders of writes under way: checkpoints and adapters being published."""
-        found = []
+        """Temporary folders of writes under way (checkpoints, adapters being published): touched within the
+        last second, since a write an earlier kill cut short leaves its folder until the step is written again."""
+        candidates = []
         if only in (None, "checkpoint"):
             for job_dir in entries(self.ws.checkpoints):
-                found += [f"checkpoint {job_dir.name}/{p.name}" for p in entries(job_dir) if p.name.endswith(".tmp")]
+                candidates += [p for p in entries(job_dir) if p.name.endswith(".tmp")]
         if only in (None, "adapter"):
-            found += [f"adapter {p.name}" for p in entries(self.ws.adapters) if p.name.endswith(".tmp")]
-        return found
+            candidates += [p for p in entries(self.ws.adapters) if p.name.endswith(".tmp")]
+        return [str(p.relative_to(self.ws.models)) for p in candidates if _age(p) < IN_FLIGHT_SECONDS]
 
     def last_metrics_size(self) -> int:
         return sum(p.stat().st_size for p in entries(self.ws.metrics))
@@ -260,6 +262,14 @@ class Campaign:
         self.check("the drain", running=True)
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(60)
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
 
 def _alive(pid: int) -> bool:
     if pid <= 0:

@@ -3,11 +3,14 @@
     python bench/monitor_load.py [--clients 1 10 100] [--window 8] [--rounds 2] [--pollers 2]
 
 One daemon on builtin:tiny trains a queue of files, a metrics line every step (the most events a page
-can be sent). In alternating windows of one run nobody watches, then N pages do: N event-stream
+can be sent). Windows of one run come in pairs: nobody watches, then N pages do: N event-stream
 clients (asyncio on raw sockets, so reading costs this process next to nothing) plus `--pollers`
 clients asking /api/status, /api/queue and the job's new metrics every second, each request timed.
-Per N: training steps/s against the unwatched windows beside it (the same run, so run-to-run spread
-cancels), the API's p50 and p95, the daemon's peak RSS and open descriptors, the events received.
+Per N: training steps/s in the watched window over the unwatched one just before it (the median of
+the rounds' pairs, so the spread of a shared machine mostly cancels), the API's p50 and p95, the
+daemon's peak RSS and open descriptors, the events received, and the CPU the daemon's own process
+used (its loop and the monitor thread, as a share of one core: what watching costs, whatever else
+the machine is doing).
 Prints a table and writes bench/results/monitor_load.json.
 Goal (issue 12): 100 clients cost under 5% of training speed, and the API's p95 stays under 100 ms.
 """
@@ -161,12 +164,15 @@ def steps_in(ws: Workspace, begin: float, end: float) -> int:
 
 
 def sample(pid: int, until: float, peak: dict[str, float]) -> None:
+    """Peak RSS and descriptors of the daemon's process, and the CPU it used (its loop and the monitor thread)."""
     process = psutil.Process(pid)
+    started, cpu = time.time(), sum(process.cpu_times()[:2])
     while time.time() < until:
         with process.oneshot():
             peak["rss_mb"] = max(peak.get("rss_mb", 0.0), process.memory_info().rss / 2**20)
             peak["fds"] = max(peak.get("fds", 0), process.num_fds())
         time.sleep(0.25)
+    peak["core_percent"] = 100 * (sum(process.cpu_times()[:2]) - cpu) / (time.time() - started)
 
 
 def main() -> None:
@@ -198,8 +204,9 @@ def main() -> None:
             time.sleep(0.2)
         url = read_json(ws.status_json)["monitor_url"]
         for round_ in range(args.rounds):
-            for n in [0, *args.clients]:
-                row = rows.setdefault(n, {"rate": [], "latency": [], "rss_mb": [], "fds": [], "events": []})
+            for n in [m for c in args.clients for m in (0, c)]:  # each watched window after an unwatched one
+                row = rows.setdefault(n, {"rate": [], "ratio": [], "latency": [], "rss_mb": [], "fds": [],
+                                          "core_percent": [], "events": []})
                 stop = streams = pollers = None
                 if n:
                     stop, streams = pages.open(url, n)
@@ -210,8 +217,11 @@ def main() -> None:
                 sample(proc.pid, begin + args.window, peak)
                 end = time.time()
                 row["rate"].append(steps_in(ws, begin, end) / (end - begin))
+                if n:  # against the unwatched window just before it
+                    row["ratio"].append(row["rate"][-1] / rows[0]["rate"][-1])
                 row["rss_mb"].append(peak["rss_mb"])
                 row["fds"].append(peak["fds"])
+                row["core_percent"].append(peak["core_percent"])
                 row["events"].append((pages.events - events) / (end - begin))
                 if n:
                     pollers.close()
@@ -223,25 +233,27 @@ def main() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         out.close()
-    base = statistics.median(rows[0]["rate"])
     summary = {}
     print(f"\n{'pages':>6}{'steps/s':>9}{'vs none':>9}{'API p50':>10}{'API p95':>10}{'RSS MB':>9}{'fds':>6}"
-          f"{'events/s':>10}")
+          f"{'events/s':>10}{'daemon CPU':>12}")
     for n, row in rows.items():
         rate = statistics.median(row["rate"])
+        ratios = row["ratio"] or [1.0]
         lat = sorted(row["latency"])
         p50 = 1000 * lat[len(lat) // 2] if lat else None
         p95 = 1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None
-        summary[n] = {"steps_per_second": rate, "slower_percent": round(100 * (1 - rate / base), 2),
+        summary[n] = {"steps_per_second": rate, "slower_percent": round(100 * (1 - statistics.median(ratios)), 2),
                       "api_p50_ms": p50, "api_p95_ms": p95, "requests": len(lat), "rss_mb": max(row["rss_mb"]),
-                      "fds": max(row["fds"]), "events_per_second": statistics.median(row["events"])}
+                      "fds": max(row["fds"]), "events_per_second": statistics.median(row["events"]),
+                      "daemon_core_percent": statistics.median(row["core_percent"])}
         s = summary[n]
         print(f"{n:>6}{rate:>9.2f}{-s['slower_percent']:>+8.1f}%"
               f"{(f'{p50:.1f} ms' if p50 is not None else '–'):>10}{(f'{p95:.1f} ms' if p95 is not None else '–'):>10}"
-              f"{s['rss_mb']:>9.0f}{s['fds']:>6}{s['events_per_second']:>10.0f}")
+              f"{s['rss_mb']:>9.0f}{s['fds']:>6}{s['events_per_second']:>10.0f}{s['daemon_core_percent']:>11.1f}%")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "goal": "100 pages under 5% slower than none; API p95 under 100 ms", "summary": summary, "rows": rows,
+        "load_average": os.getloadavg(),
         "settings": vars(args) | {"out": str(args.out), "model": "builtin:tiny", "log_every_steps": 1},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }, indent=2) + "\n")
