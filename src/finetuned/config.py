@@ -70,6 +70,8 @@ class DataSettings(_Section):
     packing: bool = True
     overlong: Literal["drop", "truncate"] = "drop"
     skip_bad_lines: bool = False
+    # Above this share of a file's examples dropped (too long, nothing left to train), it is refused.
+    max_dropped_fraction: float = Field(0.5, ge=0, le=1)
     max_line_bytes: int = Field(64 * 2**20, gt=0)
     # Tokenise queued files in a second process while the current job trains.
     prepare_ahead: bool = True

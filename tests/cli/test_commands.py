@@ -9,7 +9,7 @@ import sys
 import pytest
 from helpers import chat_lines, jobs_by_file, last_step, read_json, wait_for, write_jsonl
 
-COMMANDS = ["init", "run", "status", "queue", "add", "pause", "resume", "stop", "skip", "cancel", "front"]
+COMMANDS = ["init", "run", "status", "queue", "add", "check", "pause", "resume", "stop", "skip", "cancel", "front"]
 
 
 def finetuned(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -23,7 +23,7 @@ def test_help_explains_every_command():
     top = finetuned("--help").stdout
     for command in COMMANDS:
         assert command in top
-    for command in ("init", "run", "status", "queue", "add", "cancel"):
+    for command in ("init", "run", "status", "queue", "add", "check", "cancel"):
         assert "examples:" in finetuned(command, "--help").stdout, command
 
 

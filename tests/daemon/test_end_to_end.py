@@ -175,3 +175,20 @@ def test_queued_files_are_tokenised_while_another_trains(ws, start_daemon, gate)
     report = read_json(ws.failed / "overlong.jsonl.error.json")
     assert "max_seq_len" in json.dumps(report), report
     wait_for(lambda: status_of(ws, "next.jsonl") == "completed", 240, "next to train", daemon=daemon)
+
+
+def test_a_job_that_loses_examples_says_so_in_its_record_the_log_and_job_json(ws, start_daemon):
+    """30% of the file longer than max_seq_len: it trains, and says so wherever a user looks."""
+    daemon = start_daemon(ws)
+    overlong = [{"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}]
+    drop(ws, "lossy.jsonl", chat_lines(14) + overlong * 6)
+    wait_for(lambda: status_of(ws, "lossy.jsonl") == "completed", 180, "the job", daemon=daemon)
+    job = jobs_by_file(ws)["lossy.jsonl"]
+    assert len(job["warnings"]) == 1 and "6 of 20 examples (30%)" in job["warnings"][0], job["warnings"]
+    record = read_json(ws.adapter_record(job["id"]))
+    assert record["warnings"] == job["warnings"]
+    assert [n["kind"] for n in record["data"]["notes"]] == ["data_loss"]
+    assert "WARNING" in ws.daemon_log().read_text().split("6 of 20 examples")[0].splitlines()[-1]
+    shown = subprocess.run([sys.executable, "-m", "finetuned", "status", job["id"], "--root", str(ws.root)],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "warning: 6 of 20 examples" in shown

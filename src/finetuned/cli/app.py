@@ -7,6 +7,7 @@ import typer
 from finetuned.cli import (
     add,
     cancel,
+    check,
     consolidate,
     controls,
     doctor,
@@ -33,6 +34,7 @@ app.command(help=run.HELP)(run.run)
 app.command(help=status.HELP)(status.status)
 app.command(help=queue.HELP)(queue.queue)
 app.command(help=add.HELP)(add.add)
+app.command(help=check.HELP)(check.check)
 for control in (controls.pause, controls.resume, controls.stop, controls.skip):
     app.command()(control)
 app.command(help=cancel.CANCEL_HELP)(cancel.cancel)

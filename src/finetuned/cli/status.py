@@ -53,6 +53,8 @@ def show_job(ws: Workspace, job_id: str, as_json: bool) -> None:
     console.print(f"status: {job.status.value}" + (f" — {job.reason}" if job.reason else ""))
     console.print(f"file: {job.path}    examples: {job.examples if job.examples is not None else '?'}"
                   f"    steps: {job.step}/{job.total_steps or '?'}")
+    for warning in job.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if job.summary:
         s = job.summary
         console.print(f"trained: {s.get('steps')} steps, {s.get('examples_trained')} examples, "
@@ -83,6 +85,8 @@ def status(
         return
     console.print(f"[bold]{job['id']}[/bold]  {job['file']}  ({job['priority']})  {job['status']}"
                   + (f", {job['phase']}" if job.get("phase") and job.get("phase") != "training" else ""))
+    for warning in job.get("warnings") or []:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if job.get("total_steps"):
         loss = f"{job['loss']:.4f}" if job.get("loss") is not None else "?"
         console.print(f"step {job['step']}/{job['total_steps']} ({job['percent']}%)  loss {loss}"

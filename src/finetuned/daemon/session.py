@@ -174,6 +174,10 @@ class Session:
             case Started():
                 job.total_steps, job.step = report.total_steps, report.step
                 job.runs[-1].from_step = report.step  # where it resumed, which a crash may have set back
+                for warning in report.warnings:
+                    if warning not in job.warnings:
+                        log.warning("job %s: %s", job.id, warning)
+                job.warnings = list(report.warnings)
                 self.store.save(job)
                 self.phase = "training"
                 origin = f"resuming from step {job.step}" if report.resumed_from else "from the start"

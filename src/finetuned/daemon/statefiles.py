@@ -71,6 +71,7 @@ class StateWriter:
             training["job"] = {
                 "id": current.id, "file": current.file, "priority": current.priority,
                 "status": current.status.value, "phase": phase, "examples": current.examples,
+                "warnings": current.warnings,
             }
             if progress is not None and progress.job_id == current.id:
                 training["job"].update({

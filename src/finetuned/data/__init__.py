@@ -4,6 +4,7 @@
     prepare(path, out_dir, tokenizer, settings, L) -> PrepareSummary (flat arrays on disk)
     JobData.open(out_dir, ...)                     -> step_batches(step), holdout_batches()
     render(record_or_path, tokenizer)              -> the example with trained tokens in [[ ]]
+    check_file(path, tokenizer, settings, L)       -> what `finetuned check` reports
 
 See docs/data.md for the formats, the loss policy and the error report.
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from finetuned.data.formats import FORMATS, Message, parse_record
+from finetuned.data.check import check_file
+from finetuned.data.formats import FORMATS, Chat, Message, ToolCall, parse_record
 from finetuned.data.preview import encode_record, render, trained_spans
 from finetuned.data.report import DataError
 from finetuned.data.tokenize import PrepareSummary, is_current, load_meta, prepare, tokenizer_fingerprint
@@ -31,11 +33,14 @@ _LAZY = {"Batch": "finetuned.data.batches", "JobData": "finetuned.data.loader"}
 __all__ = [
     "FORMATS",
     "Batch",
+    "Chat",
     "DataError",
     "JobData",
     "Message",
     "PrepareSummary",
+    "ToolCall",
     "Validation",
+    "check_file",
     "encode_record",
     "is_current",
     "load_meta",

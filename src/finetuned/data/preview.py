@@ -52,6 +52,11 @@ def render(path_or_record: Path | str | dict[str, Any], tokenizer: Any, settings
     """One example as text with trained tokens inside [[ ]]; a path shows the file's first good record."""
     record = path_or_record if isinstance(path_or_record, dict) else _first_record(Path(path_or_record))
     ids, mask = encode_record(record, tokenizer, settings)
+    return marked(ids, mask, tokenizer)
+
+
+def marked(ids: Any, mask: Any, tokenizer: Any) -> str:
+    """The decoded example with each run of trained tokens inside [[ ]]."""
     parts = []
     for a, b in _runs(mask):
         text = tokenizer.decode(ids[a:b].tolist())

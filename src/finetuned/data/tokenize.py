@@ -33,6 +33,7 @@ import numpy as np
 
 from finetuned.config import DataSettings
 from finetuned.data.formats import TEXT, parse_record, with_system_prompt
+from finetuned.data.losses import data_losses
 from finetuned.data.masking import ChatRenderer, Span, token_mask
 from finetuned.data.reader import FileReader
 from finetuned.data.report import DataError, ProblemLog, RecordProblem
@@ -64,10 +65,12 @@ class PrepareSummary:
     special_token_text: int  # examples whose content spells a special token, tokenised as that token
     skipped_lines: int  # bad lines left out under skip_bad_lines
     longest: int  # tokens in the longest example kept
+    longest_seen: int  # tokens in the longest example, kept or not
     sha256: str
     max_seq_len: int
     tokenizer: str
     seconds: float
+    notes: list[dict[str, Any]]  # what trains differently than it may seem: warned about, in the job's record
 
     @property
     def loss_share(self) -> float:
@@ -93,6 +96,7 @@ def prepared_key(tokenizer: Any, settings: DataSettings | None, max_seq_len: int
         "system_prompt": settings.system_prompt,
         "overlong": settings.overlong,
         "skip_bad_lines": settings.skip_bad_lines,
+        "max_dropped_fraction": settings.max_dropped_fraction,
     }
 
 
@@ -159,6 +163,7 @@ class _Tokenizer:
             "tokens": 0,
             "loss_tokens": 0,
             "longest": 0,
+            "longest_seen": 0,
         }
 
     def run(self, batch: list[tuple[str, list[Span]]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -168,6 +173,7 @@ class _Tokenizer:
         for (_text, spans), enc in zip(batch, encodings, strict=True):
             ids = np.array(enc.ids, dtype=np.uint32)
             mask = token_mask(enc, spans)
+            c["longest_seen"] = max(c["longest_seen"], len(ids))
             if len(ids) > self.max_seq_len:
                 if self.overlong == "drop":
                     c["dropped_overlong"] += 1
@@ -231,6 +237,9 @@ def prepare(
         np.save(tmp / OFFSETS, writer.offsets())
         examples = len(writer.lengths)
         _check(path, validation, reader.sha256, problems, skip, examples, worker.counts)
+        losses = data_losses(validation.examples, worker.counts, renderer.special_token_text, max_seq_len, settings)
+        if losses is not None and losses.refused:
+            raise DataError(_report(path, losses.message) | {"problems": [losses.entry("data_loss")]})
         summary = PrepareSummary(
             out_dir=str(out_dir),
             source=path.name,
@@ -242,6 +251,8 @@ def prepare(
             tokenizer=tokenizer_fingerprint(tokenizer),
             seconds=round(time.monotonic() - started, 3),
             special_token_text=renderer.special_token_text,
+            notes=[*validation.notes, *_render_notes(renderer),
+                   *([losses.entry("data_loss")] if losses is not None else [])],
             **worker.counts,
         )
         meta = {
@@ -269,7 +280,18 @@ def prepare(
         log.warning(
             "%s: %d examples spell a special token in their text (first seen: %s); it is tokenised as that "
             "token, which can end a turn early", path.name, summary.special_token_text, renderer.special_token_seen)
+    for note in summary.notes:
+        log.warning("%s: %s", path.name, note["message"])
     return summary
+
+
+def _render_notes(renderer: ChatRenderer) -> list[dict[str, Any]]:
+    if not renderer.tools_fallback:
+        return []
+    message = (f"the model's chat template does not render tools: for {renderer.tools_fallback} examples the "
+               "tools are described in the system turn and each call is written as a JSON line in the assistant "
+               "turn (docs/data.md, 'Tools')")
+    return [{"kind": "tools_fallback", "message": message, "lines": [], "count": renderer.tools_fallback}]
 
 
 def _rendered_batches(

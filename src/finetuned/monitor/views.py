@@ -177,6 +177,7 @@ def job_summary(files: Files, job: dict[str, Any]) -> dict[str, Any]:
         "id": job["id"], "file": job.get("file"), "priority": job.get("priority"), "status": job.get("status"),
         "added": job.get("added"), "examples": job.get("examples"), "format": job.get("format"),
         "step": job.get("step"), "total_steps": job.get("total_steps"), "reason": job.get("reason", ""),
+        "warnings": job.get("warnings") or [],
         "runs": len(runs), "started": runs[0].get("started") if runs else None,
         "ended": runs[-1].get("ended") if runs else None, "train_seconds": seconds,
         "summary": {k: summary[k] for k in keys if k in summary},

@@ -89,6 +89,7 @@ class Job(BaseModel):
     total_steps: int | None = None
     retries: int = 0
     reason: str = ""  # why it is in its current state, when that needs saying
+    warnings: list[str] = Field(default_factory=list)  # what its data loses or trains differently (data/losses.py)
     runs: list[Run] = Field(default_factory=list)
     history: list[Event] = Field(default_factory=list)
     pending: PendingMove | None = None

@@ -99,6 +99,7 @@ class Started:
     total_steps: int
     examples: int
     resumed_from: str | None  # the checkpoint the job's own progress came from
+    warnings: tuple[str, ...] = ()  # what preparing its data found worth saying (dropped examples, placeholders)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from finetuned.workspace import ADAPTER_RECORD, Workspace
 
 # What tokenising did to the file (kept, dropped or cut examples), for the job's record.
 DATA_KEYS = ("format", "examples", "tokens", "loss_tokens", "dropped_overlong", "truncated", "dropped_no_loss",
-             "special_token_text", "skipped_lines", "longest", "max_seq_len", "warnings")
+             "special_token_text", "skipped_lines", "longest", "longest_seen", "max_seq_len", "warnings", "notes")
 
 
 def summary(ws: Workspace, config: Config, loaded: Loaded, data: JobData, progress: TrainingProgress,

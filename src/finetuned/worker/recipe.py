@@ -68,6 +68,7 @@ class Recipe:
     objective: Objective
     optimizer: torch.optim.Optimizer
     progress: TrainingProgress
+    warnings: list[str]  # what preparing the data found worth saying, as the daemon's record holds it
 
     def __init__(self, ws: Workspace, order: Train, cache: ModelCache, world: World) -> None:
         self.ws = ws
@@ -95,8 +96,10 @@ class Recipe:
         self.objective = objective_for(self.data.meta)
         self.optimizer = self._setup_optimizer()
         self.progress, resumed_from = self._setup_state()
+        self.warnings = [note["message"] for note in self.data.meta.get("notes") or []]
         self.world.report(Started(job_id=self.job_id, step=self.progress.step, total_steps=self.data.total_steps,
-                                  examples=self.data.n_train, resumed_from=resumed_from))
+                                  examples=self.data.n_train, resumed_from=resumed_from,
+                                  warnings=tuple(self.warnings)))
         return True
 
     def _setup_data(self) -> JobData:
@@ -227,7 +230,7 @@ class Recipe:
             metrics.close()
         result = summary(self.ws, config, self.loaded, self.data, progress, self.objective.name, first_loss,
                          record.get("val_loss"))
-        publish(self.ws, self.order.job, config, self.loaded, result)
+        publish(self.ws, self.order.job.model_copy(update={"warnings": self.warnings}), config, self.loaded, result)
         self.world.report(Completed(job_id=self.job_id, summary=result))
 
     def cleanup(self) -> None:

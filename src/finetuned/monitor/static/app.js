@@ -330,6 +330,7 @@ function renderHistory() {
     if (j.adapter) detail.push(h("div", { class: "h-id" }, "adapter ", h("a", { href: `/api/jobs/${j.id}`, target: "_blank" }, j.adapter)));
     if (j.status !== "completed" && j.reason) detail.push(h("div", { class: j.status === "failed" ? "h-error" : "muted small" }, j.reason));
     if (j.error) detail.push(h("details", {}, h("summary", {}, "error report"), h("pre", {}, JSON.stringify(j.error, null, 2))));
+    for (const warning of j.warnings || []) detail.push(h("div", { class: "h-warning small" }, "⚠ " + warning));
     return h("tr", { "data-id": j.id },
       h("td", {}, h("div", { class: "h-file" }, j.file), h("div", { class: "h-id" }, j.id), detail),
       h("td", { "data-label": "State" }, h("span", { class: `badge badge-${j.status}` }, j.status)),
