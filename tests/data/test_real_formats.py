@@ -44,7 +44,8 @@ def kinds(entries: list[dict[str, Any]]) -> set[str]:
 
 
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": CITY}}
+WEATHER = {"type": "function",
+           "function": {"name": "get_weather", "description": "Weather in a city", "parameters": CITY}}
 
 
 def openai_call(content: Any = None, *, key: bool = True) -> dict[str, Any]:
