@@ -47,6 +47,18 @@ class TrainingSettings(_Section):
     activation_checkpointing: bool = False
 
 
+class PreferenceSettings(_Section):
+    """How preference data trains (worker/objectives/): pairs take `objective`, labelled answers KTO."""
+
+    objective: Literal["dpo", "orpo", "simpo"] = "dpo"
+    beta: float = Field(0.1, gt=0)  # DPO, SimPO and KTO: how far the policy may move from the reference
+    orpo_lambda: float = Field(0.1, ge=0)  # ORPO: weight of the odds-ratio term beside the NLL of the chosen
+    simpo_gamma: float = Field(0.5, ge=0)  # SimPO: the target reward margin
+    sft_weight: float = Field(0.0, ge=0)  # an added NLL on the chosen answer (LLaMA-Factory's pref_ftx)
+    kto_desirable_weight: float = Field(1.0, gt=0)
+    kto_undesirable_weight: float = Field(1.0, gt=0)
+
+
 class ControlSettings(_Section):
     pause_release_after_seconds: float = Field(600, ge=0)
     # A step (or a model load) silent for this long is treated as hung: the worker is killed.
@@ -123,6 +135,7 @@ class Config(_Section):
     method: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     inbox: InboxSettings = Field(default_factory=InboxSettings)
     data: DataSettings = Field(default_factory=DataSettings)

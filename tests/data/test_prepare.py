@@ -147,7 +147,7 @@ def test_arrays_have_the_documented_dtypes(tmp_path: Path, tokenizer: Any) -> No
 
 
 def test_read_ahead_keeps_order_and_raises_the_producers_error() -> None:
-    from finetuned.data.tokenize import _ahead
+    from finetuned.data.examples import ahead as _ahead
 
     assert list(_ahead(iter(range(100)))) == list(range(100))
 
@@ -165,7 +165,7 @@ def test_read_ahead_keeps_order_and_raises_the_producers_error() -> None:
 def test_read_ahead_stopped_early_closes_its_source_without_hanging() -> None:
     import threading
 
-    from finetuned.data.tokenize import _ahead
+    from finetuned.data.examples import ahead as _ahead
 
     closed = threading.Event()
 

@@ -170,17 +170,8 @@ REFUSED = {
     "fractional-weight": ({"messages": [{"role": "user", "content": "q"},
                                         {"role": "assistant", "content": "a", "loss_weight": 0.5}]},
                           "unsupported_weight", "loss_weight is 0.5"),
-    "trl-preference": ({"prompt": "2+2?", "chosen": "4", "rejected": "5"}, "preference_pairs", "'chosen'"),
-    "trl-implicit-preference": ({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-                                 "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]},
-                                "preference_pairs", "'chosen'"),
-    "trl-unpaired": ({"prompt": "2+2?", "completion": "5", "label": False}, "preference_labels", "'label'"),
-    "openai-preference": ({"input": {"messages": [{"role": "user", "content": "q"}]},
-                           "preferred_output": [{"role": "assistant", "content": "a"}],
-                           "non_preferred_output": [{"role": "assistant", "content": "b"}]},
-                          "preference_pairs", "'preferred_output'"),
-    "alpaca-preference": ({"instruction": "2+2?", "input": "", "chosen": "4", "rejected": "5"},
-                          "preference_pairs", "'chosen'"),
+    "label-not-boolean": ({"prompt": "2+2?", "completion": "5", "label": "bad"}, "bad_label", "'label'"),
+    "pair-without-rejected": ({"prompt": "2+2?", "chosen": "4"}, "missing_field", "'rejected'"),
 }
 
 
@@ -194,8 +185,6 @@ def test_what_training_would_not_honour_is_refused_naming_the_key(tmp_path, toke
 
 
 @pytest.mark.parametrize(("name", "kind", "named"), [
-    ("dpo_en_demo.json", "preference_pairs", "'chosen'"),
-    ("kto_en_demo.json", "preference_labels", "'label'"),
     ("mllm_demo.json", "media", "'images'"),
     ("reason_tool_use_demo_50.jsonl", "unsupported_part", "'reasoning' part"),
 ])

@@ -55,7 +55,8 @@ def check(
             tokenizer = load_tokenizer(resolve_base(name, base_models))
         except (ModelError, OSError, ValueError) as exc:
             fail(f"cannot load the tokenizer of {name}: {exc}")
-        report = check_file(file, tokenizer, config.data, config.training.max_seq_len, show)
+        report = check_file(file, tokenizer, config.data, config.training.max_seq_len, show,
+                            config.preference.objective)
     if as_json:
         print(json.dumps({k: v for k, v in report.items() if k != "ok"}, indent=2, ensure_ascii=False))
     else:

@@ -25,10 +25,11 @@ from finetuned.data.tokenize import PrepareSummary, is_current, load_meta, prepa
 from finetuned.data.validate import Validation, validate_file
 
 if TYPE_CHECKING:
-    from finetuned.data.batches import Batch
+    from finetuned.data.batches import Batch, PreferenceBatch
     from finetuned.data.loader import JobData
 
-_LAZY = {"Batch": "finetuned.data.batches", "JobData": "finetuned.data.loader"}
+_LAZY = {"Batch": "finetuned.data.batches", "PreferenceBatch": "finetuned.data.batches",
+         "JobData": "finetuned.data.loader"}
 
 __all__ = [
     "FORMATS",
@@ -37,6 +38,7 @@ __all__ = [
     "DataError",
     "JobData",
     "Message",
+    "PreferenceBatch",
     "PrepareSummary",
     "ToolCall",
     "Validation",

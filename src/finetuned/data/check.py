@@ -13,23 +13,29 @@ from pathlib import Path
 from typing import Any
 
 from finetuned.config import DataSettings
+from finetuned.data.examples import PREFERENCE, SFT, UNPAIRED, form_of
 from finetuned.data.formats import parse_record
-from finetuned.data.preview import encode_record, marked, trained_spans
+from finetuned.data.preferences import Labelled
+from finetuned.data.preview import encode_example, marked, trained_spans
 from finetuned.data.reader import FileReader
 from finetuned.data.report import DataError, RecordProblem
 from finetuned.data.tokenize import prepare
 from finetuned.data.validate import validate_file
 
-SFT = "sft"  # every file trains supervised fine-tuning so far
+
+def objective_of(fmt: str | None, pair_objective: str) -> str | None:
+    """What a file of this format trains with: pairs take `preference.objective`, labelled answers KTO."""
+    form = form_of(fmt) if fmt else None
+    return {SFT: "sft", PREFERENCE: pair_objective, UNPAIRED: "kto", None: None}[form]
 
 
 def check_file(path: Path, tokenizer: Any, settings: DataSettings, max_seq_len: int, show: int = 2,
-               ) -> dict[str, Any]:
+               pair_objective: str = "dpo") -> dict[str, Any]:
     """The report of SPEC section 8's `finetuned check --json`, plus `ok` (whether the file would train)."""
     path = Path(path)
     validation = validate_file(path, settings)
     report: dict[str, Any] = {
-        "file": path.name, "format": validation.format, "objective": SFT if validation.format else None,
+        "file": path.name, "format": validation.format, "objective": objective_of(validation.format, pair_objective),
         "records": validation.records, "kept": 0, "dropped": {}, "problems": [], "warnings": [], "shown": [],
         "ok": False,
     }
@@ -64,15 +70,24 @@ def shown(path: Path, tokenizer: Any, settings: DataSettings, max_seq_len: int, 
         if item.problem is not None:
             continue
         try:
-            fmt, _ = parse_record(item.value)
-            ids, mask = encode_record(item.value, tokenizer, settings)
+            fmt, payload = parse_record(item.value)
+            sequences = encode_example(item.value, tokenizer, settings)
         except RecordProblem:
             continue
-        if len(ids) > max_seq_len and settings.overlong == "truncate":
-            ids, mask = ids[:max_seq_len], mask[:max_seq_len]
-        out.append({"line": item.line, "format": fmt, "rendered": tokenizer.decode(ids.tolist()),
-                    "trained": trained_spans(ids, mask, tokenizer), "marked": marked(ids, mask, tokenizer),
-                    "tokens": len(ids)})
+        entries = [_shown(ids, mask, tokenizer, max_seq_len, settings) for ids, mask in sequences]
+        entry = {"line": item.line, "format": fmt, **entries[0]}
+        if len(entries) > 1:
+            entry["rejected"] = entries[1]  # a pair: the first sequence is prompt + chosen
+        if isinstance(payload, Labelled):
+            entry["label"] = payload.desirable
+        out.append(entry)
         if len(out) >= n:
             break
     return out
+
+
+def _shown(ids: Any, mask: Any, tokenizer: Any, max_seq_len: int, settings: DataSettings) -> dict[str, Any]:
+    if len(ids) > max_seq_len and settings.overlong == "truncate":
+        ids, mask = ids[:max_seq_len], mask[:max_seq_len]
+    return {"rendered": tokenizer.decode(ids.tolist()), "trained": trained_spans(ids, mask, tokenizer),
+            "marked": marked(ids, mask, tokenizer), "tokens": len(ids)}

@@ -44,7 +44,7 @@ SHAREGPT_ROLES = {
 _TRAIN_KEYS = ("weight", "train", "loss_weight")
 
 
-def parse_messages(record: dict[str, Any]) -> Chat:
+def parse_messages(record: dict[str, Any], need_answer: bool = True) -> Chat:
     tools = parse_tools(record.get("tools"), "tools") + parse_tools(record.get("functions"), "functions")
     messages = []
     if "system" in record and record["system"] is not None:  # beside the turns, as LLaMA-Factory keeps it
@@ -71,10 +71,11 @@ def parse_messages(record: dict[str, Any]) -> Chat:
             tool_call_id=_optional_string(turn.get("tool_call_id"), f"{where}.tool_call_id"),
         ))
         _no_other_meaning(turn, where)
-    return need_assistant(Chat(tuple(messages), tools), "messages")
+    chat = Chat(tuple(messages), tools)
+    return need_assistant(chat, "messages") if need_answer else chat
 
 
-def parse_sharegpt(record: dict[str, Any]) -> Chat:
+def parse_sharegpt(record: dict[str, Any], need_answer: bool = True) -> Chat:
     tools = parse_tools(record.get("tools"), "tools")
     messages = []
     if record.get("system") is not None:  # LLaMA-Factory keeps the system prompt beside the turns
@@ -95,7 +96,8 @@ def parse_sharegpt(record: dict[str, Any]) -> Chat:
             messages.append(Message("assistant", "", _train(turn, where), calls))
         else:
             messages.append(Message(role, _content(turn["value"], f"{where}.value", ()), _train(turn, where)))
-    return need_assistant(Chat(tuple(messages), tools), "conversations")
+    chat = Chat(tuple(messages), tools)
+    return need_assistant(chat, "conversations") if need_answer else chat
 
 
 def _turns(record: dict[str, Any], key: str) -> list[Any]:

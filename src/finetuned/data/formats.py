@@ -2,13 +2,14 @@
 
 Chat-like formats become a `Chat`: messages (role, content, whether the turn
 trains, tool calls) and the tools the conversation may call; `text` stays a
-string. This is the only module that knows what a record looks like: the
+string; preference data becomes a `Pair` or a `Labelled` answer (preferences.py).
+This and preferences.py are the only modules that know what a record looks like: the
 validator, the tokeniser and `finetuned check` all go through `parse_record`,
 so they can never disagree about which lines are good.
 
 A key that changes what a record means is never dropped in silence: a record
-holding one that training would not honour (images, preference pairs, good/bad
-labels) is refused with the key's name and what would take it.
+holding one that training would not honour (images, audio, video) is refused
+with the key's name and what would take it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 from finetuned.data.report import RecordProblem, kind_of
 
 CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT = "chat", "sharegpt", "alpaca", "completion", "text"
-FORMATS = (CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT)
+PAIRS, LABELLED = "preference", "unpaired"  # preference data: chosen/rejected pairs, answers labelled good or bad
+FORMATS = (CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT, PAIRS, LABELLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,7 @@ class Chat:
         return self.calls_tools or any(m.name is not None or m.tool_call_id is not None for m in self.messages)
 
 
-Payload = Chat | str
+Payload = Any  # Chat | str | Pair | Labelled (preferences.py)
 
 
 @dataclass
@@ -74,15 +76,6 @@ _REFUSED = (
     (("images", "videos", "audios"), "media",
      "images, audio and video are not trained: finetuned trains text models; drop the column "
      "(and the <image> placeholders) to train the text alone"),
-    (("chosen", "rejected"), "preference_pairs",
-     "preference pairs (chosen/rejected) are not trained as supervised data: preference training "
-     "(DPO) is not available in this version; keep the chosen answers as chat records to train them"),
-    (("preferred_output", "non_preferred_output"), "preference_pairs",
-     "OpenAI preference data (preferred_output/non_preferred_output) is not trained as supervised data: "
-     "preference training is not available in this version"),
-    (("label", "kto_tag"), "preference_labels",
-     "answers labelled good or bad (label/kto_tag) are not trained as supervised data, which would teach the "
-     "bad ones too: unpaired preference training (KTO) is not available in this version"),
 )
 
 # The key that names each format, checked in this order (a record with both
@@ -102,12 +95,20 @@ _KNOWN_KEYS = {
     ALPACA: {"instruction", "input", "output", "system", "history"},
     COMPLETION: {"prompt", "completion"},
     TEXT: {"text"},
+    PAIRS: {"prompt", "chosen", "rejected", "conversations", "messages", "instruction", "input", "system", "history",
+            "tools", "functions", "preferred_output", "non_preferred_output"},
+    LABELLED: {"prompt", "completion", "label", "kto_tag", "messages", "conversations", "system", "tools", "functions"},
 }
 # LLaMA-Factory's identity data ships "{{name}}" for the user to replace: trained as is, the model learns it.
 PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w.]*\s*\}\}")
 
 
 def detect_format(record: dict[str, Any]) -> str | None:
+    from finetuned.data.preferences import preference_form
+
+    form = preference_form(record)
+    if form is not None:
+        return form
     for key, name in _SIGNATURES:
         if key in record:
             return name
@@ -141,7 +142,12 @@ def parse_record(record: Any, notes: Notes | None = None) -> tuple[str, Payload]
 
 def _parse(name: str, record: dict[str, Any]) -> Payload:
     from finetuned.data.conversations import parse_messages, parse_sharegpt
+    from finetuned.data.preferences import parse_labelled, parse_pair
 
+    if name == PAIRS:
+        return parse_pair(record)
+    if name == LABELLED:
+        return parse_labelled(record)
     if name == CHAT:
         return parse_messages(record)
     if name == SHAREGPT:
@@ -164,8 +170,13 @@ def _texts(payload: Payload) -> Iterator[str]:
     if isinstance(payload, str):
         yield payload
         return
-    for message in payload.messages:
-        yield message.content
+    chats = [payload] if isinstance(payload, Chat) else [payload.prompt]
+    for chat in chats:
+        for message in chat.messages:
+            yield message.content
+    for key in ("chosen", "rejected", "completion"):
+        for message in getattr(payload, key, ()):
+            yield message.content
 
 
 def string(value: Any, where: str) -> str:

@@ -34,6 +34,7 @@ def summary(ws: Workspace, config: Config, loaded: Loaded, data: JobData, progre
         "holdout_examples": data.n_holdout, "tokens": progress.tokens, "loss_tokens": progress.loss_tokens,
         "first_loss": first_loss, "final_loss": progress.last_loss, "val_loss": val_loss,
         "config": config.model_dump(mode="json"),
+        **({"preference": config.preference.model_dump(mode="json")} if objective != "sft" else {}),
         "data": None if meta is None else {k: meta[k] for k in DATA_KEYS if k in meta},
     }
 

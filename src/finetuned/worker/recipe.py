@@ -17,6 +17,7 @@ import math
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from finetuned import checkpoints, disk
@@ -28,6 +29,7 @@ from finetuned.worker import checkpoint
 from finetuned.worker.cache import Loaded, ModelCache
 from finetuned.worker.metrics import MetricsLog
 from finetuned.worker.objectives import Objective, objective_for
+from finetuned.worker.objectives.reference import REFERENCE, reference_logps
 from finetuned.worker.previews import Previewer
 from finetuned.worker.protocol import (
     WAITING_FOR_DISK,
@@ -79,6 +81,7 @@ class Recipe:
         self.world = world
         self.job_dir = ws.job_checkpoints(self.job_id)
         self.writer = checkpoint.Writer()
+        self._dropout: dict[torch.nn.Module, float] = {}  # rates set aside for this job, put back at its end
 
     # --- setup ----------------------------------------------------------
     def setup(self) -> bool:
@@ -93,9 +96,11 @@ class Recipe:
             error = "the data gives no training step"
             self._refuse(error, {"file": self.order.job.file, "error": error, "problems": []})
             return False
-        self.objective = objective_for(self.data.meta)
         self.optimizer = self._setup_optimizer()
         self.progress, resumed_from = self._setup_state()
+        self.objective = objective_for(self.data.form, self.config.preference, self._reference)
+        if self.objective.name != "sft":
+            self._quiet_dropout()
         self.warnings = [note["message"] for note in self.data.meta.get("notes") or []]
         self.world.report(Started(job_id=self.job_id, step=self.progress.step, total_steps=self.data.total_steps,
                                   examples=self.data.n_train, resumed_from=resumed_from,
@@ -116,6 +121,22 @@ class Recipe:
             max_seq_len=t.max_seq_len, packing=config.data.packing, holdout_fraction=config.data.holdout_fraction,
             max_holdout=config.data.max_holdout, seed=t.seed, pad_id=tokenizer.pad_token_id,
         )
+
+    def _reference(self) -> np.ndarray:
+        """Reference log-probabilities: the weights the job starts from (kept beside its tokens)."""
+        folder = self.ws.tokenized / self.job_id
+        if self.progress.step and not (folder / REFERENCE).exists():
+            log.warning("job %s: its reference log-probabilities are gone (its data was prepared again); "
+                        "they are taken from the weights at step %d", self.job_id, self.progress.step)
+        self._phase("scoring with the reference")
+        return reference_logps(self.loaded.model, self.data, folder)
+
+    def _quiet_dropout(self) -> None:
+        """Preference losses compare log-probabilities: no dropout for this job, as TRL and LLaMA-Factory do."""
+        for module in self.loaded.model.modules():
+            if isinstance(module, torch.nn.Dropout) and module.p:
+                self._dropout[module] = module.p
+                module.p = 0.0
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:
         t = self.config.training
@@ -234,7 +255,10 @@ class Recipe:
         self.world.report(Completed(job_id=self.job_id, summary=result))
 
     def cleanup(self) -> None:
-        """Nothing in flight when the job hands back control: the last checkpoint is durable and reported."""
+        """Nothing in flight when the job hands back control: the last checkpoint is durable and reported;
+        the cached model is as the next job expects it."""
+        for module, rate in self._dropout.items():
+            module.p = rate
         self.writer.join()
         self._report_written()
 
