@@ -23,7 +23,10 @@ from finetuned.worker.objectives import DPO, KTO, ORPO, SimPO
 os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TRL_EXPERIMENTAL_SILENCE="1")
 trl = pytest.importorskip("trl", reason="TRL is a test extra (pip install -e '.[test]', Python 3.11+)")
 
-WORDS = ["the", "sky", "is", "blue", "green", "red", "sun", "in", "sea", "a", "b", "c", "d", "e", "f", "g", "what", "color", "?", ".", "hello", "world", "yes", "no"]
+WORDS = [
+    "the", "sky", "is", "blue", "green", "red", "sun", "in", "sea", "a", "b", "c",
+    "d", "e", "f", "g", "what", "color", "?", ".", "hello", "world", "yes", "no",
+]
 PAIRS = [
     {"prompt": "what color is the sky ?", "chosen": " the sky is blue .", "rejected": " the sky is green ."},
     {"prompt": "hello", "chosen": " hello world", "rejected": " no no no no"},
