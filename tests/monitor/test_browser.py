@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, chat_lines, drop, jobs_by_file, make_workspace, wait_for
+from helpers import REPO, chat_lines, drop, jobs_by_file, last_step, make_workspace, wait_for
 from monitor_helpers import MonitoredDaemon, monitor_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -161,3 +162,36 @@ def test_skip_asks_for_confirmation(page, daemon: MonitoredDaemon, expect):
     expect(page.locator("#hist-table")).to_contain_text("skipped", timeout=10_000)
     expect(page.get_by_test_id("now-file")).not_to_have_text("arithmetic_20k.jsonl", timeout=20_000)
 
+
+
+@pytest.fixture(scope="module")
+def preference_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """A DPO job held at step 12 (the step gate), its rewards logged."""
+    from helpers import Gate
+
+    root = tmp_path_factory.mktemp("preference")
+    ws = make_workspace(root / "ws", monitor_config(epochs=2, checkpoint_every_steps=100))
+    gate = Gate(root / "gate")
+    gate.hold(12)
+    drop(ws, "prefs.jsonl", [{"prompt": f"Item {i}?", "chosen": f"Item {i}. Done.", "rejected": f"Item {i}. Nope."}
+                             for i in range(60)])
+    process = MonitoredDaemon(ws, root / "daemon.out", gate)
+    process.wait_url()
+    wait_for(lambda: last_step(ws, "prefs.jsonl") >= 12, 120, "the DPO job", daemon=process)
+    yield process
+    process.stop()
+
+
+def test_a_preference_job_shows_its_rewards_under_the_loss(browser, expect, preference_daemon):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(preference_daemon.url)
+        expect(page.get_by_test_id("preference")).to_be_visible(timeout=30_000)
+        expect(page.get_by_test_id("preference-note")).to_contain_text("accuracy", timeout=30_000)
+        expect(page.locator("#pref-chart canvas")).to_be_visible()
+    finally:
+        context.close()
+    with urllib.request.urlopen(preference_daemon.url + "metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert 'finetuned_training_objective_metric{name="rewards/accuracies"}' in text

@@ -67,6 +67,13 @@ class FilesCollector(Collector):
             ("eta_seconds", "eta_seconds", "estimated seconds until the current job ends"),
         ):
             yield from _gauge(f"finetuned_training_{name}", doc, job.get(key))
+        objective = GaugeMetricFamily(
+            "finetuned_training_objective_metric",
+            "an objective's own metric, as last logged (preference jobs: rewards, accuracy, KL)", labels=["name"])
+        for name, value in (job.get("objective_metrics") or {}).items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                objective.add_metric([name], value)
+        yield objective
         eta, _partial = queue_eta(self.files, job)
         yield from _gauge("finetuned_queue_eta_seconds", "estimated seconds until the whole queue is trained", eta)
 

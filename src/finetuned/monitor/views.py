@@ -73,6 +73,8 @@ def training_view(files: Files) -> dict[str, Any] | None:
         view.setdefault("loss", last.get("loss"))
         vals = [p for p in points if _number(p.get("val_loss")) is not None]
         view["val_loss"] = vals[-1]["val_loss"] if vals else None
+        # An objective's own metrics (a preference job's rewards, accuracy, KL), as last logged.
+        view["objective_metrics"] = {k: v for k, v in last.items() if "/" in k or k == "kl"}
     if view.get("examples_per_second") is None and per_step:
         view["examples_per_second"] = _examples_per_second(files, job, per_step)
     return view

@@ -219,6 +219,7 @@ function setupDrop() {
 /* --- loss chart ----------------------------------------------------------- */
 const lossChart = new FTCharts.LossChart($("chart"), 300);
 const exactChart = new FTCharts.ExactChart($("prev-chart"));
+const rewardChart = new FTCharts.RewardChart($("pref-chart"));
 
 async function loadJobMetrics(id, label) {
   S.job = { id, points: [], label: label || id };
@@ -264,6 +265,23 @@ function drawChart() {
   $("chart-note").textContent = note;
   $("chart-empty").hidden = xs.length > 0;
   lossChart.set(xs, loss, val, segments);
+  drawRewards();
+}
+
+/* A preference job logs rewards (DPO, ORPO, SimPO, KTO): shown under the loss while this job is in view. */
+function drawRewards() {
+  const points = S.view === "job" ? S.job.points.filter((p) => num(p["rewards/chosen"]) || num(p["rewards/margins"])) : [];
+  $("pref").hidden = points.length === 0;
+  if (!points.length) return;
+  const get = (key) => points.map((p) => (num(p[key]) ? p[key] : null));
+  const margins = points.map((p) => num(p["rewards/margins"]) ? p["rewards/margins"]
+    : num(p["rewards/chosen"]) && num(p["rewards/rejected"]) ? p["rewards/chosen"] - p["rewards/rejected"] : null);
+  rewardChart.set(points.map((p) => p.step), get("rewards/chosen"), get("rewards/rejected"), margins);
+  const last = points[points.length - 1], parts = [];
+  if (num(last["rewards/accuracies"])) parts.push(`accuracy ${Math.round(100 * last["rewards/accuracies"])}%`);
+  if (num(last["rewards/margins"])) parts.push(`margin ${last["rewards/margins"].toFixed(3)}`);
+  if (num(last.kl)) parts.push(`KL ${last.kl.toFixed(3)}`);
+  $("pref-note").textContent = `step ${fmtInt(last.step)}` + (parts.length ? " · " + parts.join(" · ") : "");
 }
 
 function setupTabs() {
