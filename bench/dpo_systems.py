@@ -76,18 +76,26 @@ def run_finetuned_dpo(folder: Path, work: Path, a: argparse.Namespace, alpaca: P
 
 
 def run_trl_dpo(folder: Path, work: Path, a: argparse.Namespace, alpaca: Path, precompute: bool) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa")
+    return trl_dpo(model, AutoTokenizer.from_pretrained(str(folder)), pairs(alpaca, a.bs * (a.warmup + a.steps)),
+                   work, a.bs, a.seq, a.warmup, a.steps, precompute=precompute)
+
+
+def trl_dpo(model: Any, tokenizer: Any, rows: list[dict[str, Any]], work: Path, bs: int, seq: int, warmup: int,
+            steps: int, precompute: bool = False, bf16: bool = False) -> dict[str, Any]:
+    """TRL's DPOTrainer on `model` (a plain causal LM; TRL adds the LoRA), timed per step after `warmup` steps."""
     import os
 
     os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", HF_DATASETS_CACHE=str(work / "hf-datasets"))
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa")
-    total = a.warmup + a.steps
     times: list[float] = []
     tokens: list[int] = []
 
@@ -96,14 +104,16 @@ def run_trl_dpo(folder: Path, work: Path, a: argparse.Namespace, alpaca: Path, p
             times.append(time.perf_counter())
 
         def on_step_end(self, *_args: Any, **_kwargs: Any) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             times[-1] = time.perf_counter() - times[-1]
 
-    args = DPOConfig(output_dir=str(work / "trl-out"), bf16=False, use_cpu=True, gradient_checkpointing=False,
-                     report_to="none", per_device_train_batch_size=a.bs, max_length=a.seq, max_steps=total,
-                     learning_rate=1e-4, logging_steps=10_000, save_strategy="no", dataloader_num_workers=0,
-                     precompute_ref_log_probs=precompute)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs(alpaca, a.bs * total)),
-                         processing_class=tokenizer, callbacks=[Clock()],
+    args = DPOConfig(output_dir=str(work / "trl-out"), bf16=bf16, use_cpu=not torch.cuda.is_available(),
+                     gradient_checkpointing=False, report_to="none", per_device_train_batch_size=bs, max_length=seq,
+                     max_steps=warmup + steps, learning_rate=1e-4, logging_steps=10_000, save_strategy="no",
+                     dataloader_num_workers=0, precompute_ref_log_probs=precompute)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         callbacks=[Clock()],
                          peft_config=LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
     collate = trainer.data_collator
@@ -114,6 +124,10 @@ def run_trl_dpo(folder: Path, work: Path, a: argparse.Namespace, alpaca: Path, p
         return batch
 
     trainer.data_collator = counting
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    seconds, counted = sum(times[a.warmup:]), sum(tokens[a.warmup:total])
-    return {"tokens_per_s": counted / seconds, "s_per_step": seconds / a.steps, "tokens_per_step": counted / a.steps}
+    seconds, counted = sum(times[warmup:]), sum(tokens[warmup : warmup + steps])
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"tokens_per_s": counted / seconds, "s_per_step": seconds / steps, "tokens_per_step": counted / steps,
+            "peak_mem_gib": peak}
