@@ -33,13 +33,24 @@ def test_json_report_of_a_file_that_would_train(tmp_path, tiny_model_dir):
 
 
 def test_a_refused_file_exits_1_and_says_why(tmp_path, tiny_model_dir):
-    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}])
+    record = {"messages": [{"role": "user", "content": "<image>Who?"}, {"role": "assistant", "content": "Kane."}],
+              "images": ["1.jpg"]}
+    path = write_jsonl(tmp_path / "media.jsonl", [record])
     result = check(str(path), "--base-model", "builtin:tiny", "--json", cwd=tmp_path)
     assert result.returncode == 1
     report = json.loads(result.stdout)
-    assert report["kept"] == 0 and report["problems"][0]["kind"] == "preference_pairs"
+    assert report["kept"] == 0 and report["problems"][0]["kind"] == "media"
     plain = check(str(path), "--base-model", "builtin:tiny", cwd=tmp_path)
-    assert plain.returncode == 1 and "would be refused" in plain.stdout and "'chosen'" in plain.stdout
+    assert plain.returncode == 1 and "would be refused" in plain.stdout and "'images'" in plain.stdout
+
+
+def test_a_preference_file_says_its_objective(tmp_path, tiny_model_dir):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}])
+    result = check(str(path), "--base-model", "builtin:tiny", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["format"], report["objective"], report["kept"]) == ("preference", "dpo", 1)
+    assert report["shown"][0]["trained"] == ["4<|im_end|>"] and report["shown"][0]["rejected"]["trained"] == ["5<|im_end|>"]
 
 
 def test_plain_output_marks_what_trains(tmp_path, tiny_model_dir):
