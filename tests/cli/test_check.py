@@ -50,7 +50,8 @@ def test_a_preference_file_says_its_objective(tmp_path, tiny_model_dir):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert (report["format"], report["objective"], report["kept"]) == ("preference", "dpo", 1)
-    assert report["shown"][0]["trained"] == ["4<|im_end|>"] and report["shown"][0]["rejected"]["trained"] == ["5<|im_end|>"]
+    shown = report["shown"][0]
+    assert shown["trained"] == ["4<|im_end|>"] and shown["rejected"]["trained"] == ["5<|im_end|>"]
 
 
 def test_plain_output_marks_what_trains(tmp_path, tiny_model_dir):
