@@ -125,6 +125,29 @@ def test_the_queue_table_never_cuts_job_ids(tmp_path):
         assert job_id in result.stdout, result.stdout
 
 
+def test_retry_with_no_daemon_puts_the_failed_file_back_under_the_lock(tmp_path):
+    from finetuned.queue.endings import Endings
+    from finetuned.queue.store import JobStore
+    from finetuned.workspace import Workspace
+
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    ws = Workspace.at(root)
+    store = JobStore(ws).load()
+    job = store.admit(write_jsonl(ws.inbox_normal / "d.jsonl", chat_lines(2)), "normal")
+    Endings(store).failed(job, "out of memory (after 2 retries)")
+    assert (ws.failed / "d.jsonl.error.json").exists()
+    done = finetuned("retry", job.id, "--root", str(root))
+    assert "queued again" in done.stdout
+    assert (ws.queued / f"{job.id}__d.jsonl").exists() and not list(ws.failed.iterdir())
+    record = read_json(ws.job_record(job.id))
+    assert record["status"] == "queued" and record["examples"] is None, "checked again like a new file"
+    assert [e["id"] for e in read_json(ws.queue_json)["queue"]] == [job.id]
+    assert "retried" in ws.daemon_log().read_text()
+    again = finetuned("retry", job.id, "--root", str(root), check=False)
+    assert again.returncode == 1 and "is queued, not failed" in again.stderr
+
+
 def test_commands_outside_a_workspace_say_so(tmp_path):
     result = finetuned("queue", "--root", str(tmp_path), check=False)
     assert result.returncode == 1 and "not a finetuned workspace" in result.stderr

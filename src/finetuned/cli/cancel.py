@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 
 from finetuned.cli.common import RootOption, console, fail, workspace
+from finetuned.fsio import atomic_write_json
 from finetuned.lock import AlreadyRunning, WorkspaceLock
 from finetuned.logs import setup_logging
 from finetuned.queue import actions
+from finetuned.queue.render import queue_document
 from finetuned.queue.store import JobStore
 from finetuned.workspace import Workspace
 
@@ -36,6 +38,7 @@ def queue_action(ws: Workspace, action: str, job_id: str) -> None:
             store = JobStore(ws).load()
             store.recover()
             message = actions.apply(store, action, job_id)
+            atomic_write_json(ws.queue_json, queue_document(store.active(), None, None))  # no daemon to do it
     except AlreadyRunning:
         request_id = actions.submit(ws, action, job_id)
         reply = actions.wait_reply(ws, request_id)

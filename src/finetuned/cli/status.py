@@ -108,6 +108,8 @@ def status(
         print(json.dumps({"daemon": daemon or None, "training": training}, indent=2))
         return
     console.print(daemon_line(ws, daemon), highlight=False)
+    if daemon.get("hold") and daemon.get("state") != "holding":  # a job paused in the worker, the queue held
+        console.print(f"[red]holding the queue[/red]: {escape(daemon['hold'])}", highlight=False)
     if daemon.get("config_error"):
         console.print(f"[yellow]config.json is invalid[/yellow]: {escape(daemon['config_error'])}; the daemon "
                       "keeps its last good settings", highlight=False)

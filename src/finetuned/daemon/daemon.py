@@ -74,7 +74,10 @@ class Daemon:
         try:
             return job_config(self.config, job.overrides, f"job {job.id}'s own settings")
         except ConfigError as exc:
-            self.endings.failed(job, str(exc))
+            if self.session.job is job:  # paused in the worker: it leaves the worker as it fails
+                self.session.fail_paused(str(exc))
+            else:
+                self.endings.failed(job, str(exc))
             self._dirty = True
             return None
 
@@ -155,8 +158,7 @@ class Daemon:
             self._dirty = True
         self.inbox.settings = self.config.inbox
         for request in actions.pending(self.ws):
-            actions.answer(self.ws, self.store, request)
-            self._dirty = True
+            actions.answer(self.ws, self.store, request, before_reply=lambda: self.write_state(force=True))
         self._ingest()
         self._collect_validations()
         if self.session.read():

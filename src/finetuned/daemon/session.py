@@ -114,6 +114,10 @@ class Session:
         else:
             self.endings.requeued(job, "priority work arrived during the pause", front=True)
 
+    def fail_paused(self, reason: str) -> None:
+        """The paused job cannot go on (its own settings no longer validate): it fails and leaves the worker."""
+        self.endings.failed(self._take(), reason)
+
     def release_model(self) -> None:
         """The pause outlasted `control.pause_release_after_seconds`: the worker exits, its memory with it."""
         if self.worker is not None:

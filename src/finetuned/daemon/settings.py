@@ -162,7 +162,8 @@ class Settings:
                 return
         if not handle.alive():
             self._handle = None
-            self._answer(self._pending, f"the model check did not answer: {handle.exit_reason()}", "")
+            self._answer(self._pending, f"the model check did not answer ({handle.exit_reason()}); it runs again "
+                                        "when config.json or the model folder changes, or at the next start", "")
 
     def _answer(self, key: str, error: str | None, summary: str) -> None:
         self._pending, self._checked = None, key

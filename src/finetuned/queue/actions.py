@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +85,14 @@ def pending(ws: Workspace) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if not p.name.endswith(".reply.json"))
 
 
-def answer(ws: Workspace, store: JobStore, path: Path) -> None:
-    """The daemon's side: apply one request file and write its reply."""
+def answer(ws: Workspace, store: JobStore, path: Path, before_reply: Callable[[], None] = lambda: None) -> None:
+    """The daemon's side: apply one request file and write its reply. `before_reply` runs in between (the
+    daemon rewrites control/queue.json there), so whoever reads the reply reads a queue that shows it."""
     try:
         request = read_json(path)
         message, ok = apply(store, request["action"], request["job_id"]), True
     except (ActionError, KeyError, ValueError, TypeError) as exc:
         message, ok = str(exc), False
+    before_reply()
     atomic_write_json(path.with_name(path.stem + ".reply.json"), {"ok": ok, "message": message})
     remove_file(path)
