@@ -49,6 +49,8 @@ class TrainingProgress(BaseModel):
     loss_tokens: int = 0
     examples: int = 0
     last_loss: float | None = None
+    first_loss: float | None = None  # the loss of the job's first step, whatever run took it
+    init_adapter: str | None = None  # the adapter the line started from: another adapter starts another line
 
 
 def path_for(job_dir: Path, step: int) -> Path:
@@ -85,9 +87,9 @@ def latest(job_dir: Path) -> tuple[TrainingProgress, Path] | None:
 
 
 def line_head(
-    checkpoints: Path, base_model: str, method: str, exclude: set[str],
+    checkpoints: Path, base_model: str, method: str, exclude: set[str], init_adapter: str | None = None,
 ) -> tuple[TrainingProgress, Path] | None:
-    """The newest checkpoint of the continuous model line on this base and method."""
+    """The newest checkpoint of the continuous model line on this base, method and starting adapter."""
     best: tuple[TrainingProgress, Path] | None = None
     if not checkpoints.is_dir():
         return None
@@ -95,7 +97,8 @@ def line_head(
         if job_dir.name in exclude:
             continue
         for progress, path in complete(job_dir):
-            if (progress.mode, progress.base_model, progress.method) != ("continuous", base_model, method):
+            if (progress.mode, progress.base_model, progress.method, progress.init_adapter) != (
+                    "continuous", base_model, method, init_adapter):
                 continue
             if best is None or progress.line_step > best[0].line_step:
                 best = (progress, path)

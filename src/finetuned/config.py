@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from finetuned.fsio import atomic_write_json
 
@@ -41,6 +41,11 @@ class TrainingSettings(_Section):
     log_every_steps: int = Field(10, gt=0)
     mode: Literal["continuous", "independent"] = "continuous"
     warmup_steps: int = Field(10, ge=0)
+    # After warmup: constant, or down to min_lr_ratio x learning_rate over the job's steps (worker/schedule.py).
+    lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    # A PEFT adapter folder the LoRA weights start from (relative paths: from the workspace).
+    init_adapter: str | None = None
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     # Recompute activations in the backward pass: less memory for longer sequences, ~30% more time.
@@ -144,6 +149,12 @@ class Config(_Section):
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
 
+    @model_validator(mode="after")
+    def _adapter_needs_lora(self) -> Config:
+        if self.training.init_adapter and self.method == "full":
+            raise ValueError("training.init_adapter needs method lora or qlora (a full fine-tune has no adapter)")
+        return self
+
 
 # Keys that moved to the section that says what they configure: (old section, old key) -> (section, key).
 MOVED = {("monitor", f"preview_{key}"): ("previews", key)
@@ -170,11 +181,13 @@ class ConfigError(Exception):
     """A config.json that cannot be used; the message is one line naming the key."""
 
 
-def _describe(err: ValidationError, path: Path) -> str:
+def _describe(err: ValidationError, path: Path | str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{path}: unknown key '{key}'"
+    if first["type"] == "value_error":
+        return f"{path}: {first['msg'].removeprefix('Value error, ')}"
     got = first.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {json.dumps(got)})"
     more = len(err.errors()) - 1
@@ -195,7 +208,7 @@ def load_config(path: Path) -> Config:
     return parse_config(raw, path)
 
 
-def parse_config(raw: Any, path: Path, warn: bool = True) -> Config:
+def parse_config(raw: Any, path: Path | str, warn: bool = True) -> Config:
     """A config from config.json's content: keys in their old place are read (with a warning), then validated."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must hold a JSON object")

@@ -65,4 +65,4 @@ def test_doctor_reports_daemon_lock_disk_model_and_errors(trained):
     assert checks["last failure"].level == WARN and "bad.jsonl: not UTF-8" in checks["last failure"].message
     assert checks["daemon log"].level == WARN and "out of memory" in checks["daemon log"].message
     assert checks["disk"].level == FAIL and "min_free_gb" in checks["disk"].message
-    assert checks["base model"].level == FAIL and "no config.json" in checks["base model"].message
+    assert checks["base model"].level == FAIL and "no such folder" in checks["base model"].message

@@ -16,7 +16,8 @@ HELP = """Export a version, or a job's adapter, to a new folder that loads anywh
 
 A version (tiny-v2, v2) is copied as it is. A job gives its adapter in
 adapter/ and a copy of its base in base/; with --merged, one model with the
-adapter merged in. Each export has a README.txt (what it is, how to load it)
+adapter merged in. Each export has a model card, README.md (what it is, from what
+data, how many steps, how to load it), every file readable by all,
 and finetuned.json (the full record).
 
 examples:
@@ -40,4 +41,4 @@ def export(
         folder = run_export(ws, ref, to, merged=merged)
     except (LifecycleError, ConfigError) as exc:
         fail(str(exc))
-    console.print(f"exported {ref} to {folder} (see {folder / 'README.txt'})")
+    console.print(f"exported {ref} to {folder} (see {folder / 'README.md'})")

@@ -50,7 +50,8 @@ ProgressFn = Callable[[str, int, int], None]  # (what happens now, stages done, 
 STAGES = 6
 # Files a model folder holds that save_pretrained writes itself, or that belong to one folder only.
 _NOT_EXTRAS = ("config.json", "generation_config.json", "version.json", ADAPTER_RECORD, "adapter_config.json",
-               "model.safetensors.index.json", "pytorch_model.bin.index.json", "README.txt", "finetuned.json")
+               "model.safetensors.index.json", "pytorch_model.bin.index.json", "README.txt", "README.md",
+               "finetuned.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 SPACE_MARGIN = 64 << 20  # tokenizer and config files beside the weights
 

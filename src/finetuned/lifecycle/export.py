@@ -1,9 +1,10 @@
-"""Export: a self-contained model folder to load elsewhere, with a README.txt saying what it is.
+"""Export: a self-contained model folder to load elsewhere, with a model card (README.md) saying what it is.
 
 A version is copied as it is. A job's adapter is exported with a copy of its
-base beside it (`adapter/` + `base/`), or merged into one model (`--merged`).
-The folder is written under a temporary name and renamed when whole; an
-existing non-empty folder is never written into.
+base beside it (`adapter/` + `base/`, the adapter naming `../base` as its base),
+or merged into one model (`--merged`). Every file is readable by all (0644). The
+folder is written under a temporary name and renamed when whole; an existing
+non-empty folder is never written into.
 """
 
 from __future__ import annotations
@@ -17,24 +18,15 @@ from finetuned import disk
 from finetuned.fsio import atomic_write_json, publish_dir, remove_tree
 from finetuned.lifecycle.consolidate import ProgressFn, merge_into, no_progress
 from finetuned.lifecycle.errors import LifecycleError, require_space
+from finetuned.lifecycle.modelcard import METADATA, README, job_card, version_card
 from finetuned.lifecycle.records import Adapter, read_adapter
 from finetuned.lifecycle.versions import Version, ensure_recorded, find, model_dtype
 from finetuned.queue.job import now_text
 from finetuned.workspace import Workspace
 
-METADATA = "finetuned.json"
-README = "README.txt"
-
-_LOAD_MODEL = """    from transformers import AutoModelForCausalLM, AutoTokenizer
-    model = AutoModelForCausalLM.from_pretrained("{path}")
-    tokenizer = AutoTokenizer.from_pretrained("{path}")
-"""
-_LOAD_ADAPTER = """    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    base = AutoModelForCausalLM.from_pretrained("{path}/base")
-    model = PeftModel.from_pretrained(base, "{path}/adapter")
-    tokenizer = AutoTokenizer.from_pretrained("{path}/base")
-"""
+# Exported files are for other people and other machines: readable by all (transformers writes weights 0600).
+FILE_MODE, DIR_MODE = 0o644, 0o755
+BASE_FROM_ADAPTER = "../base"  # adapter/adapter_config.json's base: the copy beside it, wherever the folder goes
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -43,30 +35,18 @@ def _copy_tree(src: Path, dst: Path) -> None:
                     ignore=shutil.ignore_patterns(".*.tmp", ".*.tmp-*", ".*.old-*"))
 
 
-def _readme(what: str, details: list[str], load: str, path: Path) -> str:
-    lines = [f"finetuned export: {what}", "", *details, "",
-             "Load it with:", "", load.format(path=path), f"The full record is {METADATA} (and version.json or "
-             "job.json where present). Written by finetuned on " + now_text() + ".", ""]
-    return "\n".join(lines)
+def _readable(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(DIR_MODE if path.is_dir() else FILE_MODE)
 
 
-def _version_details(version: Version) -> list[str]:
-    data = ", ".join(f"{d.get('file')} (sha256 {str(d.get('sha256'))[:12]}...)" for d in version.data) or "none"
-    return [f"version: {version.id} (version {version.version} of the line {version.name})",
-            f"merged onto: {version.parent or version.origin or 'nothing (an original base model)'}",
-            f"trained: {version.steps} steps, {version.tokens} tokens on top of it "
-            f"({version.total_steps} steps since version 0)",
-            f"data: {data}", f"created: {version.created}", f"weights sha256: {version.weights_hash}",
-            f"note: {version.note or '-'}"]
-
-
-def _job_details(adapter: Adapter) -> list[str]:
-    info = adapter.info
-    return [f"job: {adapter.job_id}, file {info.get('file')} (sha256 {info.get('sha256')})",
-            f"trained: {adapter.steps} steps, {info.get('examples_trained')} examples, {adapter.tokens} tokens "
-            f"({adapter.method}, {adapter.mode} mode)",
-            f"base model: {adapter.base_model} (weights sha256 {adapter.base_hash})",
-            f"loss: {info.get('first_loss')} -> {info.get('final_loss')}"]
+def _point_at_base(adapter_dir: Path) -> None:
+    """The exported adapter names the exported base, not a folder of the workspace it came from."""
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = BASE_FROM_ADAPTER
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _target(to: Path) -> tuple[Path, Path]:
@@ -100,13 +80,14 @@ def export(ws: Workspace, ref: str, to: Path, merged: bool = False, progress: Pr
                                f"export {version.id}")
             report(f"copying {version.id}", 1, 2)
             _copy_tree(version.path, tmp)
-            _write_meta(tmp, to, f"model version {version.id}", _version_details(version), _LOAD_MODEL,
+            _write_meta(tmp, to, version_card(version, str(to)),
                         {"kind": "version", "version": version.model_dump(mode="json")})
         else:
             base = ensure_recorded(ws, adapter.base_model)
             assert base.path is not None
             _export_job(ws, adapter, base, tmp, to, merged, report, config.lifecycle.min_free_gb)
         report("publishing", 2, 2)
+        _readable(tmp)
         _publish(tmp, to)
     finally:
         remove_tree(tmp)
@@ -122,8 +103,7 @@ def _export_job(ws: Workspace, adapter: Adapter, base: Version, tmp: Path, to: P
         report("copying the fine-tuned model", 1, 2)
         _copy_tree(adapter.path, tmp)
         meta["kind"] = "model"
-        _write_meta(tmp, to, f"the model fine-tuned by job {adapter.job_id}", _job_details(adapter), _LOAD_MODEL,
-                    meta)
+        _write_meta(tmp, to, job_card(adapter, "model", base, str(to)), meta)
         return
     if merged:
         require_space(to.parent, disk.model_bytes(base.path) + (64 << 20), min_free_gb,
@@ -131,22 +111,21 @@ def _export_job(ws: Workspace, adapter: Adapter, base: Version, tmp: Path, to: P
         tmp.mkdir(parents=True)
         merge_into(base.path, adapter, tmp, model_dtype(base.path), report)
         meta["kind"] = "merged"
-        _write_meta(tmp, to, f"{base.id} with the adapter of job {adapter.job_id} merged in",
-                    _job_details(adapter), _LOAD_MODEL, meta)
+        _write_meta(tmp, to, job_card(adapter, "merged", base, str(to)), meta)
         return
     need = disk.tree_bytes(base.path) + disk.tree_bytes(adapter.path)
     require_space(to.parent, need, min_free_gb, f"export job {adapter.job_id}")
     tmp.mkdir(parents=True)
     report("copying the adapter", 1, 2)
     _copy_tree(adapter.path, tmp / "adapter")
+    _point_at_base(tmp / "adapter")
     report("copying the base model", 1, 2)
     _copy_tree(base.path, tmp / "base")
     meta["kind"] = "adapter"
-    _write_meta(tmp, to, f"the LoRA adapter of job {adapter.job_id} (adapter/) and its base {base.id} (base/)",
-                _job_details(adapter), _LOAD_ADAPTER, meta)
+    _write_meta(tmp, to, job_card(adapter, "adapter", base, str(to)), meta)
 
 
-def _write_meta(tmp: Path, to: Path, what: str, details: list[str], load: str, meta: dict[str, Any]) -> None:
+def _write_meta(tmp: Path, to: Path, card: str, meta: dict[str, Any]) -> None:
     meta = {**meta, "exported": now_text(), "folder": str(to)}
     atomic_write_json(tmp / METADATA, json.loads(json.dumps(meta, default=str)))
-    (tmp / README).write_text(_readme(what, details, load, to), encoding="utf-8")
+    (tmp / README).write_text(card, encoding="utf-8")

@@ -17,6 +17,7 @@ import psutil
 from finetuned.config import ConfigError, MonitorSettings, parse_config
 from finetuned.monitor.files import Files
 from finetuned.monitor.gpu import gpu_info
+from finetuned.overrides import flatten
 from finetuned.queue.job import JobStatus
 from finetuned.queue.render import human_duration
 
@@ -185,6 +186,7 @@ def job_summary(files: Files, job: dict[str, Any]) -> dict[str, Any]:
         "summary": {k: summary[k] for k in keys if k in summary},
         "adapter": str(adapter.relative_to(files.ws.root)) + "/" if adapter.is_dir() else None,
         "error": files.error_report(job),
+        "settings": flatten(job["overrides"]) if isinstance(job.get("overrides"), dict) else {},
     }
 
 

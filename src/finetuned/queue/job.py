@@ -33,7 +33,7 @@ TRANSITIONS: dict[JobStatus, set[JobStatus]] = {
     },
     JobStatus.PAUSED: {JobStatus.TRAINING, JobStatus.QUEUED, JobStatus.SKIPPED, JobStatus.FAILED},
     JobStatus.COMPLETED: set(),
-    JobStatus.FAILED: set(),
+    JobStatus.FAILED: {JobStatus.QUEUED},  # `finetuned retry`
     JobStatus.SKIPPED: set(),
 }
 
@@ -94,6 +94,8 @@ class Job(BaseModel):
     history: list[Event] = Field(default_factory=list)
     pending: PendingMove | None = None
     summary: dict[str, Any] = Field(default_factory=dict)
+    # The file's own settings (a sidecar NAME.jsonl.config.json, or `add --set`), over the workspace's config.
+    overrides: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def validated(self) -> bool:

@@ -97,7 +97,7 @@ class Link:
 def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
     if not detach(parent_pid):
         return
-    from finetuned.logs import setup_logging
+    from finetuned.logs import route_library_output, setup_logging
     from finetuned.worker.cache import ModelCache
     from finetuned.worker.recipe import run_job
     from finetuned.worker.world import Solo
@@ -105,6 +105,7 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
 
     ws = Workspace(Path(ws_root))
     setup_logging(ws, "training", stream=False)
+    route_library_output()
     link = Link(conn, parent_pid)
     world = Solo(link.send, link.poll)
     cache = ModelCache(ws)

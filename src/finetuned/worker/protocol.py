@@ -6,8 +6,10 @@ match on the class, so a field renamed here is renamed everywhere.
 
     daemon -> training worker   Train, Yield, Shutdown
     daemon -> preparer          Prepare, Shutdown
+    daemon -> model checker     CheckModel, Shutdown
     worker -> daemon            Ready, Phase, Started, Step, Checkpoint, Yielded, Completed, Failed
     preparer -> daemon          Ready, Prepared, Failed
+    model checker -> daemon     Ready, ModelChecked
 
 No torch here: the daemon imports this module.
 """
@@ -42,6 +44,9 @@ class FailKind(str, Enum):
     DATA = "data"  # the file cannot train (refused, no step): it fails with its error report
     DIVERGED = "diverged"  # the loss became NaN or infinite at a step: it fails, the last good checkpoint kept
     CRASH = "crash"  # the worker raised or died: retried from the last checkpoint, a limited number of times
+    # The settings cannot train (base model, LoRA targets, starting adapter): never retried. The workspace's
+    # config holds the queue until it is fixed; a file's own settings fail that file.
+    CONFIG = "config"
 
 
 # --- orders -----------------------------------------------------------------
@@ -74,6 +79,14 @@ class Prepare:
     job_id: str
     file: Path
     sha256: str | None
+    config: Config
+
+
+@dataclass(frozen=True)
+class CheckModel:
+    """Can `config` train? (models/check.py) `key` names the settings checked, for the answer."""
+
+    key: str
     config: Config
 
 
@@ -145,6 +158,13 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class ModelChecked:
+    key: str
+    error: str | None  # one line naming the setting, or None: it can train
+    summary: str = ""
+
+
+@dataclass(frozen=True)
 class Failed:
     job_id: str
     kind: FailKind
@@ -154,6 +174,6 @@ class Failed:
     traceback: str = field(default="", repr=False)
 
 
-Order = Train | Yield | Shutdown | Prepare
-Report = Ready | Phase | Started | Step | Checkpoint | Yielded | Completed | Prepared | Failed
+Order = Train | Yield | Shutdown | Prepare | CheckModel
+Report = Ready | Phase | Started | Step | Checkpoint | Yielded | Completed | Prepared | ModelChecked | Failed
 Message = Order | Report

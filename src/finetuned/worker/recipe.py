@@ -25,6 +25,7 @@ from finetuned.checkpoints import TrainingProgress
 from finetuned.config import ConfigError
 from finetuned.data import DataError, JobData, is_current, prepare
 from finetuned.fsio import sha256_file
+from finetuned.models.loading import ModelError
 from finetuned.worker import checkpoint
 from finetuned.worker.cache import Loaded, ModelCache
 from finetuned.worker.metrics import MetricsLog
@@ -88,6 +89,10 @@ class Recipe:
         """Build what the job needs; False when it cannot train (the daemon has been told why)."""
         try:
             self.loaded = self.cache.get(self.config, self.world, lambda: self._phase("loading model"))
+        except ModelError as exc:  # the settings cannot train: no retry can change that
+            self.world.report(Failed(job_id=self.job_id, kind=FailKind.CONFIG, reason=str(exc), step=0))
+            return False
+        try:
             self.data = self._setup_data()
         except DataError as exc:
             self._refuse(str(exc), exc.report)
@@ -113,7 +118,7 @@ class Recipe:
         max_len = config.training.max_seq_len
         sha256 = self.order.job.sha256 or sha256_file(self.order.file)
         if not is_current(out, sha256, tokenizer, config.data, max_len):
-            self._phase("tokenizing")
+            self._phase("tokenising")
             prepare(self.order.file, out, tokenizer, config.data, max_len)
         t = config.training
         return JobData.open(
@@ -153,11 +158,11 @@ class Recipe:
         if config.training.mode == "continuous":
             # The line's newest state carries the weights; the job's own checkpoint its data position.
             source = checkpoints.line_head(self.ws.checkpoints, config.base_model, config.method,
-                                           set(self.order.line_exclude))
+                                           set(self.order.line_exclude), config.training.init_adapter)
         progress = TrainingProgress(
             job_id=self.job_id, step=0, total_steps=self.data.total_steps, line_step=0, seed=config.training.seed,
             base_model=config.base_model, base_hash=loaded.base_hash, method=config.method,
-            mode=config.training.mode,
+            mode=config.training.mode, init_adapter=config.training.init_adapter,
         )
         if source is None:
             self._copy_weights(loaded.fresh)
@@ -168,7 +173,7 @@ class Recipe:
             checkpoint.load_rng(source[1])
             progress.line_step = source[0].line_step
         if own is not None:
-            kept = own[0].model_dump(include={"step", "tokens", "loss_tokens", "examples", "last_loss"})
+            kept = own[0].model_dump(include={"step", "tokens", "loss_tokens", "examples", "last_loss", "first_loss"})
             progress = progress.model_copy(update=kept)
         if config.training.mode == "independent":
             progress.line_step = progress.step
@@ -192,7 +197,6 @@ class Recipe:
         metrics = MetricsLog(self.ws.metrics_file(self.job_id), self.ws.tensorboard_dir(self.job_id))
         previews = Previewer(config.previews, self.loaded.tokenizer, self.ws.previews_file(self.job_id))
         train_seconds = 0.0  # this run's time in steps: the previews' budget is a share of it
-        first_loss = progress.last_loss
         record: dict[str, Any] = {}
         model.train()
         try:
@@ -213,7 +217,7 @@ class Recipe:
                     self.world.report(Failed(job_id=self.job_id, kind=FailKind.DIVERGED, step=progress.step + 1,
                                              reason=f"loss became {loss_sum} at step {progress.step + 1}"))
                     return
-                lr = lr_at(progress.line_step, t)
+                lr = lr_at(progress.line_step, t, progress.step, progress.total_steps)
                 update(self.optimizer, params, lr, t.max_grad_norm)
                 progress.step += 1
                 progress.line_step += 1
@@ -221,7 +225,8 @@ class Recipe:
                 progress.loss_tokens += sum(b.n_loss_tokens for b in batches)
                 progress.examples += sum(b.n_examples for b in batches)
                 progress.last_loss = loss_sum
-                first_loss = loss_sum if first_loss is None else first_loss
+                if progress.step == 1:
+                    progress.first_loss = loss_sum  # kept in every checkpoint: a resumed run reports it too
                 elapsed = time.time() - started
                 train_seconds += elapsed
                 done = progress.step == progress.total_steps
@@ -249,8 +254,8 @@ class Recipe:
                                  train_seconds)
         finally:
             metrics.close()
-        result = summary(self.ws, config, self.loaded, self.data, progress, self.objective.name, first_loss,
-                         record.get("val_loss"))
+        result = summary(self.ws, config, self.loaded, self.data, progress, self.objective.name,
+                         progress.first_loss, record.get("val_loss"))
         publish(self.ws, self.order.job.model_copy(update={"warnings": self.warnings}), config, self.loaded, result)
         self.world.report(Completed(job_id=self.job_id, summary=result))
 

@@ -66,13 +66,15 @@ function daemonState() {
   if (age == null || age > staleAfter)
     return { key: "stale", text: "not responding", age, alert: `Daemon not responding, data is ${fmtDuration(age)} old.` };
   if (d.state === "training" && d.paused) return { key: "paused", text: "pausing…", age };
-  return { key: d.state || "unknown", text: d.state || "unknown", age };
+  if (d.state === "holding") return { key: "holding", text: "holding", age, alert: `Holding the queue: ${d.reason || d.hold}` };
+  const alert = d.config_error ? `config.json is invalid: ${d.config_error}; the daemon keeps its last good settings.` : null;
+  return { key: d.state || "unknown", text: d.state || "unknown", age, alert };
 }
 
 function renderLiveness() {
   const st = daemonState();
   const pill = $("state-pill");
-  pill.className = `pill pill-${["training", "paused", "idle", "stopped", "stale"].includes(st.key) ? st.key : "unknown"}`;
+  pill.className = `pill pill-${st.key === "holding" ? "paused" : ["training", "paused", "idle", "stopped", "stale"].includes(st.key) ? st.key : "unknown"}`;
   pill.textContent = st.text;
   $("heartbeat").textContent = num(st.age) ? `heartbeat ${st.age < 10 ? st.age.toFixed(1) : Math.round(st.age)} s ago` : "";
   $("h-beat").textContent = num(st.age) ? `${st.age.toFixed(1)} s ago` : "–";
@@ -92,6 +94,8 @@ function renderStatus() {
   $("h-daemon").textContent = d.pid ? `pid ${d.pid}${d.worker_pid ? ` · worker ${d.worker_pid}` : ""}` : "–";
   $("now-empty").hidden = !!t;
   $("now-body").hidden = !t;
+  $("now-empty").textContent = d.state === "holding" ? `Holding the queue: ${d.reason || d.hold}`
+    : d.phase ? `Nothing is training yet: ${d.phase}.` : "Nothing is training. Drop a JSONL file into the queue to start.";
   const paused = !!d.paused;
   $("btn-pause").hidden = paused;
   $("btn-resume").hidden = !paused;
@@ -161,6 +165,8 @@ function renderQueue() {
         e.priority === "high" ? h("span", { class: "badge badge-high" }, "priority") : null,
         current ? h("span", { class: `badge badge-${e.status}` }, e.status) : null),
       h("div", { class: "q-meta" }, `${size} · added ${shortTime(e.added)}${progress}`),
+      e.settings ? h("div", { class: "q-meta", title: "this file's own settings, over config.json" },
+        Object.entries(e.settings).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" · ")) : null,
       current ? null : h("div", { class: "q-actions" },
         h("button", { class: "btn btn-small", title: "Move to the front of its class", disabled: first, onclick: () => queueAction(e, "front") }, "↑ Front"),
         h("button", { class: "btn btn-small btn-danger", title: "Take it out of the queue (file goes to data/skipped/)", onclick: () => queueAction(e, "cancel") }, "Cancel")));
@@ -347,6 +353,8 @@ function renderHistory() {
     const detail = [];
     if (j.adapter) detail.push(h("div", { class: "h-id" }, "adapter ", h("a", { href: `/api/jobs/${j.id}`, target: "_blank" }, j.adapter)));
     if (j.status !== "completed" && j.reason) detail.push(h("div", { class: j.status === "failed" ? "h-error" : "muted small" }, j.reason));
+    const own = Object.entries(j.settings || {});
+    if (own.length) detail.push(h("div", { class: "muted small", title: "this file's own settings, over config.json" }, own.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" · ")));
     if (j.error) detail.push(h("details", {}, h("summary", {}, "error report"), h("pre", {}, JSON.stringify(j.error, null, 2))));
     for (const warning of j.warnings || []) detail.push(h("div", { class: "h-warning small" }, "⚠ " + warning));
     return h("tr", { "data-id": j.id },
