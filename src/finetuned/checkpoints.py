@@ -29,6 +29,7 @@ OPTIMIZER = "optimizer.pt"
 RNG = "rng.pt"
 FILES = (WEIGHTS, OPTIMIZER, RNG)
 KEEP = "KEEP"  # a user's marker: retention never removes this checkpoint
+BEST = "BEST"  # the job's best checkpoint by its early-stopping metric: kept too
 NAME = re.compile(r"^checkpoint-(\d+)$")
 TMP_NAME = re.compile(r"^checkpoint-\d+\.tmp$")
 
@@ -49,6 +50,10 @@ class TrainingProgress(BaseModel):
     loss_tokens: int = 0
     examples: int = 0
     last_loss: float | None = None
+    # Early stopping (worker/stopping.py): the best measurement of its metric so far, and since.
+    best_value: float | None = None
+    best_step: int | None = None
+    stale_measurements: int = 0
 
 
 def path_for(job_dir: Path, step: int) -> Path:
@@ -103,7 +108,22 @@ def line_head(
 
 
 def prune(job_dir: Path, keep: int) -> None:
-    """Remove all but the newest `keep` checkpoints; one holding a KEEP file is never removed."""
-    for _progress, path in complete(job_dir)[:-keep]:
-        if not (path / KEEP).exists():
+    """Remove all but the newest `keep` checkpoints; one holding a KEEP or BEST file, or the best so far
+    by early stopping (the newest checkpoint's `best_step`), is never removed."""
+    found = complete(job_dir)
+    best = found[-1][0].best_step if found else None
+    for progress, path in found[:-keep]:
+        if not ((path / KEEP).exists() or (path / BEST).exists() or progress.step == best):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def mark_best(job_dir: Path, step: int) -> Path | None:
+    """Mark the checkpoint at `step` BEST (and no other); None when it is not on disk."""
+    target = path_for(job_dir, step)
+    if read_progress(target) is None:
+        return None
+    for _progress, path in complete(job_dir):
+        if path != target:
+            (path / BEST).unlink(missing_ok=True)
+    (target / BEST).write_text("the best checkpoint of its job by its early-stopping metric\n", encoding="utf-8")
+    return target

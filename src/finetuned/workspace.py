@@ -121,6 +121,11 @@ class Workspace:
         return self.data / "tokenized"
 
     @property
+    def evals(self) -> Path:
+        """Evaluation suites, `SUITE.jsonl` each (evaluation/suites.py)."""
+        return self.root / "evals"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

@@ -1,0 +1,97 @@
+"""Running suites on a loaded model: greedy answers in batches, or the likeliest of a case's choices.
+
+Every suite has a time limit (`evaluation.suite_seconds`): cases not reached by then count as
+failed and the log says so, so a stuck generation can never hold training. Greedy decoding
+draws no random numbers: evaluating never changes a training run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from finetuned.config import EvaluationSettings
+from finetuned.data.masking import FALLBACK_TEMPLATE
+from finetuned.evaluation.scorers import passes
+from finetuned.evaluation.suites import Case, Suite
+
+log = logging.getLogger(__name__)
+
+
+class Evaluator:
+    def __init__(self, tokenizer: Any, settings: EvaluationSettings) -> None:
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_TEMPLATE
+
+    def run(self, model: torch.nn.Module, suites: list[Suite]) -> dict[str, float]:
+        """The share of each suite's cases passed."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return {suite.name: self._suite(model, suite) for suite in suites}
+        finally:
+            model.train(was_training)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _suite(self, model: torch.nn.Module, suite: Suite) -> float:
+        deadline = time.monotonic() + self.settings.suite_seconds
+        passed = reached = 0
+        generated = [c for c in suite.cases if c.scorer != "choice"]
+        for start in range(0, len(generated), self.settings.batch_size):
+            if time.monotonic() >= deadline:
+                break
+            batch = generated[start : start + self.settings.batch_size]
+            answers = self.answers(model, [c.conversation() for c in batch], deadline)
+            passed += sum(passes(case, answer) for case, answer in zip(batch, answers, strict=True))
+            reached += len(batch)
+        for case in (c for c in suite.cases if c.scorer == "choice"):
+            if time.monotonic() >= deadline:
+                break
+            passed += self.choose(model, case) == case.expected
+            reached += 1
+        if reached < len(suite.cases):
+            log.warning("suite %s: its %.0f s ran out after %d of %d cases; the rest count as failed",
+                        suite.name, self.settings.suite_seconds, reached, len(suite.cases))
+        return passed / len(suite.cases)
+
+    def prompt_ids(self, conversation: list[dict[str, Any]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(conversation, chat_template=self.template, tokenize=False,
+                                                  add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def answers(self, model: torch.nn.Module, conversations: list[list[dict[str, Any]]], deadline: float,
+                ) -> list[str]:
+        """Greedy answers, the batch left-padded, at most `max_new_tokens` each."""
+        prompts = [self.prompt_ids(c) for c in conversations]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        device = next(model.parameters()).device
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=self.settings.max_new_tokens, pad_token_id=pad,
+                             max_time=max(0.1, deadline - time.monotonic()))
+        return [self.tokenizer.decode(row[width:].tolist(), skip_special_tokens=True) for row in out]
+
+    def choose(self, model: torch.nn.Module, case: Case) -> str:
+        """The choice whose tokens are likeliest after the prompt (their log-probabilities summed)."""
+        prompt = self.prompt_ids(case.conversation())
+        device = next(model.parameters()).device
+        best, best_score = case.choices[0], float("-inf")
+        for choice in case.choices:
+            tokens = self.tokenizer(choice, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + tokens], device=device)
+            logps = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float(), dim=-1)
+            score = float(logps.gather(1, torch.tensor(tokens, device=device)[:, None]).sum())
+            if score > best_score:
+                best, best_score = choice, score
+        return best
