@@ -58,7 +58,7 @@ def test_suites_are_the_folder_s_jsonl_files_and_add_checks_before_copying(tmp_p
     assert suite.name == "math" and (folder / "math.jsonl").read_bytes() == good.read_bytes()
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    with pytest.raises(EvalError, match="bad.jsonl, line 1"):
+    with pytest.raises(EvalError, match=r"bad\.jsonl, line 1"):
         add_suite(folder, bad)
     assert not (folder / "bad.jsonl").exists(), "a bad suite is never copied in"
     assert [s.name for s in load_suites(folder)] == ["math"]
