@@ -11,6 +11,7 @@ from finetuned.cli import (
     consolidate,
     controls,
     doctor,
+    evaluate,
     export,
     gc,
     init,
@@ -44,6 +45,7 @@ app.command(help=versions.USE_HELP)(versions.use)
 app.command(help=versions.ROLLBACK_HELP)(versions.rollback)
 app.command(help=consolidate.HELP)(consolidate.consolidate)
 app.command(help=export.HELP)(export.export)
+app.command("eval", help=evaluate.HELP)(evaluate.eval_)
 app.command(help=gc.GC_HELP)(gc.gc)
 app.command(help=gc.KEEP_HELP)(gc.keep)
 app.command(help=doctor.HELP)(doctor.doctor)

@@ -22,7 +22,9 @@ from typing import Any
 from finetuned import checkpoints, disk
 from finetuned.config import ConfigError
 from finetuned.fsio import publish_dir, remove_tree
+from finetuned.lifecycle import gate
 from finetuned.lifecycle.errors import LifecycleError, UnfinishedWork, require_space
+from finetuned.lifecycle.gate import GateRefused
 from finetuned.lifecycle.line import (
     append_history,
     lifecycle_lock,
@@ -60,6 +62,7 @@ class Consolidation:
     version: Version
     switched: bool
     message: str  # one line for the user: what was written and whether it is current
+    refused: bool = False  # the gate kept it from becoming current: a suite fell too far
 
 
 def no_progress(_what: str, _done: int, _total: int) -> None:
@@ -232,17 +235,23 @@ def consolidate(ws: Workspace, job_id: str | None = None, note: str = "", progre
                             "job_id": adapter.job_id, "steps": steps, "note": note})
         log_event(ws, f"consolidate: job {adapter.job_id} merged into {parent.id} -> {new_id} "
                       f"({steps} steps, weights {version.weights_hash[:12]})" + (f"; {note}" if note else ""))
-        switched, message = False, f"{new_id} written (not current: --no-use)"
+        switched, refused, message = False, False, f"{new_id} written (not current: --no-use)"
         if use:
             current_base = ws.load_config().base_model  # as it is now: the merge took a while
             behind = _not_the_head(ws, adapter, current_base, new_id)
             try:
                 if behind and not force:
                     raise UnfinishedWork(behind)
+                if not force:
+                    report("scoring on the suites in evals/", 5, STAGES)
+                    gate.check(ws, config, version, ensure_recorded(ws, current_base), "consolidate")
                 switch(ws, version, "use", force, note=f"after consolidating job {adapter.job_id}")
                 switched, message = True, f"{new_id} written and now current"
+            except GateRefused as exc:
+                refused, message = True, f"{new_id} written but not made current: {exc}"
+                log_event(ws, f"consolidate: {message}", logging.WARNING)
             except UnfinishedWork as exc:
                 message = f"{new_id} written but not made current: {exc}"
                 log_event(ws, f"consolidate: {message}", logging.WARNING)
         report("done", STAGES, STAGES)
-        return Consolidation(version, switched, message)
+        return Consolidation(version, switched, message, refused)

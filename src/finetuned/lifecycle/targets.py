@@ -48,7 +48,7 @@ def _config(ws: Workspace) -> Config:
         raise LifecycleError(str(exc)) from None
 
 
-def _of_version(version: Version, ws: Workspace) -> Target:
+def of_version(version: Version, ws: Workspace) -> Target:
     if not version.recorded or version.path is None:
         version = ensure_recorded(ws, version.base_model)
     assert version.path is not None
@@ -98,7 +98,7 @@ def resolve(ws: Workspace, ref: str | None) -> Target:
             raise LifecycleError(f"no checkpoint trained on the current base {config.base_model} yet")
         ref = CURRENT[0]
     if ref in CURRENT:
-        return _of_version(ensure_recorded(ws, config.base_model), ws)
+        return of_version(ensure_recorded(ws, config.base_model), ws)
     if "/" not in ref:
         adapter = read_adapter(ws.adapter_dir(ref))
         if adapter is not None:
@@ -107,7 +107,7 @@ def resolve(ws: Workspace, ref: str | None) -> Target:
         last = checkpoints.latest(job_dir) if job_dir.is_dir() else None
         if last is not None:  # a job still training, or stopped: its newest checkpoint
             return _of_checkpoint(ws, *last)
-    return _of_version(find(ws, ref, config.base_model), ws)
+    return of_version(find(ws, ref, config.base_model), ws)
 
 
 def load(target: Target, config: Config, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
