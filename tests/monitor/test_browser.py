@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, chat_lines, drop, jobs_by_file, last_step, make_workspace, wait_for
+from helpers import REPO, chat_lines, drop, jobs_by_file, last_step, make_workspace, wait_for, write_jsonl
 from monitor_helpers import MonitoredDaemon, monitor_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -166,11 +166,18 @@ def test_skip_asks_for_confirmation(page, daemon: MonitoredDaemon, expect):
 
 @pytest.fixture(scope="module")
 def preference_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    """A DPO job held at step 12 (the step gate), its rewards logged."""
+    """A DPO job held at step 12 (the step gate), its rewards logged, two suites scored every 4 steps."""
     from helpers import Gate
 
     root = tmp_path_factory.mktemp("preference")
-    ws = make_workspace(root / "ws", monitor_config(epochs=2, checkpoint_every_steps=100))
+    config = monitor_config(epochs=2, checkpoint_every_steps=100)
+    config.evaluation.every_steps, config.evaluation.budget, config.evaluation.max_new_tokens = 4, 1.0, 4
+    ws = make_workspace(root / "ws", config)
+    ws.evals.mkdir()
+    write_jsonl(ws.evals / "items.jsonl", [{"prompt": f"Item {i}?", "expected": "Done", "scorer": "contains"}
+                                           for i in range(3)])
+    write_jsonl(ws.evals / "pick.jsonl", [{"prompt": "Item 1?", "choices": ["Item 1. Done.", "Nope"],
+                                           "expected": "Item 1. Done.", "scorer": "choice"}])
     gate = Gate(root / "gate")
     gate.hold(12)
     drop(ws, "prefs.jsonl", [{"prompt": f"Item {i}?", "chosen": f"Item {i}. Done.", "rejected": f"Item {i}. Nope."}
@@ -195,3 +202,28 @@ def test_a_preference_job_shows_its_rewards_under_the_loss(browser, expect, pref
     with urllib.request.urlopen(preference_daemon.url + "metrics", timeout=10) as response:
         text = response.read().decode()
     assert 'finetuned_training_objective_metric{name="rewards/accuracies"}' in text
+    assert 'name="eval/' not in text, "suite scores are not an objective's metric"
+
+
+def test_suite_scores_are_charted_and_exported(browser, expect, preference_daemon):
+    (metrics,) = preference_daemon.ws.metrics.glob("*.jsonl")  # the job is held at step 12: nothing more comes
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    scored = [p["step"] for p in logged if "eval/items" in p]
+    # Every 4 steps while within the budget: the first always, later ones unless they would exceed it.
+    assert scored[0] == 4 and set(scored) <= {4, 8, 12}
+    assert all(0 <= p["eval/pick"] <= 1 for p in logged if "eval/pick" in p)
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(preference_daemon.url)
+        expect(page.get_by_test_id("evaluation")).to_be_visible(timeout=30_000)
+        legend = page.get_by_test_id("evaluation-legend")
+        expect(legend).to_contain_text("items", timeout=30_000)
+        expect(legend).to_contain_text("pick")
+        expect(page.get_by_test_id("evaluation-note")).to_contain_text(f"step {scored[-1]}")
+        expect(page.locator("#evals-chart canvas")).to_be_visible()
+    finally:
+        context.close()
+    with urllib.request.urlopen(preference_daemon.url + "metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert 'finetuned_eval_score{suite="items"}' in text and 'finetuned_eval_score{suite="pick"}' in text

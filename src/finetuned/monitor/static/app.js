@@ -220,6 +220,7 @@ function setupDrop() {
 const lossChart = new FTCharts.LossChart($("chart"), 300);
 const exactChart = new FTCharts.ExactChart($("prev-chart"));
 const rewardChart = new FTCharts.RewardChart($("pref-chart"));
+const evalChart = new FTCharts.EvalChart($("evals-chart"));
 
 async function loadJobMetrics(id, label) {
   S.job = { id, points: [], label: label || id };
@@ -266,6 +267,26 @@ function drawChart() {
   $("chart-empty").hidden = xs.length > 0;
   lossChart.set(xs, loss, val, segments);
   drawRewards();
+  drawEvals();
+}
+
+/* Suites in evals/ run at checkpoints: their scores under the loss while this job is in view. */
+function drawEvals() {
+  const points = S.view === "job" ? S.job.points.filter((p) => Object.keys(p).some((k) => k.startsWith("eval/"))) : [];
+  $("evals").hidden = points.length === 0;
+  if (!points.length) return;
+  const names = [...new Set(points.flatMap((p) => Object.keys(p).filter((k) => k.startsWith("eval/"))))].sort();
+  const suites = {};
+  for (const key of names) suites[key.slice(5)] = points.map((p) => (num(p[key]) ? p[key] : null));
+  evalChart.set(points.map((p) => p.step), suites);
+  const legend = $("evals-legend");
+  legend.replaceChildren(...Object.keys(suites).map((name, i) => {
+    const values = suites[name].filter((v) => v != null), latest = values[values.length - 1];
+    return h("span", { class: "suite" }, h("i", { class: "sw", style: `background:${FTCharts.SUITE_COLORS[i % FTCharts.SUITE_COLORS.length]}` }),
+      `${name} ${latest == null ? "–" : Math.round(100 * latest) + "%"}`);
+  }));
+  const last = points[points.length - 1];
+  $("evals-note").textContent = `evaluation · step ${fmtInt(last.step)}` + (num(last.eval_seconds) ? ` · ${last.eval_seconds.toFixed(1)} s` : "");
 }
 
 /* A preference job logs rewards (DPO, ORPO, SimPO, KTO): shown under the loss while this job is in view. */
