@@ -54,6 +54,8 @@ class TrainingProgress(BaseModel):
     best_value: float | None = None
     best_step: int | None = None
     stale_measurements: int = 0
+    # After an out-of-memory each micro-batch is cut into this many (worker/memory.py); kept for the job.
+    micro_batch_split: int = 1
 
 
 def path_for(job_dir: Path, step: int) -> Path:

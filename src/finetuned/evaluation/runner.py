@@ -1,7 +1,8 @@
 """Running suites on a loaded model: greedy answers in batches, or the likeliest of a case's choices.
 
 Every suite has a time limit (`evaluation.suite_seconds`): cases not reached by then count as
-failed and the log says so, so a stuck generation can never hold training. Greedy decoding
+failed and the log says so, so a stuck generation can never hold training. An out-of-memory
+halves the batch and tries again; a single case that does not fit fails. Greedy decoding
 draws no random numbers: evaluating never changes a training run.
 """
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -17,8 +19,10 @@ from finetuned.config import EvaluationSettings
 from finetuned.data.masking import FALLBACK_TEMPLATE
 from finetuned.evaluation.scorers import passes
 from finetuned.evaluation.suites import Case, Suite
+from finetuned.models import memory
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Evaluator:
@@ -28,6 +32,7 @@ class Evaluator:
         self.tokenizer = tokenizer
         self.settings = settings
         self.seconds = settings.suite_seconds if timed else float("inf")
+        self.batch_size = settings.batch_size  # halved after an out-of-memory, for the evaluator's life
         self.template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_TEMPLATE
 
     def run(self, model: torch.nn.Module, suites: list[Suite]) -> dict[str, float]:
@@ -45,23 +50,45 @@ class Evaluator:
     def _suite(self, model: torch.nn.Module, suite: Suite) -> float:
         deadline = time.monotonic() + self.seconds
         passed = reached = 0
-        generated = [c for c in suite.cases if c.scorer != "choice"]
-        for start in range(0, len(generated), self.settings.batch_size):
-            if time.monotonic() >= deadline:
-                break
-            batch = generated[start : start + self.settings.batch_size]
-            answers = self.answers(model, [c.conversation() for c in batch], deadline)
-            passed += sum(passes(case, answer) for case, answer in zip(batch, answers, strict=True))
+        pending = [c for c in suite.cases if c.scorer != "choice"]
+        while pending and time.monotonic() < deadline:
+            batch = pending[: self.batch_size]
+            answers = self._fitted(
+                lambda batch=batch: self.answers(model, [c.conversation() for c in batch], deadline), suite)
+            if answers is None and len(batch) > 1:
+                continue  # the batch was halved: the same cases again
+            if answers is not None:
+                passed += sum(passes(case, answer) for case, answer in zip(batch, answers, strict=True))
             reached += len(batch)
+            pending = pending[len(batch):]
         for case in (c for c in suite.cases if c.scorer == "choice"):
             if time.monotonic() >= deadline:
                 break
-            passed += self.choose(model, case) == case.expected
+            passed += self._fitted(lambda case=case: self.choose(model, case), suite) == case.expected
             reached += 1
         if reached < len(suite.cases):
             log.warning("suite %s: its %.0f s ran out after %d of %d cases; the rest count as failed",
                         suite.name, self.seconds, reached, len(suite.cases))
         return passed / len(suite.cases)
+
+    def _fitted(self, run: Callable[[], T], suite: Suite) -> T | None:
+        """`run()`, or None after an out-of-memory, with the batch halved for the evaluator's life; a single
+        case that does not fit fails, and the suite goes on."""
+        try:
+            with memory.phase(memory.EVAL):
+                return run()
+        except Exception as exc:
+            if not memory.is_out_of_memory(exc):
+                raise
+            error = str(exc).splitlines()[0][:200]
+        memory.free()
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            log.warning("suite %s: out of memory; %d cases a batch from now on (%s)", suite.name, self.batch_size,
+                        error)
+        else:
+            log.warning("suite %s: out of memory on a single case, which counts as failed (%s)", suite.name, error)
+        return None
 
     def prompt_ids(self, conversation: list[dict[str, Any]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(conversation, chat_template=self.template, tokenize=False,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from finetuned.config import Config
+from finetuned.models import memory
 from finetuned.models.loading import add_lora, load_model, load_tokenizer, resolve_base, weights_hash
 from finetuned.worker.checkpoint import seed_all
 from finetuned.worker.world import World
@@ -59,6 +60,8 @@ class ModelCache:
         model = load_model(base_path, config.method, world.device, config.training.activation_checkpointing)
         if config.method in ("lora", "qlora"):
             model = add_lora(model, config.lora)
+        if memory.injector() is not None:  # tests: out-of-memory at chosen forwards (FINETUNED_INJECT_OOM)
+            memory.hook(model)
         fresh = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         self.loaded = Loaded(key, base_path, weights_hash(base_path), model, load_tokenizer(base_path), fresh)
         log.info("loaded %s (%s) in %.1fs", config.base_model, config.method, time.time() - started)

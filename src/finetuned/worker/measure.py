@@ -19,6 +19,7 @@ from finetuned.config import Config
 from finetuned.data import JobData
 from finetuned.evaluation.runner import Evaluator
 from finetuned.evaluation.suites import EvalError, Suite, load_suites
+from finetuned.models import memory
 from finetuned.worker.cache import Loaded
 from finetuned.worker.objectives import Objective
 from finetuned.workspace import Workspace
@@ -32,6 +33,7 @@ class Measurements:
         self.config, self.loaded, self.data, self.objective, self.progress = config, loaded, data, objective, progress
         self.scores: dict[str, float] = {}  # the last suite scores
         self.spent = 0.0  # seconds evaluation took in this run
+        self.split = 1  # holdout batches cut into this many after an out-of-memory
         self.suites: list[Suite] = []
         try:
             self.suites = load_suites(ws.evals)
@@ -71,13 +73,31 @@ class Measurements:
         record.update({f"eval/{name}": score for name, score in self.scores.items()})
         record["eval_seconds"] = round(seconds, 3)
 
-    @torch.no_grad()
     def val_loss(self) -> float | None:
+        """The held-out loss; its batches are cut in two after each out-of-memory, like training's."""
+        while True:
+            try:
+                with memory.phase(memory.EVAL):
+                    return self._val_loss()
+            except Exception as exc:
+                if not memory.is_out_of_memory(exc):
+                    raise
+                error = str(exc).splitlines()[0][:200]
+            memory.free()
+            if self.data.rows_per_batch(self.split) <= 1:
+                log.warning("validation loss not measured: out of memory one row at a time (%s)", error)
+                return None
+            self.split *= 2
+            log.warning("validation: out of memory; %d rows a batch from now on (%s)",
+                        self.data.rows_per_batch(self.split), error)
+
+    @torch.no_grad()
+    def _val_loss(self) -> float | None:
         model = self.loaded.model
         total, units = 0.0, 0
         model.eval()
         try:
-            for batch in self.data.holdout_batches():
+            for batch in self.data.holdout_batches(self.split):
                 total += self.objective.loss(model, batch)[0].item()
                 units += self.objective.units(batch)
         finally:

@@ -42,6 +42,7 @@ class FailKind(str, Enum):
     DATA = "data"  # the file cannot train (refused, no step): it fails with its error report
     DIVERGED = "diverged"  # the loss became NaN or infinite at a step: it fails, the last good checkpoint kept
     CRASH = "crash"  # the worker raised or died: retried from the last checkpoint, a limited number of times
+    MEMORY = "memory"  # a step ran out of memory even one row at a time: it fails, the last checkpoint kept
 
 
 # --- orders -----------------------------------------------------------------

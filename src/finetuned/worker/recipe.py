@@ -25,6 +25,7 @@ from finetuned.checkpoints import TrainingProgress
 from finetuned.config import ConfigError
 from finetuned.data import DataError, JobData, is_current, prepare
 from finetuned.fsio import sha256_file
+from finetuned.models import memory
 from finetuned.worker import checkpoint
 from finetuned.worker.cache import Loaded, ModelCache
 from finetuned.worker.measure import Measurements
@@ -171,7 +172,8 @@ class Recipe:
             progress.line_step = source[0].line_step
         if own is not None:
             kept = own[0].model_dump(include={"step", "tokens", "loss_tokens", "examples", "last_loss", "best_value",
-                                              "best_step", "stale_measurements"})
+                                              "best_step", "stale_measurements",
+                                              "micro_batch_split"})
             progress = progress.model_copy(update=kept)
         if config.training.mode == "independent":
             progress.line_step = progress.step
@@ -210,8 +212,10 @@ class Recipe:
                                               checkpoint=str(path)))
                     return
                 started = time.time()
-                batches = self.data.step_batches(progress.step)
-                loss, extra = accumulate(model, batches, self.objective)
+                fitted = self._fitted_step()
+                if fitted is None:
+                    return
+                batches, loss, extra = fitted
                 loss_sum = loss.item()
                 if not math.isfinite(loss_sum):  # fail before the step: memory keeps the last good weights
                     self.optimizer.zero_grad(set_to_none=True)
@@ -276,6 +280,44 @@ class Recipe:
             result["early_stopped"] = stopped
         publish(self.ws, self.order.job.model_copy(update={"warnings": self.warnings}), config, self.loaded, result)
         self.world.report(Completed(job_id=self.job_id, summary=result))
+
+    def _fitted_step(self) -> tuple[list[Any], torch.Tensor, dict[str, torch.Tensor]] | None:
+        """The next step's batches, loss and metrics, its micro-batches halved (and doubled in number) as often as
+        memory needs; None when even one row at a time does not fit (the daemon has been told)."""
+        progress, model = self.progress, self.loaded.model
+        while True:
+            batches = self.data.step_batches(progress.step, progress.micro_batch_split)
+            try:
+                with memory.phase(memory.TRAIN, progress.step + 1):
+                    return batches, *accumulate(model, batches, self.objective)
+            except Exception as exc:  # only an out-of-memory is survived; its traceback is dropped here
+                if not memory.is_out_of_memory(exc):
+                    raise
+                error = str(exc).splitlines()[0][:200]
+            del batches
+            self.optimizer.zero_grad(set_to_none=True)  # the micro-batches done before it are done again
+            memory.free()
+            rows = self.data.rows_per_batch(progress.micro_batch_split)
+            if rows <= 1:
+                self._out_of_memory(error)
+                return None
+            progress.micro_batch_split *= 2
+            smaller = self.data.rows_per_batch(progress.micro_batch_split)
+            reason = (f"out of memory at step {progress.step + 1} with {rows} rows a micro-batch; {smaller} from now "
+                      f"on, {progress.micro_batch_split}x as many (same loss) ({error})")
+            log.warning("job %s: %s", self.job_id, reason)
+            self.world.report(Phase(job_id=self.job_id, phase="training", reason=reason))
+
+    def _out_of_memory(self, error: str) -> None:
+        step = self.progress.step + 1
+        example, tokens = self.data.longest_in_step(self.progress.step)
+        ids, mask = self.data.store.example(example * self.data.per_example)
+        begins = self.loaded.tokenizer.decode(ids[mask.astype(bool)][:24], skip_special_tokens=True)
+        reason = (f"out of memory at step {step} even with one row a micro-batch; its longest sequence is example "
+                  f"{example} ({tokens} tokens; its answer begins {begins!r}). Lower training.max_seq_len, or use "
+                  f"training.activation_checkpointing or method qlora ({error})")
+        log.error("job %s: %s", self.job_id, reason)
+        self.world.report(Failed(job_id=self.job_id, kind=FailKind.MEMORY, step=step, reason=reason))
 
     def _weights_to_publish(self) -> int:
         """The step whose weights become the adapter: the last, or the best (`evaluation.publish: best`)."""
