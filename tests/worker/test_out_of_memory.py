@@ -63,10 +63,17 @@ def test_real_allocation_failures_are_recognised():
     assert not memory.is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
-def test_out_of_memory_at_several_steps_halves_the_micro_batch_with_equal_losses(tmp_path, monkeypatch, caplog):
-    ws_plain, plain = run(tmp_path, "plain", monkeypatch)
+PAIRS = [{"prompt": f"Item {i}?", "chosen": f"Item {i}. Done.", "rejected": f"Item {i}. Nope."} for i in range(32)]
+
+
+# A pair is two sequences side by side: its forwards see twice the rows.
+@pytest.mark.parametrize(("lines", "spec"), [(None, "train:2=2,train:5=1"), (PAIRS, "train:2=4,train:5=2")],
+                         ids=["sft", "dpo"])
+def test_out_of_memory_at_several_steps_halves_the_micro_batch_with_equal_losses(tmp_path, monkeypatch, caplog,
+                                                                                 lines, spec):
+    ws_plain, plain = run(tmp_path, "plain", monkeypatch, lines=lines)
     with caplog.at_level(logging.WARNING, logger="finetuned.worker.recipe"):
-        ws, injected = run(tmp_path, "injected", monkeypatch, "train:2=2,train:5=1")
+        ws, injected = run(tmp_path, "injected", monkeypatch, spec, lines=lines)
     assert len(plain.losses()) == 8
     # To float rounding: the split changes only the order of the sums.
     assert injected.losses() == pytest.approx(plain.losses(), rel=1e-5, abs=1e-6)
