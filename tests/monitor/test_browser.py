@@ -171,7 +171,7 @@ def preference_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: 
 
     root = tmp_path_factory.mktemp("preference")
     config = monitor_config(epochs=2, checkpoint_every_steps=100)
-    config.evaluation.every_steps, config.evaluation.budget, config.evaluation.max_new_tokens = 4, 1.0, 4
+    config.evaluation.every_steps, config.evaluation.budget, config.evaluation.max_new_tokens = 4, 1000.0, 4
     ws = make_workspace(root / "ws", config)
     ws.evals.mkdir()
     write_jsonl(ws.evals / "items.jsonl", [{"prompt": f"Item {i}?", "expected": "Done", "scorer": "contains"}
@@ -209,8 +209,7 @@ def test_suite_scores_are_charted_and_exported(browser, expect, preference_daemo
     (metrics,) = preference_daemon.ws.metrics.glob("*.jsonl")  # the job is held at step 12: nothing more comes
     logged = [json.loads(line) for line in metrics.read_text().splitlines()]
     scored = [p["step"] for p in logged if "eval/items" in p]
-    # Every 4 steps while within the budget: the first always, later ones unless they would exceed it.
-    assert scored[0] == 4 and set(scored) <= {4, 8, 12}
+    assert scored == [4, 8, 12], "every 4 steps (the budget is lifted)"
     assert all(0 <= p["eval/pick"] <= 1 for p in logged if "eval/pick" in p)
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()

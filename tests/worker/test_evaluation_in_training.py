@@ -20,7 +20,7 @@ HI = [{"prompt": f"Say hi number {i}.", "expected": f"hi {i}", "scorer": "contai
 def stopping_config(**evaluation):
     config = tiny_config(mode="independent", epochs=3, checkpoint_every_steps=2)
     config.training.early_stopping = EarlyStopping(metric="eval:never", patience=2)
-    config.evaluation.budget, config.evaluation.max_new_tokens = 1.0, 6
+    config.evaluation.budget, config.evaluation.max_new_tokens = 1000.0, 6  # every round, however slow the machine
     for key, value in evaluation.items():
         setattr(config.evaluation, key, value)
     return config
@@ -91,3 +91,16 @@ def test_without_suites_or_early_stopping_nothing_changes(tmp_path, tiny_model_d
     summary = driver.last(Completed).summary
     assert summary["steps"] == summary["total_steps"] and "early_stopped" not in summary
     assert "evaluation" not in summary and summary["published_step"] == summary["steps"]
+
+
+@pytest.mark.parametrize(("budget", "expected"), [(0.0, "the end only"), (1000.0, "every checkpoint")])
+def test_the_budget_skips_rounds_but_never_the_last(tmp_path, tiny_model_dir, budget, expected):
+    config = tiny_config(mode="independent", epochs=2, checkpoint_every_steps=2)
+    config.evaluation.budget, config.evaluation.max_new_tokens = budget, 4
+    ws = with_suites(make_workspace(tmp_path / "ws", config))
+    driver = Driver()
+    train_in_process(ws, config, "job", write_jsonl(tmp_path / "d.jsonl", chat_lines(16)), driver)
+    last = driver.last(Completed).summary["steps"]
+    scored = [m["step"] for m in metrics(ws, "job") if "eval/hi" in m]
+    every = sorted({*range(2, last + 1, 2), last})
+    assert scored == ([last] if expected == "the end only" else every), expected

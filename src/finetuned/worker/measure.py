@@ -62,7 +62,7 @@ class Measurements:
         every, step = self.config.evaluation.every_steps, self.progress.step
         if not (done or (checkpoint_due if every is None else bool(every) and step % every == 0)):
             return
-        if not done and self.spent > self.config.evaluation.budget * train_seconds:
+        if not done and self.spent >= self.config.evaluation.budget * train_seconds:
             log.info("evaluation at step %d skipped: it is ahead of its %.0f%% budget", step,
                      100 * self.config.evaluation.budget)
             return
