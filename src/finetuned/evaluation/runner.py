@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from finetuned.config import EvaluationSettings
-from finetuned.data.masking import FALLBACK_TEMPLATE
+from finetuned.data.masking import prompt_ids
 from finetuned.evaluation.scorers import passes
 from finetuned.evaluation.suites import Case, Suite
 
@@ -25,7 +25,6 @@ class Evaluator:
     def __init__(self, tokenizer: Any, settings: EvaluationSettings) -> None:
         self.tokenizer = tokenizer
         self.settings = settings
-        self.template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_TEMPLATE
 
     def run(self, model: torch.nn.Module, suites: list[Suite]) -> dict[str, float]:
         """The share of each suite's cases passed."""
@@ -61,9 +60,7 @@ class Evaluator:
         return passed / len(suite.cases)
 
     def prompt_ids(self, conversation: list[dict[str, Any]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(conversation, chat_template=self.template, tokenize=False,
-                                                  add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return prompt_ids(self.tokenizer, conversation)
 
     def answers(self, model: torch.nn.Module, conversations: list[list[dict[str, Any]]], deadline: float,
                 ) -> list[str]:
