@@ -46,7 +46,9 @@ class AskDesk:
         """Questions are out: the daemon polls often until they come back."""
         return bool(self.sent)
 
-    def tick(self, config: Config) -> None:
+    def tick(self, config: Config, answerer_allowed: bool = True) -> None:
+        """Record answers, send what waits; `answerer_allowed` False (a consolidation runs, the daemon stops)
+        keeps questions that need the answerer waiting."""
         for report in self.session.take_answers():
             self._record(report, "worker")
         self._read_answerer()
@@ -58,7 +60,7 @@ class AskDesk:
         self.sent = {qid: who for qid, who in self.sent.items() if qid in ids and self._can_answer(who)}
         for question in waiting:
             if question.id not in self.sent:
-                self._send(question, config)
+                self._send(question, config, answerer_allowed)
         if self.answerer is not None and ANSWERER not in self.sent.values() \
                 and time.time() - self._last_asked > ANSWERER_IDLE_SECONDS:
             log.info("answerer: nothing asked for %.0fs; it exits", ANSWERER_IDLE_SECONDS)
@@ -81,7 +83,7 @@ class AskDesk:
         job = self.session.job
         return self.session.training and job is not None and job.id == who
 
-    def _send(self, question: Question, config: Config) -> None:
+    def _send(self, question: Question, config: Config, answerer_allowed: bool) -> None:
         session = self.session
         ask = Ask(id=question.id, messages=question.messages(), max_new_tokens=config.previews.max_new_tokens,
                   seconds=config.previews.seconds)
@@ -89,13 +91,13 @@ class AskDesk:
             assert session.job is not None
             if session.worker.send(ask):
                 self.sent[question.id] = session.job.id
-        elif session.job is None or session.paused:
+        elif (session.job is None or session.paused) and (answerer_allowed or self.answerer is not None):
             if self.answerer is None:
                 self.answerer = WorkerHandle(str(self.ws.root), answerer_main, ANSWERER)
             if self.answerer.send(ask):
                 self.sent[question.id] = ANSWERER
                 self._last_asked = time.time()
-        # else a job is yielding: its next state decides who answers
+        # else a job is yielding (its next state decides who answers), or the answerer must wait
 
     # --- answers ---------------------------------------------------------
     def _read_answerer(self) -> None:

@@ -148,7 +148,8 @@ class Daemon:
         if self.consolidation.tick(idle=self.session.job is None and not self.shutdown_requested):
             self._dirty = True
         self._schedule()
-        self.asks.tick(self.config)
+        # A consolidation merges a whole model in memory: no second one is loaded beside it to answer questions.
+        self.asks.tick(self.config, answerer_allowed=not (self.consolidation.running or self.shutdown_requested))
         self.write_state()
 
     def _ingest(self) -> None:
