@@ -76,10 +76,12 @@ def test_a_system_prompt_is_in_the_prompt_the_model_reads(trained: Workspace) ->
     assert plain.stdout.count("\n") == 1, "one answer: /reset and /exit are commands, not messages"
 
 
-def test_unknown_target_and_no_checkpoint_yet_are_one_line_errors(trained: Workspace, tmp_path: Path) -> None:
+def test_unknown_target_device_and_no_checkpoint_yet_are_one_line_errors(trained: Workspace, tmp_path: Path) -> None:
     run = cli("chat", "nope", "--root", str(trained.root), stdin="hello\n")
     assert run.returncode == 1
     assert run.stderr.startswith("error: no version 'nope'") and run.stderr.count("\n") == 1, run.stderr
+    run = cli("chat", "--device", "cuda:99", "--root", str(trained.root), stdin="hello\n")
+    assert run.returncode == 1 and run.stderr.startswith("error: --device cuda:99: this machine has "), run.stderr
     fresh = make_workspace(tmp_path / "fresh", lifecycle_config())
     run = cli("chat", "latest", "--root", str(fresh.root), stdin="hello\n")
     assert run.returncode == 1

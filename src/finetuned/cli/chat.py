@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from finetuned.cli.common import RootOption, fail, workspace
 from finetuned.config import ConfigError
@@ -63,22 +64,23 @@ def chat(
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
     notes = Console(soft_wrap=True, highlight=False) if interactive else Console(stderr=True, soft_wrap=True,
                                                                                   highlight=False)
+    problem = _device_problem(device)
+    if problem:
+        fail(problem)
     try:
         config = ws.load_config()
         found = resolve(ws, target)
-        with notes.status(f"loading {found.label}…") if interactive else nullcontext():
+        with notes.status(f"loading {escape(found.label)}…") if interactive else nullcontext():
             model, tokenizer = load(found, config, device)
     except (LifecycleError, ConfigError) as exc:
         fail(str(exc))
-    except (RuntimeError, ValueError) as exc:  # an unknown or missing device
-        fail(f"cannot load {found.label} on {device}: {exc}")
     sampling = Sampling(temperature, top_p, top_k, seed)
     context = getattr(model.config, "max_position_embeddings", None)
     options = Options(max_new_tokens, sampling, show_prompt, as_json,
                       room=context - max_new_tokens if context and context > max_new_tokens else None)
     how = "greedy" if sampling.greedy else f"sampling at temperature {temperature:g}"
     source = describe(found)
-    notes.print(f"[bold]chat with {source}[/] · {device} · {how}" +
+    notes.print(f"[bold]chat with {escape(source)}[/] · {device} · {how}" +
                 (" · /reset forgets, /exit ends" if interactive else ""), markup=True)
     terminal = Terminal(model, tokenizer, Conversation(tokenizer, system), options, source, sys.stdout, notes,
                         interactive)
@@ -87,3 +89,18 @@ def chat(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
+
+
+def _device_problem(device: str) -> str | None:
+    """Why `device` cannot run the model here, in one line; None when it can."""
+    import torch
+
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        return f"--device {device}: not a device torch knows (cpu, cuda, cuda:1, mps...)"
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count <= (chosen.index or 0):
+            return f"--device {device}: this machine has {count} CUDA device{'s' if count != 1 else ''}"
+    return None

@@ -328,9 +328,9 @@ function trainingNow() { const t = S.status && S.status.training; return !!(t &&
 
 function renderAsks() {
   const a = S.asks || { asks: [], pending: 0, max_pending: 8 };
-  const training = trainingNow();
-  $("try-who").textContent = training ? "answered by the training worker, between two steps"
-    : "answered by the newest checkpoint (nothing trains)";
+  const training = trainingNow(), down = ["stale", "stopped"].includes(daemonState().key);
+  $("try-who").textContent = down ? "the daemon is not responding: nobody can answer now"
+    : training ? "answered by the training worker, between two steps" : "answered by the newest checkpoint (nothing trains)";
   const full = a.pending >= a.max_pending;
   $("try-send").disabled = full || S.asking;
   $("try-send").title = full ? `${a.pending} questions are waiting already` : "";
