@@ -87,6 +87,11 @@ class Workspace:
         return self.control / "requests"
 
     @property
+    def asks(self) -> Path:
+        """The monitor's questions for the model line (`ID.json`), and their answers (`ID.answer.json`)."""
+        return self.control / "asks"
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 

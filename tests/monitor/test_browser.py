@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, chat_lines, drop, jobs_by_file, last_step, make_workspace, wait_for, write_jsonl
-from monitor_helpers import MonitoredDaemon, monitor_config
+from monitor_helpers import MonitoredDaemon, http, monitor_config
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -110,6 +110,25 @@ def test_page_shows_queue_and_loss_and_is_screenshotted(page, daemon: MonitoredD
     narrow.screenshot(path=str(ARTIFACTS / "monitor-phone.png"), full_page=True)
     phone.close()
     assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
+
+
+def test_try_it_answers_a_typed_question_and_says_from_which_step(page, daemon: MonitoredDaemon, expect):
+    expect(page.get_by_test_id("now-file")).to_have_text("arithmetic_20k.jsonl", timeout=90_000)
+    expect(page.get_by_test_id("try-who")).to_contain_text("training worker")
+    box = page.get_by_test_id("try-prompt")
+    box.fill("Say hi number 3.")
+    box.press("Enter")
+    item = page.locator("#try-list li").first
+    expect(item).to_contain_text("Say hi number 3.")
+    expect(box).to_have_value("")
+    expect(item).to_have_attribute("data-status", "answered", timeout=60_000)
+    job = jobs_by_file(daemon.ws)["arithmetic_20k.jsonl"]["id"]
+    expect(item.get_by_test_id("try-meta")).to_contain_text(f"job {job} at step ")
+    question = http("GET", daemon.url + "api/asks")[1]["asks"][0]
+    assert question["by"] == "worker" and question["step"] >= 1
+    expect(item.locator(".try-a")).to_have_text(question["text"] if question["text"].strip() else "(an empty answer)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".tryit").screenshot(path=str(ARTIFACTS / "monitor-try-it.png"))
 
 
 def test_pause_and_resume_buttons(page, daemon: MonitoredDaemon, expect):

@@ -7,6 +7,7 @@ import typer
 from finetuned.cli import (
     add,
     cancel,
+    chat,
     check,
     consolidate,
     controls,
@@ -46,6 +47,7 @@ app.command(help=versions.ROLLBACK_HELP)(versions.rollback)
 app.command(help=consolidate.HELP)(consolidate.consolidate)
 app.command(help=export.HELP)(export.export)
 app.command("eval", help=evaluate.HELP)(evaluate.eval_)
+app.command(help=chat.HELP)(chat.chat)
 app.command(help=gc.GC_HELP)(gc.gc)
 app.command(help=gc.KEEP_HELP)(gc.keep)
 app.command(help=doctor.HELP)(doctor.doctor)

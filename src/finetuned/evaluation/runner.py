@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from finetuned.config import EvaluationSettings
-from finetuned.data.masking import FALLBACK_TEMPLATE
+from finetuned.data.masking import prompt_ids
 from finetuned.evaluation.scorers import passes
 from finetuned.evaluation.suites import Case, Suite
 from finetuned.models import memory
@@ -33,7 +33,6 @@ class Evaluator:
         self.settings = settings
         self.seconds = settings.suite_seconds if timed else float("inf")
         self.batch_size = settings.batch_size  # halved after an out-of-memory, for the evaluator's life
-        self.template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_TEMPLATE
 
     def run(self, model: torch.nn.Module, suites: list[Suite]) -> dict[str, float]:
         """The share of each suite's cases passed."""
@@ -91,9 +90,7 @@ class Evaluator:
         return None
 
     def prompt_ids(self, conversation: list[dict[str, Any]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(conversation, chat_template=self.template, tokenize=False,
-                                                  add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return prompt_ids(self.tokenizer, conversation)
 
     @torch.no_grad()
     def answers(self, model: torch.nn.Module, conversations: list[list[dict[str, Any]]], deadline: float,

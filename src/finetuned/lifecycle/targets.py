@@ -136,3 +136,13 @@ def load(target: Target, config: Config, device: str = "cpu") -> tuple[torch.nn.
         model.load_state_dict(weights, strict=False)
     model.eval()
     return model, load_tokenizer(tokenizer_folder)
+
+
+def describe(target: Target) -> str:
+    """The target in a few words, with how far the line had trained: what a chat header or an answer says."""
+    if target.kind == "version":
+        trained = f"{target.step} steps trained" if target.step else "not trained here"
+        return f"version {target.label} ({trained})"
+    where = f"line step {target.step}" if target.step is not None else "step unknown"
+    what = target.label if target.kind == "checkpoint" else f"the adapter of {target.label}"
+    return f"{what} ({where})"

@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 
+from finetuned import asks
 from finetuned.config import ConfigError, MonitorSettings, parse_config
 from finetuned.monitor.files import Files
 from finetuned.monitor.gpu import gpu_info
@@ -249,3 +250,9 @@ def line_history(files: Files, max_points: int = 4000) -> dict[str, Any]:
         points.append(point)
     return {"axis": "line_step" if by_line else "steps", "points": downsample(points, max_points),
             "segments": segments, "total": len(points)}
+
+
+def asks_view(files: Files, limit: int = 20) -> dict[str, Any]:
+    """The Try it box: the newest questions with their answers, and how many more may be asked."""
+    return {"asks": asks.recent(files.ws, limit), "pending": len(asks.pending(files.ws)),
+            "max_pending": asks.MAX_PENDING}

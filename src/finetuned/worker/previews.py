@@ -31,6 +31,10 @@ class Previewer:
         self.path = path
         self.spent = 0.0
 
+    def ahead(self, train_seconds: float) -> bool:
+        """Previews, and the monitor's asks that share their budget, took more than theirs of training time."""
+        return self.spent > self.settings.budget * train_seconds
+
     def due(self, step: int) -> bool:
         every = self.settings.every_steps
         return bool(every) and step % every == 0
@@ -39,7 +43,7 @@ class Previewer:
             train_seconds: float) -> dict[str, Any] | None:
         if not examples:
             return None
-        if self.spent > self.settings.budget * train_seconds:
+        if self.ahead(train_seconds):
             log.info("preview at step %d skipped: previews are ahead of their %.0f%% budget", step,
                      100 * self.settings.budget)
             return None

@@ -27,6 +27,7 @@ from finetuned.data import DataError, JobData, is_current, prepare
 from finetuned.fsio import sha256_file
 from finetuned.models import memory
 from finetuned.worker import checkpoint
+from finetuned.worker.asks import Asks
 from finetuned.worker.cache import Loaded, ModelCache
 from finetuned.worker.measure import Measurements
 from finetuned.worker.metrics import MetricsLog
@@ -35,6 +36,7 @@ from finetuned.worker.objectives.reference import REFERENCE, reference_logps
 from finetuned.worker.previews import Previewer
 from finetuned.worker.protocol import (
     WAITING_FOR_DISK,
+    Ask,
     Checkpoint,
     Completed,
     Failed,
@@ -43,6 +45,7 @@ from finetuned.worker.protocol import (
     Started,
     Step,
     Train,
+    Yield,
     Yielded,
 )
 from finetuned.worker.publish import publish, summary
@@ -196,6 +199,7 @@ class Recipe:
         params = list(self.loaded.trainable().values())
         metrics = MetricsLog(self.ws.metrics_file(self.job_id), self.ws.tensorboard_dir(self.job_id))
         previews = Previewer(config.previews, self.loaded.tokenizer, self.ws.previews_file(self.job_id))
+        asks = Asks(self.loaded.tokenizer, previews, self.job_id, self.world.report)
         train_seconds = 0.0  # this run's time in steps: the previews' and evaluations' budgets are shares of it
         first_loss = progress.last_loss
         record: dict[str, Any] = {}
@@ -204,7 +208,7 @@ class Recipe:
         model.train()
         try:
             while progress.step < progress.total_steps:
-                order = self.world.order(progress.step)
+                order = self._order(asks, train_seconds)
                 self._report_written()
                 if order is not None:
                     path = self._save(wait=True)
@@ -318,6 +322,13 @@ class Recipe:
                   f"training.activation_checkpointing or method qlora ({error})")
         log.error("job %s: %s", self.job_id, reason)
         self.world.report(Failed(job_id=self.job_id, kind=FailKind.MEMORY, step=step, reason=reason))
+    def _order(self, asks: Asks, train_seconds: float) -> Yield | None:
+        """The daemon's order at this boundary; the questions that come with it are answered here."""
+        while isinstance(order := self.world.order(self.progress.step), Ask):
+            asks.take(order)
+            asks.answer(self.loaded.model, self.progress, train_seconds)
+        asks.answer(self.loaded.model, self.progress, train_seconds)  # those that waited for the budget
+        return order
 
     def _weights_to_publish(self) -> int:
         """The step whose weights become the adapter: the last, or the best (`evaluation.publish: best`)."""
