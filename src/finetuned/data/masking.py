@@ -58,6 +58,14 @@ FALLBACK_TEMPLATE = (
 _MAX_SKELETONS = 4096  # distinct role sequences remembered
 
 
+def training_template(tokenizer: Any) -> str:
+    """The chat template training renders with: the tokenizer's own, else FALLBACK_TEMPLATE.
+
+    Adapters and exports carry this one, so a model is prompted as it was trained.
+    """
+    return getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
+
+
 def trained_turns(messages: Sequence[Message]) -> list[int]:
     """The turns that carry loss: assistant turns, unless the data says otherwise per turn."""
     return [i for i, m in enumerate(messages) if m.train or (m.train is None and m.role == "assistant")]
