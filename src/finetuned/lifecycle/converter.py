@@ -133,11 +133,18 @@ def ensure() -> Path:
     script = ready()
     if script is not None:
         return script
+    try:
+        return _fetch()
+    except OSError as exc:  # a cache that cannot be written, a full disk
+        raise ConverterError(f"could not set up llama.cpp's converter in {folder()}: {exc}") from None
+
+
+def _fetch() -> Path:
     home = folder()
     home.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".fetch.", dir=home))
     try:
-        placed = home / SDIST  # put there by hand (offline), or left by an earlier fetch
+        placed = home / SDIST  # put there by hand (offline)
         sdist = placed if placed.is_file() else _download(work)
         _verify(sdist, sdist == placed)
         unpacked = work / "converter"
