@@ -12,7 +12,7 @@ import torch
 from gguf import GGUFReader
 from gotemplate import modelfile_fields, ollama_prompt
 from helpers import chat_lines, make_workspace
-from lifecycle_helpers import cli, lifecycle_config, train_job
+from lifecycle_helpers import base_plus_adapter_logits, cli, lifecycle_config, logits, train_job
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -133,6 +133,17 @@ def test_ollama_export_of_the_newest_checkpoint(trained, tmp_path, gguf_converte
         assert lead + ollama_prompt(modelfile, messages) == tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True)
     assert gguf_field(out, "tokenizer.chat_template") == tokenizer.chat_template
+
+
+def test_hf_export_of_a_checkpoint_is_its_adapter_or_its_merged_model(trained, tmp_path):
+    model, _tokenizer = load(resolve(trained, "latest"), trained.load_config())
+    expected = logits(model)
+    pair = export(trained, "latest", tmp_path / "pair")
+    assert json.loads((pair / "finetuned.json").read_text())["kind"] == "checkpoint"
+    assert (base_plus_adapter_logits(pair / "base", pair / "adapter") - expected).abs().max().item() < 1e-5
+    assert AutoTokenizer.from_pretrained(str(pair / "adapter")).chat_template == base_template(trained)
+    merged = export(trained, "latest", tmp_path / "merged", merged=True)
+    assert (logits(merged) - expected).abs().max().item() < 1e-4
 
 
 def test_a_base_without_a_chat_template_carries_the_fallback_everywhere(tmp_path, tiny_model_dir, gguf_converter):
