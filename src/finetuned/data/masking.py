@@ -58,12 +58,19 @@ FALLBACK_TEMPLATE = (
 _MAX_SKELETONS = 4096  # distinct role sequences remembered
 
 
+def training_template(tokenizer: Any) -> str:
+    """The chat template training renders with: the tokenizer's own, else FALLBACK_TEMPLATE.
+
+    Adapters and exports carry this one, so a model is prompted as it was trained.
+    """
+    return getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
+
+
 def render_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> str:
-    """A conversation as the model reads it before answering: rendered as training renders it (the
-    tokenizer's chat template, else FALLBACK_TEMPLATE), ending with the assistant's header.
-    Evaluation, `finetuned chat` and the monitor's asks all start here, so none can drift from training."""
-    template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_TEMPLATE
-    return tokenizer.apply_chat_template(list(messages), chat_template=template, tokenize=False,
+    """A conversation as the model reads it before answering: rendered with `training_template`, ending
+    with the assistant's header. Evaluation, `finetuned chat` and the monitor's asks all start here, so
+    none can drift from training."""
+    return tokenizer.apply_chat_template(list(messages), chat_template=training_template(tokenizer), tokenize=False,
                                          add_generation_prompt=True)
 
 

@@ -104,10 +104,10 @@ def contributors(ws: Workspace, adapter: Adapter) -> list[dict[str, Any]]:
     return entries
 
 
-def _copy_extras(source: Path, out: Path) -> None:
+def _copy_extras(source: Path, out: Path, skip: tuple[str, ...] = ()) -> None:
     """The tokenizer and chat template, byte for byte, beside the weights save_pretrained wrote."""
     for item in source.iterdir():
-        if not item.is_file() or item.name in _NOT_EXTRAS or item.name.startswith("."):
+        if not item.is_file() or item.name in _NOT_EXTRAS + skip or item.name.startswith("."):
             continue
         if item.suffix in _WEIGHT_SUFFIXES or item.name.startswith("adapter_") or (out / item.name).exists():
             continue
@@ -127,7 +127,7 @@ def merge_into(base_dir: Path, adapter: Adapter, out: Path, dtype: str | None,
         model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
         report("applying the adapter", stage + 1, STAGES)
         model = PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload()
-        sources = [base_dir]
+        sources = [adapter.path, base_dir]  # the adapter's tokenizer first: it has the template training used
     else:
         model = AutoModelForCausalLM.from_pretrained(str(adapter.path), dtype=torch.float32)
         report("reading the fine-tuned model", stage + 1, STAGES)
@@ -137,7 +137,8 @@ def merge_into(base_dir: Path, adapter: Adapter, out: Path, dtype: str | None,
     model.to(target)
     model.save_pretrained(str(out))
     for source in sources:
-        _copy_extras(source, out)
+        # README.md in an adapter is peft's generated model card, not the model's
+        _copy_extras(source, out, skip=("README.md",) if source == adapter.path and adapter.is_peft else ())
     del model
     gc.collect()
 
