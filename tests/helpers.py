@@ -14,7 +14,7 @@ from typing import Any
 
 from finetuned.config import Config, save_config
 from finetuned.queue.job import Job, JobStatus
-from finetuned.worker.protocol import Order, Report, Shutdown, Step, Train, Yield, YieldReason
+from finetuned.worker.protocol import Ask, Order, Report, Shutdown, Step, Train, Yield, YieldReason
 from finetuned.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,17 +39,22 @@ def tiny_config(**training: Any) -> Config:
 
 
 class Driver:
-    """Plays the daemon's side of the worker's pipe in-process: keeps every report, yields after a chosen step."""
+    """Plays the daemon's side of the worker's pipe in-process: keeps every report, yields after a chosen step,
+    asks the questions in `asks` at the boundary after their step."""
 
-    def __init__(self, yield_at: int | None = None, reason: YieldReason = YieldReason.STOP) -> None:
+    def __init__(self, yield_at: int | None = None, reason: YieldReason = YieldReason.STOP,
+                 asks: dict[int, list[Ask]] | None = None) -> None:
         self.messages: list[Report] = []
         self.yield_at = yield_at
         self.reason = reason
+        self.asks = {step: list(questions) for step, questions in (asks or {}).items()}
 
     def send(self, message: Report) -> None:
         self.messages.append(message)
 
-    def poll(self, step: int) -> Yield | None:
+    def poll(self, step: int) -> Yield | Ask | None:
+        if self.asks.get(step):
+            return self.asks[step].pop(0)
         if self.yield_at is not None and step == self.yield_at:
             self.yield_at = None
             return Yield(self.reason)

@@ -35,8 +35,9 @@ def test_a_job_s_settings_are_validated_over_the_workspace_s():
     assert config.training.epochs == 1, "the workspace's config is left alone"
     with pytest.raises(ConfigError, match=r"unknown key 'training\.epoch'"):
         job_config(config, {"training": {"epoch": 2}})
-    with pytest.raises(ConfigError, match=r"unknown key 'preference'"):
-        job_config(config, {"preference": {"beta": 0.2}})  # not a setting yet: refused, not ignored
+    assert job_config(config, {"preference": {"beta": 0.2}}).preference.beta == 0.2  # SPEC section 8's example
+    with pytest.raises(ConfigError, match=r"unknown key 'preference\.bta'"):
+        job_config(config, {"preference": {"bta": 0.2}})
     with pytest.raises(ConfigError, match="'monitor' is a workspace setting"):
         job_config(config, {"monitor": {"port": 1}})
     with pytest.raises(ConfigError, match=r"training\.init_adapter needs method lora or qlora"):

@@ -29,6 +29,23 @@ class LoraSettings(_Section):
     target_modules: str | list[str] = "all-linear"
 
 
+class EarlyStopping(_Section):
+    """End a job (completed, reason `early_stopped`) when its metric stops improving."""
+
+    metric: str = Field("val_loss", pattern=r"^(val_loss|eval:[A-Za-z0-9][A-Za-z0-9_.-]*)$")
+    patience: int = Field(3, gt=0)  # measurements without an improvement before it stops
+    min_delta: float = Field(0.0, ge=0)  # what counts as an improvement
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric == "val_loss"
+
+    @property
+    def key(self) -> str:
+        """The metric's name in logs/metrics: val_loss, or eval/SUITE."""
+        return self.metric.replace("eval:", "eval/", 1)
+
+
 class TrainingSettings(_Section):
     epochs: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0)
@@ -50,6 +67,7 @@ class TrainingSettings(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     # Recompute activations in the backward pass: less memory for longer sequences, ~30% more time.
     activation_checkpointing: bool = False
+    early_stopping: EarlyStopping | None = None
 
 
 class PreferenceSettings(_Section):
@@ -104,6 +122,20 @@ class PreviewSettings(_Section):
     budget: float = Field(0.05, ge=0, le=1)  # share of training time previews may take
 
 
+class EvaluationSettings(_Section):
+    """Suites in `evals/` run on the loaded model while it trains (evaluation/runner.py), and gate a switch."""
+
+    every_steps: int | None = Field(None, ge=0)  # None: at every checkpoint; 0: never while training
+    # Share of training time evaluation may take: 0.1 a tenth, 1 as long as training; more is allowed (tests, or
+    # a user who wants every round whatever it costs).
+    budget: float = Field(0.1, ge=0)
+    max_regression: float = Field(0.05, ge=0, le=1)  # a suite's score may fall this much before a switch is refused
+    publish: Literal["last", "best"] = "last"  # which weights become the adapter: the last step's, or the best
+    suite_seconds: float = Field(120, gt=0)  # a suite's time limit; cases not reached count as failed
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(8, gt=0)
+
+
 class MonitorSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -145,6 +177,7 @@ class Config(_Section):
     inbox: InboxSettings = Field(default_factory=InboxSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     previews: PreviewSettings = Field(default_factory=PreviewSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)

@@ -7,11 +7,13 @@ import typer
 from finetuned.cli import (
     add,
     cancel,
+    chat,
     check,
     config,
     consolidate,
     controls,
     doctor,
+    evaluate,
     export,
     gc,
     init,
@@ -48,6 +50,8 @@ app.command(help=examples_kept(versions.USE_HELP))(versions.use)
 app.command(help=examples_kept(versions.ROLLBACK_HELP))(versions.rollback)
 app.command(help=examples_kept(consolidate.HELP))(consolidate.consolidate)
 app.command(help=examples_kept(export.HELP))(export.export)
+app.command("eval", help=examples_kept(evaluate.HELP))(evaluate.eval_)
+app.command(help=examples_kept(chat.HELP))(chat.chat)
 app.command(help=examples_kept(gc.GC_HELP))(gc.gc)
 app.command(help=examples_kept(gc.KEEP_HELP))(gc.keep)
 app.command(help=examples_kept(doctor.HELP))(doctor.doctor)

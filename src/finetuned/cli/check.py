@@ -50,9 +50,10 @@ def check(
 
     name = base_model or config.base_model
     with tempfile.TemporaryDirectory(prefix="finetuned-base-") as scratch:
-        base_models = ws.base_models if ws.config_path.exists() else Path(scratch)
+        # Outside a workspace a built-in is written out to a scratch folder, never into the current one.
+        home = ws if ws.config_path.exists() else Workspace.at(Path(scratch))
         try:
-            tokenizer = load_tokenizer(resolve_base(name, base_models))
+            tokenizer = load_tokenizer(resolve_base(name, home))
         except (ModelError, OSError, ValueError) as exc:
             fail(f"cannot load the tokenizer of {name}: {exc}")
         report = check_file(file, tokenizer, config.data, config.training.max_seq_len, show,

@@ -20,6 +20,7 @@ from finetuned import controls
 from finetuned import notify as notifications
 from finetuned.config import Config, ConfigError
 from finetuned.controls import Control
+from finetuned.daemon.asks import AskDesk
 from finetuned.daemon.consolidation import ScheduledConsolidation
 from finetuned.daemon.prefetch import Prefetcher
 from finetuned.daemon.session import Session
@@ -57,6 +58,7 @@ class Daemon:
         self.validator = Validator()
         self.prefetch = Prefetcher(ws, self.store, self.endings)
         self.consolidation = ScheduledConsolidation(ws)
+        self.asks = AskDesk(ws, self.session)
         self.started = time.time()
         self.state_writer = StateWriter(ws, self.started)
         self.shutdown_requested = 0
@@ -136,6 +138,7 @@ class Daemon:
         return False
 
     def _close(self) -> None:
+        self.asks.close()
         self.session.close()
         self.prefetch.close()
         self.validator.close()
@@ -148,7 +151,7 @@ class Daemon:
 
     def _sleep_seconds(self) -> float:
         if self.session.worker is not None or self.prefetch.busy or self.inbox.waiting or self.validator.busy \
-                or self.settings.checking:
+                or self.settings.checking or self.asks.busy:
             return 0.1
         return self.config.inbox.poll_seconds
 
@@ -174,6 +177,8 @@ class Daemon:
         if self.consolidation.tick(idle=self.session.job is None and not self.shutdown_requested):
             self._dirty = True
         self._schedule()
+        # A consolidation merges a whole model in memory: no second one is loaded beside it to answer questions.
+        self.asks.tick(self.config, answerer_allowed=not (self.consolidation.running or self.shutdown_requested))
         self.write_state()
 
     def _ingest(self) -> None:
@@ -326,6 +331,7 @@ class Daemon:
             return
         exclude = [j.id for j in self.store.jobs.values() if j.status in (JobStatus.SKIPPED, JobStatus.FAILED)]
         exclude += line_exclusions(self.ws, self.store.jobs.values())  # after use/rollback: a fresh line
+        self.asks.make_way()
         self.session.start(job, config, exclude)
         self._dirty = True
 

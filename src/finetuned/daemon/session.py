@@ -26,6 +26,7 @@ from finetuned.queue.render import Progress
 from finetuned.queue.store import JobStore
 from finetuned.worker.protocol import (
     WAITING_FOR_DISK,
+    Answer,
     Checkpoint,
     Completed,
     Failed,
@@ -65,6 +66,7 @@ class Session:
         self.paused_since: float | None = None
         self._step_times: list[float] = []
         self._last_tokens = self._last_examples = 0
+        self._answers: list[Answer] = []  # to the monitor's questions: the daemon's AskDesk records them
 
     @property
     def training(self) -> bool:
@@ -146,6 +148,11 @@ class Session:
             self._handle(report)
         return bool(reports)
 
+    def take_answers(self) -> list[Answer]:
+        """The worker's answers to questions since the last call (they are no part of the job's progress)."""
+        answers, self._answers = self._answers, []
+        return answers
+
     def watch(self, step_timeout: float, max_retries: int) -> bool:
         """A dead or silent worker: its job crashed. True when something changed."""
         worker = self.worker
@@ -173,6 +180,9 @@ class Session:
         return False
 
     def _handle(self, report: Report) -> None:
+        if isinstance(report, Answer):
+            self._answers.append(report)
+            return
         job = self.job
         if job is None or getattr(report, "job_id", None) != job.id:
             return  # Ready, or a late word about a job that already ended

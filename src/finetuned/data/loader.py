@@ -169,7 +169,10 @@ class JobData:
         return -(-micro // self.grad_accum)
 
     def _micro_batch(self, plan: _Plan, k: int) -> Batch | PreferenceBatch:
-        rows = [plan.row(r) for r in range(k * self.batch_size, min((k + 1) * self.batch_size, plan.n_rows))]
+        return self._batch(plan, k * self.batch_size, min((k + 1) * self.batch_size, plan.n_rows))
+
+    def _batch(self, plan: _Plan, start: int, end: int) -> Batch | PreferenceBatch:
+        rows = [plan.row(r) for r in range(start, end)]
         if self.form != SFT:
             return self._preference_batch(rows)
         if self.packing:
@@ -201,31 +204,48 @@ class JobData:
             plan = _Plan(ids[start : start + self.batch_size], self._rows(ids[start : start + self.batch_size]))
             yield self._preference_batch([plan.row(r) for r in range(plan.n_rows)], together=True)
 
-    def step_batches(self, step: int) -> list[Batch | PreferenceBatch]:
+    def step_batches(self, step: int, split: int = 1) -> list[Batch | PreferenceBatch]:
         """The grad_accum micro-batches of optimizer step `step` (0-based).
 
         The last step of an epoch may hold fewer micro-batches, and its last one
         fewer rows: weight the loss by `n_loss_tokens`, not by batch count.
+        `split` > 1 cuts each micro-batch into that many smaller ones (after an out-of-memory):
+        the step's rows, and so its loss, stay the same.
         """
+        plan, start, end = self._step_rows(step)
+        size = self.rows_per_batch(split)
+        return [self._batch(plan, r, min(r + size, end)) for r in range(start, end, size)]
+
+    def rows_per_batch(self, split: int) -> int:
+        return -(-self.batch_size // split)
+
+    def _step_rows(self, step: int) -> tuple[_Plan, int, int]:
         if not 0 <= step < self.total_steps:
             raise IndexError(f"step {step} outside 0..{self.total_steps - 1}")
-        epoch = int(np.searchsorted(self.epoch_first_step, step, side="right")) - 1
+        epoch = self.epoch_of(step)
         plan = self._plan(epoch)
-        local = step - int(self.epoch_first_step[epoch])
-        micro = -(-plan.n_rows // self.batch_size)
-        first = local * self.grad_accum
-        return [self._micro_batch(plan, k) for k in range(first, min(first + self.grad_accum, micro))]
+        first = (step - int(self.epoch_first_step[epoch])) * self.grad_accum * self.batch_size
+        return plan, first, min(first + self.grad_accum * self.batch_size, plan.n_rows)
+
+    def longest_in_step(self, step: int) -> tuple[int, int]:
+        """(example id, tokens) of the step's longest example: what an out-of-memory report names."""
+        plan, start, end = self._step_rows(step)
+        examples = np.concatenate([plan.row(r) for r in range(start, end)]).astype(np.int64)
+        lengths = self.lengths[examples]  # a pair's or a labelled answer's sequences together
+        k = int(np.argmax(lengths))
+        return int(examples[k]), int(lengths[k])
 
     def epoch_of(self, step: int) -> int:
         return int(np.searchsorted(self.epoch_first_step, step, side="right")) - 1
 
-    def holdout_batches(self) -> Iterator[Batch | PreferenceBatch]:
-        """The holdout examples, in a fixed order, batched the way training is."""
+    def holdout_batches(self, split: int = 1) -> Iterator[Batch | PreferenceBatch]:
+        """The holdout examples, in a fixed order, batched the way training is (`split`: as `step_batches`)."""
         if not self.n_holdout:
             return
         plan = _Plan(self.holdout_ids, self._rows(self.holdout_ids))
-        for k in range(-(-plan.n_rows // self.batch_size)):
-            yield self._micro_batch(plan, k)
+        size = self.rows_per_batch(split)
+        for start in range(0, plan.n_rows, size):
+            yield self._batch(plan, start, min(start + size, plan.n_rows))
 
     def holdout_examples(self, n: int) -> list[tuple[list[int], list[int]]]:
         """(prompt ids, expected answer ids) of up to n holdout examples, for previews.

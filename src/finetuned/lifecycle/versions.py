@@ -57,6 +57,7 @@ class Version(BaseModel):
     tokens: int = 0
     total_steps: int = 0  # since version 0
     total_tokens: int = 0
+    evaluation: dict[str, Any] | None = None  # its scores on the suites in evals/ (lifecycle/gate.py)
     path: Path | None = Field(default=None, exclude=True)
     recorded: bool = Field(default=True, exclude=True)  # False: version 0 without its version.json yet
 

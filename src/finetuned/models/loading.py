@@ -83,6 +83,19 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """The tokenizer's files in `folder`, with the chat template training used (`chat_template.jinja`)."""
+    from finetuned.data.masking import training_template
+
+    own = tokenizer.chat_template
+    # The worker's tokenizer is cached across jobs: set the template for the save, then put it back.
+    tokenizer.chat_template = training_template(tokenizer)
+    try:
+        tokenizer.save_pretrained(str(folder))
+    finally:
+        tokenizer.chat_template = own
+
+
 def load_model(folder: Path, method: str = "lora", device: torch.device | str = "cpu",
                activation_checkpointing: bool = False) -> nn.Module:
     """The base model on `device` (the caller's world chooses it): bf16 on a GPU, float32 on the CPU;

@@ -74,6 +74,11 @@ class FilesCollector(Collector):
             if isinstance(value, int | float) and math.isfinite(value):
                 objective.add_metric([name], value)
         yield objective
+        scores = GaugeMetricFamily("finetuned_eval_score", "a suite's share of cases passed, as last measured "
+                                   "in the current job (evals/SUITE.jsonl)", labels=["suite"])
+        for suite, value in (job.get("eval_scores") or {}).items():
+            scores.add_metric([suite], value)
+        yield scores
         eta, _partial = queue_eta(self.files, job)
         yield from _gauge("finetuned_queue_eta_seconds", "estimated seconds until the whole queue is trained", eta)
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from finetuned.config import Config
+from finetuned.models import memory
 from finetuned.models.check import check_base_model
 from finetuned.models.loading import add_lora, load_model, weights_hash
 from finetuned.worker.checkpoint import seed_all
@@ -61,6 +62,8 @@ class ModelCache:
         model = load_model(checked.path, config.method, world.device, config.training.activation_checkpointing)
         if config.method in ("lora", "qlora"):
             model = add_lora(model, config.lora, checked.adapter)
+        if memory.injector() is not None:  # tests: out-of-memory at chosen forwards (FINETUNED_INJECT_OOM)
+            memory.hook(model)
         fresh = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         self.loaded = Loaded(key, checked.path, weights_hash(checked.path), model, checked.tokenizer, fresh)
         log.info("loaded %s (%s) in %.1fs", config.base_model, config.method, time.time() - started)

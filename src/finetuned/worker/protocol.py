@@ -4,12 +4,14 @@ The daemon gives orders; the worker reports at optimizer-step boundaries. Each
 message is a frozen dataclass sent over a `multiprocessing` pipe, and readers
 match on the class, so a field renamed here is renamed everywhere.
 
-    daemon -> training worker   Train, Yield, Shutdown
+    daemon -> training worker   Train, Yield, Ask, Shutdown
     daemon -> preparer          Prepare, Shutdown
     daemon -> model checker     CheckModel, Shutdown
-    worker -> daemon            Ready, Phase, Started, Step, Checkpoint, Yielded, Completed, Failed
+    daemon -> answerer          Ask, Shutdown
+    worker -> daemon            Ready, Phase, Started, Step, Checkpoint, Yielded, Completed, Failed, Answer
     preparer -> daemon          Ready, Prepared, Failed
     model checker -> daemon     Ready, ModelChecked
+    answerer -> daemon          Ready, Answer
 
 No torch here: the daemon imports this module.
 """
@@ -47,6 +49,7 @@ class FailKind(str, Enum):
     # The settings cannot train (base model, LoRA targets, starting adapter): never retried. The workspace's
     # config holds the queue until it is fixed; a file's own settings fail that file.
     CONFIG = "config"
+    MEMORY = "memory"  # a step ran out of memory even one row at a time: it fails, the last checkpoint kept
 
 
 # --- orders -----------------------------------------------------------------
@@ -70,6 +73,20 @@ class Yield:
 @dataclass(frozen=True)
 class Shutdown:
     """Exit: the model's memory goes with the process."""
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A question for the model line (the monitor's "Try it"): greedy, so answering draws no random numbers.
+
+    The training worker answers it between steps, within the previews' budget, on the live model;
+    the answerer, while nothing trains, with the line's newest checkpoint or its current version.
+    """
+
+    id: str
+    messages: tuple[dict[str, str], ...]  # the conversation, the user's turn last
+    max_new_tokens: int
+    seconds: float  # the generation's hard time limit
 
 
 @dataclass(frozen=True)
@@ -174,6 +191,21 @@ class Failed:
     traceback: str = field(default="", repr=False)
 
 
-Order = Train | Yield | Shutdown | Prepare | CheckModel
-Report = Ready | Phase | Started | Step | Checkpoint | Yielded | Completed | Prepared | ModelChecked | Failed
+@dataclass(frozen=True)
+class Answer:
+    """What the model answered to an `Ask`, and which weights did: `source` says it in words."""
+
+    id: str
+    text: str
+    source: str  # "job 20251116_014530 at step 12", "checkpoint 40 of job ...", "tiny-v2"
+    job_id: str | None  # the job whose weights answered, when a job's did
+    step: int | None  # that job's step, when the training worker answered
+    line_step: int | None  # the model line's step count of those weights
+    seconds: float
+    error: str = ""  # why there is no answer, when there is none
+
+
+Order = Train | Yield | Shutdown | Prepare | CheckModel | Ask
+Report = (Ready | Phase | Started | Step | Checkpoint | Yielded | Completed | Prepared | ModelChecked | Failed
+          | Answer)
 Message = Order | Report

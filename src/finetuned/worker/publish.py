@@ -13,6 +13,7 @@ from finetuned.checkpoints import TrainingProgress
 from finetuned.config import Config
 from finetuned.data import JobData, load_meta
 from finetuned.fsio import publish_dir, remove_tree
+from finetuned.models.loading import save_tokenizer
 from finetuned.queue.endings import adapter_record
 from finetuned.queue.job import Job
 from finetuned.worker.cache import Loaded
@@ -48,7 +49,8 @@ def publish(ws: Workspace, job: Job, config: Config, loaded: Loaded, result: dic
     tmp = final.with_name(f".{final.name}.tmp")
     remove_tree(tmp)
     loaded.model.save_pretrained(tmp)
-    if config.method == "full":
-        loaded.tokenizer.save_pretrained(tmp)
+    # Every adapter carries the tokenizer and the chat template it was trained with: exports and
+    # versions made from it prompt the model as training did, whatever its base says.
+    save_tokenizer(loaded.tokenizer, tmp)
     (tmp / ADAPTER_RECORD).write_text(json.dumps(adapter_record(job, result), indent=2) + "\n")
     publish_dir(tmp, final)

@@ -169,4 +169,33 @@ class RewardChart {
   }
 }
 
-window.FTCharts = { LossChart, ExactChart, RewardChart, smooth };
+/* Evaluation suites (evals/): each suite's share of cases passed, at the steps it was measured. */
+const SUITE_COLORS = ["#3fb97a", "#57b5ff", "#e0a84a", "#b59cff", "#f0706a", "#4fd1c5", "#f6c177", "#9aa5b1"];
+
+class EvalChart {
+  constructor(el) {
+    this.el = el;
+    this.plot = null;
+    this.names = "";
+    new ResizeObserver(() => { if (this.plot) this.plot.setSize({ width: Math.max(200, el.clientWidth), height: 140 }); }).observe(el);
+  }
+
+  set(steps, suites) {
+    const names = Object.keys(suites);
+    const data = [steps, ...names.map((n) => suites[n].map((r) => (r == null ? null : 100 * r)))];
+    if (this.plot && this.names === names.join("\n")) { this.plot.setData(data); return; }
+    if (this.plot) { this.plot.destroy(); this.plot = null; }
+    this.names = names.join("\n");
+    if (!steps.length) return;
+    const line = (label, i) => ({ label, stroke: SUITE_COLORS[i % SUITE_COLORS.length], width: 2, spanGaps: true,
+      points: { show: true, size: 5, fill: SUITE_COLORS[i % SUITE_COLORS.length] } });
+    this.plot = new uPlot({
+      width: Math.max(200, this.el.clientWidth), height: 140, legend: { show: false },
+      scales: { x: { time: false }, y: { range: [0, 100] } },
+      axes: [axis({ values: (u, vals) => vals.map(fmtAxis) }), axis({ size: 44, values: (u, vals) => vals.map((v) => v + "%") })],
+      series: [{}, ...names.map(line)],
+    }, data, this.el);
+  }
+}
+
+window.FTCharts = { LossChart, ExactChart, RewardChart, EvalChart, SUITE_COLORS, smooth };
