@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from helpers import chat_lines, drop, make_workspace, read_json, tiny_config, wait_for
+from helpers import Gate, chat_lines, drop, make_workspace, read_json, tiny_config, wait_for
 
 from finetuned.config import Config
 from finetuned.daemon.statefiles import StateWriter
@@ -101,7 +101,9 @@ class StateWorkspace:
 class MonitoredDaemon:
     """`finetuned run` with its monitor (helpers.DaemonProcess runs without one)."""
 
-    def __init__(self, ws: Workspace, log_path: Path, nofile: int | None = None) -> None:
+    def __init__(self, ws: Workspace, log_path: Path, gate: Gate | None = None, nofile: int | None = None) -> None:
+        from finetuned.worker.main import GATE_ENV
+
         self.ws = ws
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115
@@ -110,10 +112,10 @@ class MonitoredDaemon:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **({GATE_ENV: str(gate.path)} if gate else {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "finetuned", "run", "--root", str(ws.root)],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True, preexec_fn=limits,
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=limits,
         )
         self.url = ""
 

@@ -165,10 +165,16 @@ def test_one_producer_builds_each_change_once_for_every_page(server: MonitorServ
 
 
 def test_a_page_gets_the_metrics_history_once_in_columns(server: MonitorServer, state: StateWorkspace):
+    metrics = state.ws.metrics_file(state.current.id)
+    last = json.loads(metrics.read_text().splitlines()[-1])
+    with metrics.open("a") as f:  # an evaluation round and a preference step: the page charts those too
+        f.write(json.dumps({"step": last["step"] + 1, "loss": 0.5, "eval/qa": 0.75, "rewards/margins": 1.5}) + "\n")
     events = EventReader(server.url + "api/events")
     _, _, history = events.wait(lambda e: e[1] == "metrics", 10)
     assert history["reset"] and "points" not in history
-    logged = [json.loads(line) for line in state.ws.metrics_file(state.current.id).read_text().splitlines()]
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert history["columns"]["step"] == [r["step"] for r in logged]
     assert history["columns"]["loss"] == [r["loss"] for r in logged]
     assert history["columns"]["val_loss"] == [r.get("val_loss") for r in logged]
+    assert history["columns"]["eval/qa"] == [None] * (len(logged) - 1) + [0.75]
+    assert history["columns"]["rewards/margins"][-1] == 1.5

@@ -65,3 +65,20 @@ def test_a_refused_file_waits_until_it_changes(tmp_path):
     path.write_text("xy")
     inbox.scan(t0 + 4)
     assert inbox.scan(t0 + 5) == [(path, "normal")]
+
+
+def test_a_sidecar_is_never_data_and_its_file_waits_until_the_sidecar_settles(tmp_path):
+    ws, inbox = make(tmp_path)
+    data, sidecar = ws.inbox_normal / "a.jsonl", ws.inbox_normal / "a.jsonl.config.json"
+    old = time.time() - 100
+    data.write_text("x")
+    os.utime(data, (old, old))
+    t0 = time.time() + 10
+    assert inbox.scan(t0) == []
+    sidecar.write_text("{}")  # comes with the file, still being written when the file has settled
+    assert inbox.scan(t0 + 1.1) == [], "the file waits for its settings"
+    assert inbox.waiting
+    assert inbox.scan(t0 + 2.2) == [(data, "normal")], "the sidecar is never taken as data"
+    inbox.forget(data)
+    data.unlink()
+    assert inbox.scan(t0 + 3.3) == [] and not inbox.waiting, "a settled sidecar alone waits quietly for its file"

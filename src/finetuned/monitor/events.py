@@ -26,7 +26,7 @@ from fastapi.sse import format_sse_event
 
 from finetuned.config import MonitorSettings
 from finetuned.monitor.files import Files, signature
-from finetuned.monitor.views import downsample, health_view, queue_view, status_view
+from finetuned.monitor.views import asks_view, downsample, health_view, queue_view, status_view
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ PING_SECONDS = 15.0  # a comment line on an idle stream, so proxies and browsers
 MAX_POINTS = 4000
 MAX_ROUNDS = 50
 BACKLOG = 256  # events queued for one page before it counts as gone
-HISTORY_FIELDS = ("step", "loss", "val_loss")
-SNAPSHOT_KINDS = ("status", "queue", "jobs", "health", "previews")
+HISTORY_FIELDS = ("step", "loss", "val_loss")  # always there, null or not: what the main chart draws
+SNAPSHOT_KINDS = ("status", "queue", "jobs", "health", "asks", "previews")
 PING = b": ping\n\n"
 
 
@@ -58,9 +58,11 @@ def encode(event: str, data: Any, event_id: int | None = None, retry: int | None
 
 
 def columns(job_id: str, points: list[dict[str, Any]]) -> dict[str, Any]:
-    """A job's metrics as one array per field: what the chart draws, a fraction of the bytes of point objects."""
+    """A job's metrics as one array per field (null where a point lacks it): a fraction of the bytes of point
+    objects. Every field a point has comes along: the page charts evaluation scores and rewards too."""
+    names = list(dict.fromkeys([*HISTORY_FIELDS, *(name for p in points for name in p)]))
     return {"job_id": job_id, "reset": True, "total": len(points),
-            "columns": {name: [p.get(name) for p in points] for name in HISTORY_FIELDS}}
+            "columns": {name: [p.get(name) for p in points] for name in names}}
 
 
 class Changes:
@@ -92,6 +94,8 @@ class Changes:
             out.append(("jobs", {"changed": True}))
         if self._changed("health", signature(ws.system_health_json)):
             out.append(("health", health_view(files)))
+        if self._changed("asks", signature(ws.asks)):  # a folder's mtime moves with every question and answer
+            out.append(("asks", asks_view(files)))
         job = self.current = files.training_job_id()
         if job is not None:
             metrics = self._metrics(job)

@@ -17,6 +17,7 @@ import math
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from finetuned import checkpoints, disk
@@ -24,13 +25,19 @@ from finetuned.checkpoints import TrainingProgress
 from finetuned.config import ConfigError
 from finetuned.data import DataError, JobData, is_current, prepare
 from finetuned.fsio import sha256_file
+from finetuned.models import memory
+from finetuned.models.loading import ModelError
 from finetuned.worker import checkpoint
+from finetuned.worker.asks import Asks
 from finetuned.worker.cache import Loaded, ModelCache
+from finetuned.worker.measure import Measurements
 from finetuned.worker.metrics import MetricsLog
 from finetuned.worker.objectives import Objective, objective_for
+from finetuned.worker.objectives.reference import REFERENCE, reference_logps
 from finetuned.worker.previews import Previewer
 from finetuned.worker.protocol import (
     WAITING_FOR_DISK,
+    Ask,
     Checkpoint,
     Completed,
     Failed,
@@ -39,11 +46,13 @@ from finetuned.worker.protocol import (
     Started,
     Step,
     Train,
+    Yield,
     Yielded,
 )
 from finetuned.worker.publish import publish, summary
 from finetuned.worker.schedule import lr_at
 from finetuned.worker.step import accumulate, update
+from finetuned.worker.stopping import observe
 from finetuned.worker.world import World
 from finetuned.workspace import Workspace
 
@@ -68,6 +77,7 @@ class Recipe:
     objective: Objective
     optimizer: torch.optim.Optimizer
     progress: TrainingProgress
+    warnings: list[str]  # what preparing the data found worth saying, as the daemon's record holds it
 
     def __init__(self, ws: Workspace, order: Train, cache: ModelCache, world: World) -> None:
         self.ws = ws
@@ -78,12 +88,17 @@ class Recipe:
         self.world = world
         self.job_dir = ws.job_checkpoints(self.job_id)
         self.writer = checkpoint.Writer()
+        self._dropout: dict[torch.nn.Module, float] = {}  # rates set aside for this job, put back at its end
 
     # --- setup ----------------------------------------------------------
     def setup(self) -> bool:
         """Build what the job needs; False when it cannot train (the daemon has been told why)."""
         try:
             self.loaded = self.cache.get(self.config, self.world, lambda: self._phase("loading model"))
+        except ModelError as exc:  # the settings cannot train: no retry can change that
+            self.world.report(Failed(job_id=self.job_id, kind=FailKind.CONFIG, reason=str(exc), step=0))
+            return False
+        try:
             self.data = self._setup_data()
         except DataError as exc:
             self._refuse(str(exc), exc.report)
@@ -92,11 +107,15 @@ class Recipe:
             error = "the data gives no training step"
             self._refuse(error, {"file": self.order.job.file, "error": error, "problems": []})
             return False
-        self.objective = objective_for(self.data.meta)
         self.optimizer = self._setup_optimizer()
         self.progress, resumed_from = self._setup_state()
+        self.objective = objective_for(self.data.form, self.config.preference, self._reference)
+        if self.objective.name != "sft":
+            self._quiet_dropout()
+        self.warnings = [note["message"] for note in self.data.meta.get("notes") or []]
         self.world.report(Started(job_id=self.job_id, step=self.progress.step, total_steps=self.data.total_steps,
-                                  examples=self.data.n_train, resumed_from=resumed_from))
+                                  examples=self.data.n_train, resumed_from=resumed_from,
+                                  warnings=tuple(self.warnings)))
         return True
 
     def _setup_data(self) -> JobData:
@@ -105,7 +124,7 @@ class Recipe:
         max_len = config.training.max_seq_len
         sha256 = self.order.job.sha256 or sha256_file(self.order.file)
         if not is_current(out, sha256, tokenizer, config.data, max_len):
-            self._phase("tokenizing")
+            self._phase("tokenising")
             prepare(self.order.file, out, tokenizer, config.data, max_len)
         t = config.training
         return JobData.open(
@@ -113,6 +132,22 @@ class Recipe:
             max_seq_len=t.max_seq_len, packing=config.data.packing, holdout_fraction=config.data.holdout_fraction,
             max_holdout=config.data.max_holdout, seed=t.seed, pad_id=tokenizer.pad_token_id,
         )
+
+    def _reference(self) -> np.ndarray:
+        """Reference log-probabilities: the weights the job starts from (kept beside its tokens)."""
+        folder = self.ws.tokenized / self.job_id
+        if self.progress.step and not (folder / REFERENCE).exists():
+            log.warning("job %s: its reference log-probabilities are gone (its data was prepared again); "
+                        "they are taken from the weights at step %d", self.job_id, self.progress.step)
+        self._phase("scoring with the reference")
+        return reference_logps(self.loaded.model, self.data, folder)
+
+    def _quiet_dropout(self) -> None:
+        """Preference losses compare log-probabilities: no dropout for this job, as TRL and LLaMA-Factory do."""
+        for module in self.loaded.model.modules():
+            if isinstance(module, torch.nn.Dropout) and module.p:
+                self._dropout[module] = module.p
+                module.p = 0.0
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:
         t = self.config.training
@@ -129,11 +164,11 @@ class Recipe:
         if config.training.mode == "continuous":
             # The line's newest state carries the weights; the job's own checkpoint its data position.
             source = checkpoints.line_head(self.ws.checkpoints, config.base_model, config.method,
-                                           set(self.order.line_exclude))
+                                           set(self.order.line_exclude), config.training.init_adapter)
         progress = TrainingProgress(
             job_id=self.job_id, step=0, total_steps=self.data.total_steps, line_step=0, seed=config.training.seed,
             base_model=config.base_model, base_hash=loaded.base_hash, method=config.method,
-            mode=config.training.mode,
+            mode=config.training.mode, init_adapter=config.training.init_adapter,
         )
         if source is None:
             self._copy_weights(loaded.fresh)
@@ -144,7 +179,8 @@ class Recipe:
             checkpoint.load_rng(source[1])
             progress.line_step = source[0].line_step
         if own is not None:
-            kept = own[0].model_dump(include={"step", "tokens", "loss_tokens", "examples", "last_loss"})
+            kept = own[0].model_dump(include={"step", "tokens", "loss_tokens", "examples", "last_loss", "first_loss",
+                                              "best_value", "best_step", "stale_measurements", "micro_batch_split"})
             progress = progress.model_copy(update=kept)
         if config.training.mode == "independent":
             progress.line_step = progress.step
@@ -167,13 +203,15 @@ class Recipe:
         params = list(self.loaded.trainable().values())
         metrics = MetricsLog(self.ws.metrics_file(self.job_id), self.ws.tensorboard_dir(self.job_id))
         previews = Previewer(config.previews, self.loaded.tokenizer, self.ws.previews_file(self.job_id))
-        train_seconds = 0.0  # this run's time in steps: the previews' budget is a share of it
-        first_loss = progress.last_loss
+        asks = Asks(self.loaded.tokenizer, previews, self.job_id, self.world.report)
+        train_seconds = 0.0  # this run's time in steps: the previews' and evaluations' budgets are shares of it
         record: dict[str, Any] = {}
+        stopped: dict[str, Any] | None = None
+        measure = Measurements(self.ws, self.job_id, config, self.loaded, self.data, self.objective, progress)
         model.train()
         try:
             while progress.step < progress.total_steps:
-                order = self.world.order(progress.step)
+                order = self._order(asks, train_seconds)
                 self._report_written()
                 if order is not None:
                     path = self._save(wait=True)
@@ -181,15 +219,17 @@ class Recipe:
                                               checkpoint=str(path)))
                     return
                 started = time.time()
-                batches = self.data.step_batches(progress.step)
-                loss, extra = accumulate(model, batches, self.objective)
+                fitted = self._fitted_step()
+                if fitted is None:
+                    return
+                batches, loss, extra = fitted
                 loss_sum = loss.item()
                 if not math.isfinite(loss_sum):  # fail before the step: memory keeps the last good weights
                     self.optimizer.zero_grad(set_to_none=True)
                     self.world.report(Failed(job_id=self.job_id, kind=FailKind.DIVERGED, step=progress.step + 1,
                                              reason=f"loss became {loss_sum} at step {progress.step + 1}"))
                     return
-                lr = lr_at(progress.line_step, t)
+                lr = lr_at(progress.line_step, t, progress.step, progress.total_steps)
                 update(self.optimizer, params, lr, t.max_grad_norm)
                 progress.step += 1
                 progress.line_step += 1
@@ -197,7 +237,8 @@ class Recipe:
                 progress.loss_tokens += sum(b.n_loss_tokens for b in batches)
                 progress.examples += sum(b.n_examples for b in batches)
                 progress.last_loss = loss_sum
-                first_loss = loss_sum if first_loss is None else first_loss
+                if progress.step == 1:
+                    progress.first_loss = loss_sum  # kept in every checkpoint: a resumed run reports it too
                 elapsed = time.time() - started
                 train_seconds += elapsed
                 done = progress.step == progress.total_steps
@@ -207,12 +248,19 @@ class Recipe:
                     "tokens_per_second": round(sum(b.n_tokens for b in batches) / max(elapsed, 1e-9), 1),
                     **{name: value.item() for name, value in extra.items()},
                 }
-                if done or progress.step % t.checkpoint_every_steps == 0:
-                    self._save(wait=done)
-                    val_loss = self._val_loss()
-                    if val_loss is not None:
-                        record["val_loss"] = val_loss
-                if done or progress.step == 1 or progress.step % t.log_every_steps == 0:
+                # Measure before the checkpoint of this step: the early-stopping state it updates is then in it.
+                checkpoint_due = done or progress.step % t.checkpoint_every_steps == 0
+                measure(record, checkpoint_due, done, train_seconds)
+                verdict = observe(t.early_stopping, progress, record.get(t.early_stopping.key)) \
+                    if t.early_stopping else None
+                stop = verdict is not None and verdict.stop
+                if checkpoint_due or stop or (verdict is not None and verdict.improved):
+                    self._save(wait=done or stop)
+                if stop:
+                    stopped = {"step": progress.step, "metric": t.early_stopping.metric, "reason": verdict.reason,
+                               "best_step": progress.best_step, "best_value": progress.best_value}
+                    log.info("job %s: early_stopped at step %d: %s", self.job_id, progress.step, verdict.reason)
+                if done or stop or progress.step == 1 or progress.step % t.log_every_steps == 0:
                     metrics.write(record)
                     log.info("job %s step %d/%d loss %.4f lr %.2e%s", self.job_id, progress.step,
                              progress.total_steps, loss_sum, lr,
@@ -223,30 +271,90 @@ class Recipe:
                 if previews.due(progress.step):
                     previews.run(model, self.data.holdout_examples(config.previews.examples), progress.step,
                                  train_seconds)
+                if stop:
+                    break
         finally:
             metrics.close()
-        result = summary(self.ws, config, self.loaded, self.data, progress, self.objective.name, first_loss,
-                         record.get("val_loss"))
-        publish(self.ws, self.order.job, config, self.loaded, result)
+        published = self._weights_to_publish()
+        result = summary(self.ws, config, self.loaded, self.data, progress, self.objective.name,
+                         progress.first_loss, record.get("val_loss"))
+        result["published_step"] = published
+        if measure.scores or progress.best_step is not None:
+            best = None if progress.best_step is None else {
+                "metric": t.early_stopping.metric if t.early_stopping else None, "step": progress.best_step,
+                "value": progress.best_value}
+            result["evaluation"] = {"scores": measure.scores, "best": best}
+        if stopped is not None:
+            result["early_stopped"] = stopped
+        publish(self.ws, self.order.job.model_copy(update={"warnings": self.warnings}), config, self.loaded, result)
         self.world.report(Completed(job_id=self.job_id, summary=result))
 
+    def _fitted_step(self) -> tuple[list[Any], torch.Tensor, dict[str, torch.Tensor]] | None:
+        """The next step's batches, loss and metrics, its micro-batches halved (and doubled in number) as often as
+        memory needs; None when even one row at a time does not fit (the daemon has been told)."""
+        progress, model = self.progress, self.loaded.model
+        while True:
+            batches = self.data.step_batches(progress.step, progress.micro_batch_split)
+            try:
+                with memory.phase(memory.TRAIN, progress.step + 1):
+                    return batches, *accumulate(model, batches, self.objective)
+            except Exception as exc:  # only an out-of-memory is survived; its traceback is dropped here
+                if not memory.is_out_of_memory(exc):
+                    raise
+                error = str(exc).splitlines()[0][:200]
+            del batches
+            self.optimizer.zero_grad(set_to_none=True)  # the micro-batches done before it are done again
+            memory.free()
+            rows = self.data.rows_per_batch(progress.micro_batch_split)
+            if rows <= 1:
+                self._out_of_memory(error)
+                return None
+            progress.micro_batch_split *= 2
+            smaller = self.data.rows_per_batch(progress.micro_batch_split)
+            reason = (f"out of memory at step {progress.step + 1} with {rows} rows a micro-batch; {smaller} from now "
+                      f"on, {progress.micro_batch_split}x as many (same loss) ({error})")
+            log.warning("job %s: %s", self.job_id, reason)
+            self.world.report(Phase(job_id=self.job_id, phase="training", reason=reason))
+
+    def _out_of_memory(self, error: str) -> None:
+        step = self.progress.step + 1
+        example, tokens = self.data.longest_in_step(self.progress.step)
+        ids, mask = self.data.store.example(example * self.data.per_example)
+        begins = self.loaded.tokenizer.decode(ids[mask.astype(bool)][:24], skip_special_tokens=True)
+        reason = (f"out of memory at step {step} even with one row a micro-batch; its longest sequence is example "
+                  f"{example} ({tokens} tokens; its answer begins {begins!r}). Lower training.max_seq_len, or use "
+                  f"training.activation_checkpointing or method qlora ({error})")
+        log.error("job %s: %s", self.job_id, reason)
+        self.world.report(Failed(job_id=self.job_id, kind=FailKind.MEMORY, step=step, reason=reason))
+    def _order(self, asks: Asks, train_seconds: float) -> Yield | None:
+        """The daemon's order at this boundary; the questions that come with it are answered here."""
+        while isinstance(order := self.world.order(self.progress.step), Ask):
+            asks.take(order)
+            asks.answer(self.loaded.model, self.progress, train_seconds)
+        asks.answer(self.loaded.model, self.progress, train_seconds)  # those that waited for the budget
+        return order
+
+    def _weights_to_publish(self) -> int:
+        """The step whose weights become the adapter: the last, or the best (`evaluation.publish: best`)."""
+        progress, best = self.progress, self.progress.best_step
+        if best is None:
+            return progress.step
+        self.writer.join()  # the best checkpoint is durable before it is marked or read
+        self._report_written()
+        marked = checkpoints.mark_best(self.job_dir, best)
+        if self.config.evaluation.publish != "best" or best == progress.step or marked is None:
+            return progress.step
+        self._copy_weights(checkpoint.load_weights(marked))
+        log.info("job %s: publishing the weights of step %d, its best", self.job_id, best)
+        return best
+
     def cleanup(self) -> None:
-        """Nothing in flight when the job hands back control: the last checkpoint is durable and reported."""
+        """Nothing in flight when the job hands back control: the last checkpoint is durable and reported;
+        the cached model is as the next job expects it."""
+        for module, rate in self._dropout.items():
+            module.p = rate
         self.writer.join()
         self._report_written()
-
-    @torch.no_grad()
-    def _val_loss(self) -> float | None:
-        model = self.loaded.model
-        total, units = 0.0, 0
-        model.eval()
-        try:
-            for batch in self.data.holdout_batches():
-                total += self.objective.loss(model, batch)[0].item()
-                units += self.objective.units(batch)
-        finally:
-            model.train()
-        return total / units if units else None
 
     # --- checkpoints ----------------------------------------------------
     def _save(self, wait: bool) -> str:

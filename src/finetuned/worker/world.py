@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from finetuned.worker.protocol import Report, Yield
+from finetuned.worker.protocol import Ask, Report, Yield
 
 
 def best_device() -> torch.device:
@@ -31,8 +31,9 @@ class World(Protocol):
         """The rank that talks to the daemon and writes the job's files."""
         ...
 
-    def order(self, step: int) -> Yield | None:
-        """The daemon's order at this step boundary (after `step` steps), the same on every rank."""
+    def order(self, step: int) -> Yield | Ask | None:
+        """The daemon's order at this step boundary (after `step` steps), the same on every rank: a yield,
+        or a question for the live model (the loop answers it and asks again), or None: train on."""
         ...
 
     def report(self, message: Report) -> None:
@@ -46,7 +47,7 @@ class Solo:
     rank = 0
     size = 1
 
-    def __init__(self, send: Callable[[Report], None], poll: Callable[[int], Yield | None],
+    def __init__(self, send: Callable[[Report], None], poll: Callable[[int], Yield | Ask | None],
                  device: torch.device | None = None) -> None:
         self._send = send
         self._poll = poll
@@ -56,7 +57,7 @@ class Solo:
     def main(self) -> bool:
         return True
 
-    def order(self, step: int) -> Yield | None:
+    def order(self, step: int) -> Yield | Ask | None:
         return self._poll(step)
 
     def report(self, message: Report) -> None:

@@ -41,7 +41,8 @@ async def previews(files: FilesDep, limit: Annotated[int, Query(ge=1, le=10_000)
 @router.get("/events", response_class=StreamingResponse, responses={200: {
     "content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "an endless event stream"}})
 async def events(request: Request) -> StreamingResponse:
-    """Server-sent events: `status`, `queue`, `metrics`, `previews`, `health`, `jobs`, each when its files change.
+    """Server-sent events: `status`, `queue`, `metrics`, `previews`, `health`, `jobs`, `asks`, each when its files
+    change.
 
     The first events after (re)connecting are a full snapshot (the current job's metrics
     history in columns), so a reconnecting page needs no `Last-Event-ID` replay. A page
