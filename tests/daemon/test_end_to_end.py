@@ -167,7 +167,7 @@ def test_sigterm_checkpoints_and_requeues(ws, start_daemon, gate):
     record = read_json(ws.adapter_record(job["id"]))
     assert record["first_loss"] == first["loss"], "first_loss is step 1's, not the resume step's"
     log = ws.daemon_log().read_text()
-    assert log.count("resuming from step 3") == 1
+    assert log.count("resuming from checkpoint-3 (step 3)") == 1
     assert f"loss {first['loss']:.4f} ->" in log
 
 
