@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from finetuned.config import Config, ConfigError, parse_config, redacted
+from finetuned.fsio import NAME_MAX, name_bytes
 
 SIDECAR_SUFFIX = ".config.json"
 DATA_SUFFIXES = (".jsonl", ".json")
@@ -29,6 +30,15 @@ def is_sidecar(name: str) -> bool:
 
 def sidecar_for(data_file: Path) -> Path:
     return data_file.with_name(data_file.name + SIDECAR_SUFFIX)
+
+
+def sidecar_of(data_file: Path) -> Path | None:
+    """The sidecar beside `data_file` when one is there (a link counts); None when not, or when its name
+    cannot exist (a data file's name within 12 bytes of the file system's limit has no room for one)."""
+    sidecar = sidecar_for(data_file)
+    if name_bytes(sidecar.name) > NAME_MAX:
+        return None
+    return sidecar if sidecar.exists() or sidecar.is_symlink() else None
 
 
 def parse_value(text: str) -> Any:

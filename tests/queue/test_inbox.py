@@ -82,3 +82,13 @@ def test_a_sidecar_is_never_data_and_its_file_waits_until_the_sidecar_settles(tm
     inbox.forget(data)
     data.unlink()
     assert inbox.scan(t0 + 3.3) == [] and not inbox.waiting, "a settled sidecar alone waits quietly for its file"
+
+
+def test_a_name_with_no_room_for_a_sidecar_is_still_taken(tmp_path):
+    """250 bytes: NAME.config.json cannot exist beside it, and looking for one must not fail."""
+    ws, inbox = make(tmp_path, settle=0)
+    path = ws.inbox_normal / ("漢" * 81 + "a.jsonl")
+    path.write_text("x")
+    t0 = time.time() + 10
+    inbox.scan(t0)
+    assert inbox.scan(t0 + 1) == [(path, "normal")]

@@ -32,7 +32,7 @@ from finetuned.data.report import file_report
 from finetuned.fsio import durable_rename, is_disk_full, remove_file
 from finetuned.lifecycle.line import line_exclusions
 from finetuned.lock import WorkspaceLock
-from finetuned.overrides import job_config, listed, read_sidecar, sidecar_for
+from finetuned.overrides import job_config, listed, read_sidecar, sidecar_for, sidecar_of
 from finetuned.queue import actions
 from finetuned.queue.endings import Endings
 from finetuned.queue.inbox import Inbox, Wakeup
@@ -221,11 +221,10 @@ class Daemon:
     def _admit(self, path: Path, priority: Priority) -> None:
         """Take a settled file into the queue, with its own settings when a sidecar came with it."""
         self.inbox.forget(path)
-        sidecar = sidecar_for(path)
-        present = sidecar.exists() or sidecar.is_symlink()
+        sidecar = sidecar_of(path)
         overrides: dict[str, Any] = {}
         refused = None
-        if present:
+        if sidecar is not None:
             self.inbox.forget(sidecar)
             try:
                 if sidecar.is_symlink():
@@ -244,11 +243,11 @@ class Daemon:
         self._dirty = True
         own = f", its own settings: {listed(overrides)}" if overrides else ""
         log.info("job %s: %s queued (%s priority%s)", job.id, job.file, priority, own)
-        if refused is not None:
+        if sidecar is not None and refused is not None:
             self.endings.failed(job, refused, file_report(job.file, "bad_settings", refused))
             durable_rename(sidecar, sidecar_for(self.store.file_path(job)))  # kept beside the failed file
             return
-        if present:
+        if sidecar is not None:
             remove_file(sidecar)  # its content is in the job's record (and job.json) now
         if self.store.file_path(job).is_symlink():
             # Only the link moved: whatever it points to, inside the workspace or not, is left untouched.

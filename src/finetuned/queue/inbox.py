@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetuned.config import InboxSettings
-from finetuned.overrides import is_sidecar, sidecar_for
+from finetuned.overrides import is_sidecar, sidecar_of
 from finetuned.queue.job import Priority
 from finetuned.workspace import IGNORED_SUFFIXES, Workspace
 
@@ -82,13 +82,14 @@ class Inbox:
         for gone in set(self._refused) - listed:
             del self._refused[gone]
         self._sidecars &= present
-        ready = [r for r in ready if not self._unsettled(sidecar_for(r[2]))]
+        ready = [r for r in ready if not self._unsettled(r[2])]
         ready.sort(key=lambda r: (r[1] > 0, r[0]))
         return [(path, priority) for _, _, path, priority in ready]
 
-    def _unsettled(self, sidecar: Path) -> bool:
+    def _unsettled(self, data_file: Path) -> bool:
         """A file's sidecar is there but still changing: the file waits for it."""
-        return (sidecar.exists() or sidecar.is_symlink()) and sidecar not in self._sidecars
+        sidecar = sidecar_of(data_file)
+        return sidecar is not None and sidecar not in self._sidecars
 
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
