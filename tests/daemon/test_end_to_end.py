@@ -166,7 +166,12 @@ def test_sigterm_checkpoints_and_requeues(ws, start_daemon, gate):
     assert first["step"] == 1
     record = read_json(ws.adapter_record(job["id"]))
     assert record["first_loss"] == first["loss"], "first_loss is step 1's, not the resume step's"
-    log = ws.daemon_log().read_text()
+    # The completion line follows the record's move: wait for it rather than read the log at once.
+    def completed_log() -> str | None:
+        text = ws.daemon_log().read_text()
+        return text if ": completed," in text else None
+
+    log = wait_for(completed_log, 30, "the completion line in the log")
     assert log.count("resuming from checkpoint-3 (step 3)") == 1
     assert f"loss {first['loss']:.4f} ->" in log
 

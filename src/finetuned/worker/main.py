@@ -16,8 +16,10 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TypeVar
 
 from finetuned.fsio import is_disk_full
 from finetuned.worker.protocol import Ask, Failed, FailKind, Order, Ready, Report, Shutdown, Train, Yield
@@ -44,6 +46,22 @@ def detach(parent_pid: int) -> bool:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     return os.getppid() == parent_pid
+
+
+OrderT = TypeVar("OrderT")
+
+
+def orders(conn: Connection, kind: type[OrderT]) -> Iterator[OrderT]:
+    """A helper process's orders (the preparer's, the checker's, the answerer's), until the daemon sends
+    anything else (Shutdown) or goes."""
+    while True:
+        try:
+            order = conn.recv()
+        except (EOFError, OSError):
+            return
+        if not isinstance(order, kind):
+            return
+        yield order
 
 
 class Link:
