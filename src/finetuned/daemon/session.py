@@ -195,7 +195,8 @@ class Session:
                 self.endings.completed(self._take(), report.summary)
             case Failed(kind=FailKind.CRASH):
                 assert self.config is not None
-                self.endings.crashed(self._take(), report.reason, self.config.control.max_retries)
+                retries = self.config.control.max_retries  # read before _take() forgets the job's settings
+                self.endings.crashed(self._take(), report.reason, retries)
             case Failed():
                 self.endings.failed(self._take(), report.reason, report.report)
 
