@@ -53,7 +53,8 @@ class ModelCache:
             return loaded
         self.drop()  # free the old model before loading the next
         on_load()
-        base_path = resolve_base(config.base_model, self.ws.base_models)  # a built-in is written out once
+        # A built-in is written out once, by the main rank; the others read the folder it wrote.
+        base_path = world.from_main(lambda: resolve_base(config.base_model, self.ws.base_models))
         started = time.time()
         seed_all(config.training.seed)  # LoRA's initial weights depend on it
         model = load_model(base_path, config.method, world.device, config.training.activation_checkpointing)

@@ -15,13 +15,14 @@ import contextlib
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from finetuned import checkpoints, disk
 from finetuned.checkpoints import TrainingProgress
-from finetuned.config import ConfigError
+from finetuned.config import Config, ConfigError
 from finetuned.data import DataError, JobData, is_current, prepare
 from finetuned.fsio import sha256_file
 from finetuned.worker import checkpoint
@@ -44,7 +45,7 @@ from finetuned.worker.protocol import (
 from finetuned.worker.publish import publish, summary
 from finetuned.worker.schedule import lr_at
 from finetuned.worker.step import accumulate, update
-from finetuned.worker.world import World
+from finetuned.worker.world import World, memory_gb
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,12 @@ class Recipe:
         out = self.ws.tokenized / self.job_id
         max_len = config.training.max_seq_len
         sha256 = self.order.job.sha256 or sha256_file(self.order.file)
-        if not is_current(out, sha256, tokenizer, config.data, max_len):
+        # The main rank alone writes the token cache; every rank gets its verdict (world.py).
+        if self.world.from_main(lambda: not is_current(out, sha256, tokenizer, config.data, max_len)):
             self._phase("tokenizing")
-            prepare(self.order.file, out, tokenizer, config.data, max_len)
+            refused = self.world.from_main(lambda: _prepare(self.order.file, out, tokenizer, config, max_len))
+            if refused is not None:
+                raise DataError(refused)
         t = config.training
         return JobData.open(
             out, batch_size=t.batch_size, grad_accum=t.grad_accum, epochs=t.epochs, max_steps=t.max_steps,
@@ -135,13 +139,15 @@ class Recipe:
             base_model=config.base_model, base_hash=loaded.base_hash, method=config.method,
             mode=config.training.mode,
         )
+        rank = self.world.rank
         if source is None:
             self._copy_weights(loaded.fresh)
-            checkpoint.seed_all(config.training.seed)
+            checkpoint.seed_rank(config.training.seed, rank)
         else:
             self._copy_weights(checkpoint.load_weights(source[1]))
             checkpoint.load_optimizer(source[1], self.optimizer)
-            checkpoint.load_rng(source[1])
+            if not checkpoint.load_rng(source[1], rank):  # saved on fewer ranks than train now
+                checkpoint.seed_rank(config.training.seed, rank, source[0].line_step)
             progress.line_step = source[0].line_step
         if own is not None:
             kept = own[0].model_dump(include={"step", "tokens", "loss_tokens", "examples", "last_loss"})
@@ -165,7 +171,8 @@ class Recipe:
         config, t, progress = self.config, self.config.training, self.progress
         model = self.loaded.model
         params = list(self.loaded.trainable().values())
-        metrics = MetricsLog(self.ws.metrics_file(self.job_id), self.ws.tensorboard_dir(self.job_id))
+        main = self.world.main  # the one rank that writes the job's files
+        metrics = MetricsLog(self.ws.metrics_file(self.job_id), self.ws.tensorboard_dir(self.job_id)) if main else None
         previews = Previewer(config.previews, self.loaded.tokenizer, self.ws.previews_file(self.job_id))
         train_seconds = 0.0  # this run's time in steps: the previews' budget is a share of it
         first_loss = progress.last_loss
@@ -177,13 +184,16 @@ class Recipe:
                 self._report_written()
                 if order is not None:
                     path = self._save(wait=True)
+                    self.world.barrier()  # every rank has stopped at this step and the checkpoint is durable
                     self.world.report(Yielded(job_id=self.job_id, reason=order.reason, step=progress.step,
                                               checkpoint=str(path)))
                     return
                 started = time.time()
                 batches = self.data.step_batches(progress.step)
-                loss, extra = accumulate(model, batches, self.objective)
-                loss_sum = loss.item()
+                units = sum(self.objective.units(b) for b in batches)
+                loss, extra = accumulate(model, self.world.shard(batches), self.objective, units)
+                self.world.sync_gradients(params)
+                loss_sum, extra_values = self._totals(loss, extra)
                 if not math.isfinite(loss_sum):  # fail before the step: memory keeps the last good weights
                     self.optimizer.zero_grad(set_to_none=True)
                     self.world.report(Failed(job_id=self.job_id, kind=FailKind.DIVERGED, step=progress.step + 1,
@@ -205,7 +215,7 @@ class Recipe:
                     "step": progress.step, "line_step": progress.line_step, "loss": loss_sum, "lr": lr,
                     "tokens": progress.tokens, "step_seconds": round(elapsed, 4), "time": time.time(),
                     "tokens_per_second": round(sum(b.n_tokens for b in batches) / max(elapsed, 1e-9), 1),
-                    **{name: value.item() for name, value in extra.items()},
+                    **extra_values,
                 }
                 if done or progress.step % t.checkpoint_every_steps == 0:
                     self._save(wait=done)
@@ -213,18 +223,23 @@ class Recipe:
                     if val_loss is not None:
                         record["val_loss"] = val_loss
                 if done or progress.step == 1 or progress.step % t.log_every_steps == 0:
-                    metrics.write(record)
-                    log.info("job %s step %d/%d loss %.4f lr %.2e%s", self.job_id, progress.step,
-                             progress.total_steps, loss_sum, lr,
-                             f" val_loss {record['val_loss']:.4f}" if "val_loss" in record else "")
+                    self._add_world(record)
+                    if metrics is not None:
+                        metrics.write(record)
+                        log.info("job %s step %d/%d loss %.4f lr %.2e%s", self.job_id, progress.step,
+                                 progress.total_steps, loss_sum, lr,
+                                 f" val_loss {record['val_loss']:.4f}" if "val_loss" in record else "")
                 self.world.report(Step(job_id=self.job_id, step=progress.step, total_steps=progress.total_steps,
                                        loss=loss_sum, lr=lr, tokens=progress.tokens, examples=progress.examples,
                                        step_seconds=elapsed))
-                if previews.due(progress.step):
+                if main and previews.due(progress.step):
                     previews.run(model, self.data.holdout_examples(config.previews.examples), progress.step,
                                  train_seconds)
         finally:
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
+        if not main:
+            return
         result = summary(self.ws, config, self.loaded, self.data, progress, self.objective.name, first_loss,
                          record.get("val_loss"))
         publish(self.ws, self.order.job, config, self.loaded, result)
@@ -235,23 +250,44 @@ class Recipe:
         self.writer.join()
         self._report_written()
 
+    def _totals(self, loss: torch.Tensor, extra: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+        """The step's loss and metrics over every rank's part, with one collective and one device sync."""
+        values = self.world.total(torch.stack([loss, *extra.values()])).tolist()
+        return values[0], dict(zip(extra, values[1:], strict=True))
+
+    def _add_world(self, record: dict[str, Any]) -> None:
+        """On several ranks, a logged step records their number and each one's memory (the monitor shows them)."""
+        if self.world.size > 1:
+            record["world_size"] = self.world.size
+            record["rank_memory_gb"] = self.world.gather(memory_gb(self.world.device))
+
     @torch.no_grad()
     def _val_loss(self) -> float | None:
         model = self.loaded.model
-        total, units = 0.0, 0
+        batches = list(self.data.holdout_batches())
+        units = sum(self.objective.units(b) for b in batches)
+        if not units:
+            return None
+        total = torch.zeros((), dtype=torch.float64, device=self.world.device)
         model.eval()
         try:
-            for batch in self.data.holdout_batches():
-                total += self.objective.loss(model, batch)[0].item()
-                units += self.objective.units(batch)
+            for batch in self.world.shard(batches):
+                total += self.objective.loss(model, batch)[0].double()
         finally:
             model.train()
-        return total / units if units else None
+        return self.world.total(total).item() / units
 
     # --- checkpoints ----------------------------------------------------
     def _save(self, wait: bool) -> str:
-        """Checkpoint; with `wait` it is durable on return, else it is written beside the next steps."""
-        snap = checkpoint.snapshot(self.progress, self.loaded.trainable(), self.optimizer)
+        """Checkpoint; with `wait` it is durable on return, else it is written beside the next steps.
+
+        Every rank calls it (each one's random state goes into the file); the main rank writes: the weights
+        and the optimizer state are the same on every rank.
+        """
+        rngs = self.world.gather(checkpoint.rng_state()) if self.world.size > 1 else None
+        if not self.world.main:
+            return ""
+        snap = checkpoint.snapshot(self.progress, self.loaded.trainable(), self.optimizer, rngs)
         self._wait_for_space(disk.checkpoint_bytes(snap.weight_bytes))
         path = self.writer.save(self.job_dir, snap, self.config.lifecycle.keep_checkpoints, wait)
         self._report_written()
@@ -281,3 +317,13 @@ class Recipe:
 
     def _refuse(self, reason: str, report: dict[str, Any] | None) -> None:
         self.world.report(Failed(job_id=self.job_id, kind=FailKind.DATA, reason=reason, step=0, report=report))
+
+
+def _prepare(file: Path, out: Path, tokenizer: Any, config: Config, max_len: int) -> dict[str, Any] | None:
+    """Tokenise the job's file; the refusal's report, or None (a report crosses to other ranks, an error
+    would not)."""
+    try:
+        prepare(file, out, tokenizer, config.data, max_len)
+    except DataError as exc:
+        return exc.report
+    return None

@@ -10,10 +10,14 @@ import torch
 from finetuned.worker.objectives import Objective
 
 
-def accumulate(model: torch.nn.Module, batches: Sequence[Any], objective: Objective,
+def accumulate(model: torch.nn.Module, batches: Sequence[Any], objective: Objective, units: int | None = None,
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Backward over the step's micro-batches; returns the step's mean loss per unit and its mean metrics (0-dim)."""
-    units = max(sum(objective.units(b) for b in batches), 1)
+    """Backward over the step's micro-batches; returns the step's mean loss per unit and its mean metrics (0-dim).
+
+    `units` is the whole step's when `batches` are one rank's part of it (worker/shard.py): each rank's
+    result is then its share of the step's mean, and the shares sum to it.
+    """
+    units = max(sum(objective.units(b) for b in batches) if units is None else units, 1)
     total = torch.zeros((), device=next(model.parameters()).device)
     metrics: dict[str, torch.Tensor] = {}
     for batch in batches:

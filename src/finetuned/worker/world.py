@@ -1,24 +1,42 @@
 """Where a job trains: the device, this process's rank among the ranks, and the line to the daemon.
 
 The recipe never asks who it is: it asks the world. One rank (the main one)
-reads the daemon's orders and reports back; every rank gets the same order at
-the same step boundary, so all of them yield together. Today's world is one
-process (`Solo`); a world of several ranks implements the same three calls.
+reads the daemon's orders, reports back and writes the job's files; every rank
+gets the same order at the same step boundary, so all of them yield together.
+`Solo` is one process; `worker/ranks.py` is a group of processes under
+torch.distributed. Both answer the same calls, so the loop is the same:
+
+- `shard(batches)`: this rank's part of the step's micro-batches (all of them, alone);
+- `sync_gradients(params)`: every rank ends with the gradient of the whole step;
+- `total(values)`: sums across ranks (the step's loss is a sum over its units);
+- `gather(value)`, `from_main(fn)`, `barrier()`: agreeing on what only one rank knows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from finetuned.worker.protocol import Report, Yield
 
+T = TypeVar("T")
+
 
 def best_device() -> torch.device:
     """A GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def memory_gb(device: torch.device) -> dict[str, float]:
+    """This process's resident memory and, on a GPU, the most the device held for it, in GB."""
+    import psutil
+
+    used = {"ram": round(psutil.Process().memory_info().rss / 2**30, 3)}
+    if device.type == "cuda":
+        used["device_peak"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    return used
 
 
 class World(Protocol):
@@ -37,6 +55,30 @@ class World(Protocol):
 
     def report(self, message: Report) -> None:
         """Tell the daemon (the main rank speaks; the others stay silent)."""
+        ...
+
+    def shard(self, batches: Sequence[Any]) -> list[Any]:
+        """This rank's share of a step's micro-batches: as many as there are, each a part of its rows."""
+        ...
+
+    def sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Sum the gradients over the ranks, so every rank steps with the gradient of the whole batch."""
+        ...
+
+    def total(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of `values` over the ranks."""
+        ...
+
+    def gather(self, value: T) -> list[T]:
+        """Every rank's `value`, in rank order, on every rank."""
+        ...
+
+    def from_main(self, fn: Callable[[], T]) -> T:
+        """`fn()` run on the main rank alone, its result handed to every rank (for files only it writes)."""
+        ...
+
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
         ...
 
 
@@ -61,3 +103,21 @@ class Solo:
 
     def report(self, message: Report) -> None:
         self._send(message)
+
+    def shard(self, batches: Sequence[Any]) -> list[Any]:
+        return list(batches)
+
+    def sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        return None
+
+    def total(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def gather(self, value: T) -> list[T]:
+        return [value]
+
+    def from_main(self, fn: Callable[[], T]) -> T:
+        return fn()
+
+    def barrier(self) -> None:
+        return None
