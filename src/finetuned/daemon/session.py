@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from finetuned import controls
-from finetuned.config import Config
+from finetuned.config import Config, DistributedSettings
 from finetuned.controls import Control
-from finetuned.daemon.supervisor import WorkerHandle
+from finetuned.daemon.supervisor import WorkerHandle, training_worker
 from finetuned.fsio import remove_file
 from finetuned.queue.endings import Endings, Notify
 from finetuned.queue.job import Job, JobStatus
@@ -47,13 +47,14 @@ RATE_WINDOW = 20  # steps the ETA averages over
 
 class Session:
     def __init__(self, ws: Workspace, store: JobStore, endings: Endings, notify: Notify,
-                 worker_factory: Callable[[str], WorkerHandle] = WorkerHandle) -> None:
+                 worker_factory: Callable[[str, DistributedSettings], WorkerHandle] = training_worker) -> None:
         self.ws = ws
         self.store = store
         self.endings = endings
         self.notify = notify
         self.worker_factory = worker_factory
         self.worker: WorkerHandle | None = None
+        self.launched: DistributedSettings | None = None  # how the worker was started (one rank or several)
         self.job: Job | None = None
         self.config: Config | None = None  # the settings the job started with
         self.progress: Progress | None = None
@@ -79,8 +80,12 @@ class Session:
     # --- what the daemon asks -------------------------------------------
     def start(self, job: Job, config: Config, exclude: list[str]) -> None:
         """Hand `job` to the worker (started now, or kept from the last job with its model loaded)."""
+        if self.worker is not None and self.launched != config.distributed:
+            log.info("distributed settings changed: restarting the training worker")
+            self.release_model()
         if self.worker is None:
-            self.worker = self.worker_factory(str(self.ws.root))
+            self.worker = self.worker_factory(str(self.ws.root), config.distributed)
+            self.launched = config.distributed
         self.job, self.config = job, config
         self.progress = Progress(job.id, job.step, job.total_steps)
         self.phase, self.reason, self.yielding, self.paused_since = "starting", "", None, None
@@ -197,6 +202,8 @@ class Session:
                 assert self.config is not None
                 retries = self.config.control.max_retries  # read before _take() forgets the job's settings
                 self.endings.crashed(self._take(), report.reason, retries)
+                if report.worker_exits:  # it is going down: the retry must not be handed to it
+                    self.release_model()
             case Failed():
                 self.endings.failed(self._take(), report.reason, report.report)
 
