@@ -14,6 +14,7 @@ from typing import Any
 from finetuned.config import Config, ConfigError, load_config
 from finetuned.disk import free_gb
 from finetuned.fsio import read_json
+from finetuned.lifecycle import scaling
 from finetuned.lifecycle.versions import base_folder, describe
 from finetuned.lock import holder
 from finetuned.models import builtin
@@ -170,6 +171,17 @@ def check_accelerator() -> Check:
     return Check("accelerator", OK, "; ".join(parts))
 
 
+def check_distributed(ws: Workspace, config: Config) -> Check:
+    settings = config.distributed
+    if settings.launcher == "none":
+        return Check("distributed", OK, "one process (distributed.launcher none)")
+    if settings.launcher == "ray":
+        level, message = scaling.ray_problems(ws, settings.ray)
+        return Check("distributed", level, message)
+    level, message = scaling.torchrun_problems(settings)
+    return Check("distributed", level, message)
+
+
 def check_last_failure(ws: Workspace) -> Check:
     reports = sorted(ws.failed.glob("*.error.json"), key=lambda p: p.stat().st_mtime) if ws.failed.is_dir() else []
     if not reports:
@@ -215,7 +227,12 @@ def run_checks(ws: Workspace, deep: bool = False) -> list[Check]:
     else:
         checks.append(Check("base model", WARN, "not checked: the config is invalid"))
     checks.append(_guard("disk", lambda: check_disk(ws, config or Config())))
-    checks += [_guard("accelerator", check_accelerator), _guard("last failure", lambda: check_last_failure(ws)),
+    checks.append(_guard("accelerator", check_accelerator))
+    if config is not None:
+        checks.append(_guard("distributed", lambda: check_distributed(ws, config)))
+    else:
+        checks.append(Check("distributed", WARN, "not checked: the config is invalid"))
+    checks += [_guard("last failure", lambda: check_last_failure(ws)),
                _guard("daemon log", lambda: check_log_errors(ws))]
     return checks
 
