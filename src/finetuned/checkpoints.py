@@ -28,6 +28,8 @@ WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.pt"
 RNG = "rng.pt"
 FILES = (WEIGHTS, OPTIMIZER, RNG)
+# strategy fsdp: weights and optimizer state as torch.distributed.checkpoint shards, in place of WEIGHTS and OPTIMIZER
+SHARDED = "sharded"
 KEEP = "KEEP"  # a user's marker: retention never removes this checkpoint
 NAME = re.compile(r"^checkpoint-(\d+)$")
 TMP_NAME = re.compile(r"^checkpoint-\d+\.tmp$")
@@ -62,6 +64,17 @@ def read_progress(path: Path) -> TrainingProgress | None:
         return None
 
 
+def is_sharded(path: Path) -> bool:
+    """Written by the ranks of strategy fsdp, each its own shards (worker/sharded.py)."""
+    return (path / SHARDED).is_dir()
+
+
+def _whole(path: Path) -> bool:
+    if is_sharded(path):
+        return (path / SHARDED / ".metadata").exists() and (path / RNG).exists()  # DCP writes .metadata last
+    return all((path / name).exists() for name in FILES)
+
+
 def complete(job_dir: Path) -> list[tuple[TrainingProgress, Path]]:
     """The job's complete checkpoints, oldest first; broken ones are logged and passed over."""
     found: list[tuple[TrainingProgress, Path]] = []
@@ -71,7 +84,7 @@ def complete(job_dir: Path) -> list[tuple[TrainingProgress, Path]]:
         if not NAME.match(path.name):
             continue
         progress = read_progress(path)
-        if progress is None or not all((path / name).exists() for name in FILES):
+        if progress is None or not _whole(path):
             log.warning("passing over incomplete checkpoint %s", path)
             continue
         found.append((progress, path))

@@ -31,6 +31,10 @@ def test_torchrun_ranks_on_this_cpu(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     check = check_distributed(ws, with_launcher("torchrun", nproc_per_node=2))
     assert check.level == OK and "2 ranks on the CPU (gloo, ddp)" in check.message, check.message
+    config = with_launcher("torchrun", nproc_per_node=2, strategy="fsdp")
+    config.method = "qlora"
+    check = check_distributed(ws, config)
+    assert check.level == FAIL and "fsdp does not shard a 4-bit (qlora) base" in check.message
     cores = os.cpu_count() or 1
     check = check_distributed(ws, with_launcher("torchrun", nproc_per_node=cores + 1))
     assert check.level == WARN and "more ranks than cores" in check.message

@@ -175,6 +175,8 @@ def check_distributed(ws: Workspace, config: Config) -> Check:
     settings = config.distributed
     if settings.launcher == "none":
         return Check("distributed", OK, "one process (distributed.launcher none)")
+    if settings.strategy == "fsdp" and config.method == "qlora":
+        return Check("distributed", FAIL, "distributed.strategy fsdp does not shard a 4-bit (qlora) base: use ddp")
     if settings.launcher == "ray":
         level, message = scaling.ray_problems(ws, settings.ray)
         return Check("distributed", level, message)

@@ -52,6 +52,8 @@ class ModelCache:
         if loaded is not None and loaded.key == key and not (config.method == "full" and loaded.dirty):
             return loaded
         self.drop()  # free the old model before loading the next
+        if world.sharded and config.method == "qlora":
+            raise ValueError("distributed.strategy fsdp does not shard a 4-bit (qlora) base: use ddp")
         on_load()
         # A built-in is written out once, by the main rank; the others read the folder it wrote.
         base_path = world.from_main(lambda: resolve_base(config.base_model, self.ws.base_models))
@@ -60,6 +62,7 @@ class ModelCache:
         model = load_model(base_path, config.method, world.device, config.training.activation_checkpointing)
         if config.method in ("lora", "qlora"):
             model = add_lora(model, config.lora)
+        world.prepare(model)  # sharded worlds split the weights over the ranks here, before anything copies them
         fresh = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         self.loaded = Loaded(key, base_path, weights_hash(base_path), model, load_tokenizer(base_path), fresh)
         log.info("loaded %s (%s) in %.1fs", config.base_model, config.method, time.time() - started)

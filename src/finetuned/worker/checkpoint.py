@@ -82,8 +82,12 @@ def snapshot(progress: TrainingProgress, weights: dict[str, torch.Tensor],
     # The optimizer updates its state tensors in place: copy them, or the file would get later steps' values.
     state = copy.deepcopy(optimizer.state_dict())
     cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
-    rng = rng_state() if not rngs else {**rngs[0], RANKS: rngs[1:]}
-    return Snapshot(progress.model_copy(), cpu, state, rng)
+    return Snapshot(progress.model_copy(), cpu, state, rng_record(rngs))
+
+
+def rng_record(rngs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """What rng.pt holds: this process's random state, or rank 0's with the other ranks' beside it."""
+    return rng_state() if not rngs else {**rngs[0], RANKS: rngs[1:]}
 
 
 def write(job_dir: Path, snap: Snapshot, keep: int) -> Path:

@@ -190,10 +190,11 @@ def run_torchrun(conn: Connection, ws_root: str, settings: DistributedSettings) 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    from finetuned.worker.rank import AGENT_ADDRESS, AGENT_KEY, AGENT_PID
+    from finetuned.worker.rank import AGENT_ADDRESS, AGENT_KEY, AGENT_PID, STRATEGY
 
     relay = Relay(conn)
-    os.environ.update({AGENT_ADDRESS: relay.address, AGENT_KEY: relay.key.hex(), AGENT_PID: str(os.getpid())})
+    os.environ.update({AGENT_ADDRESS: relay.address, AGENT_KEY: relay.key.hex(), AGENT_PID: str(os.getpid()),
+                       STRATEGY: settings.strategy})
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         # torchrun would give each CPU rank one thread: share the cores out instead.
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.nproc_per_node))

@@ -54,7 +54,7 @@ def train_loop(config: dict[str, Any]) -> None:
     link = None
     if rank == 0:  # Ray ends its workers with the driver: no parent to watch here
         link = Link(Client(tuple(config["address"]), authkey=bytes.fromhex(config["key"])), None)
-    world = Ranks(link, ray.train.torch.get_device())
+    world = Ranks(link, ray.train.torch.get_device(), config["strategy"])
     serve(ws, world, world.next_order)
 
 
@@ -96,7 +96,7 @@ def run_on_ray(conn: Connection, ws_root: str, settings: DistributedSettings) ->
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"root": ws_root, "address": address, "key": relay.key.hex(),
-                           "gate": os.environ.get(GATE_ENV)},
+                           "gate": os.environ.get(GATE_ENV), "strategy": settings.strategy},
         torch_config=TorchConfig(timeout_s=int(COLLECTIVE_TIMEOUT.total_seconds())),
         scaling_config=ScalingConfig(num_workers=ray_settings.num_workers, use_gpu=ray_settings.use_gpu,
                                      resources_per_worker=ray_settings.resources_per_worker or None),

@@ -26,6 +26,7 @@ from finetuned.worker.main import Link, die_with_parent, serve
 AGENT_ADDRESS = "FINETUNED_AGENT_ADDRESS"
 AGENT_KEY = "FINETUNED_AGENT_KEY"
 AGENT_PID = "FINETUNED_AGENT_PID"
+STRATEGY = "FINETUNED_STRATEGY"  # distributed.strategy: ddp or fsdp
 
 
 def connect(parent_pid: int | None) -> Link:
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> None:
     setup_logging(ws, "training", stream=False)
     quiet_unless_main(rank)
     device = join_group()
-    world = Ranks(connect(agent) if rank == 0 else None, device)
+    world = Ranks(connect(agent) if rank == 0 else None, device, os.environ[STRATEGY])
     serve(ws, world, world.next_order)
     torch.distributed.destroy_process_group()
 

@@ -19,6 +19,7 @@ and the step's loss and metrics (one small all-reduce). bench/scale.py measures 
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from finetuned.worker.main import Link
+from finetuned.worker.objectives import Objective
 from finetuned.worker.protocol import Order, Report, Yield, YieldReason
 from finetuned.worker.shard import shard
 
@@ -58,12 +60,15 @@ def join_group() -> torch.device:
 
 class Ranks:
     """One rank of the group; `link` is rank 0's line to the daemon (None on the other ranks, and on
-    rank 0 where no daemon gives orders: a benchmark)."""
+    rank 0 where no daemon gives orders: a benchmark). `strategy`: ddp (every rank holds the weights)
+    or fsdp (each holds a part, worker/sharded.py)."""
 
-    def __init__(self, link: Link | None, device: torch.device) -> None:
+    def __init__(self, link: Link | None, device: torch.device, strategy: str = "ddp") -> None:
         self.rank = dist.get_rank()
         self.size = dist.get_world_size()
         self.device = device
+        self.sharded = strategy == "fsdp"
+        self._roots: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
         if link is not None and self.rank != 0:
             raise ValueError("rank 0 alone talks to the daemon")
         self._link = link
@@ -100,6 +105,8 @@ class Ranks:
         return shard(batches, self.rank, self.size)
 
     def sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        if self.sharded:
+            return  # FSDP reduce-scattered them in the backward pass
         for bucket in _buckets(params):
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in bucket]
             flat = _flatten_dense_tensors(grads)
@@ -136,6 +143,20 @@ class Ranks:
 
     def barrier(self) -> None:
         dist.barrier()
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        if self.sharded:
+            from finetuned.worker.sharded import shard_model
+
+            self._roots[model] = shard_model(model, self.device)
+
+    def runner(self, model: torch.nn.Module, objective: Objective) -> tuple[torch.nn.Module, Objective]:
+        root = self._roots.get(model)
+        if root is None:
+            return model, objective
+        from finetuned.worker.sharded import Through
+
+        return root, Through(objective, root)
 
 
 def _buckets(params: Sequence[torch.nn.Parameter]) -> list[list[torch.nn.Parameter]]:

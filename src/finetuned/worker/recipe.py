@@ -94,6 +94,7 @@ class Recipe:
             self._refuse(error, {"file": self.order.job.file, "error": error, "problems": []})
             return False
         self.objective = objective_for(self.data.meta)
+        self.step_model, self.step_objective = self.world.runner(self.loaded.model, self.objective)
         self.optimizer = self._setup_optimizer()
         self.progress, resumed_from = self._setup_state()
         self.world.report(Started(job_id=self.job_id, step=self.progress.step, total_steps=self.data.total_steps,
@@ -144,8 +145,7 @@ class Recipe:
             self._copy_weights(loaded.fresh)
             checkpoint.seed_rank(config.training.seed, rank)
         else:
-            self._copy_weights(checkpoint.load_weights(source[1]))
-            checkpoint.load_optimizer(source[1], self.optimizer)
+            self._restore(source[1])
             if not checkpoint.load_rng(source[1], rank):  # saved on fewer ranks than train now
                 checkpoint.seed_rank(config.training.seed, rank, source[0].line_step)
             progress.line_step = source[0].line_step
@@ -156,6 +156,16 @@ class Recipe:
             progress.line_step = progress.step
         loaded.dirty = True
         return progress, str(own[1]) if own else None
+
+    def _restore(self, path: Path) -> None:
+        """Weights and optimizer state from a checkpoint, whichever world wrote it and however this one holds them."""
+        if checkpoints.is_sharded(path) or self.world.sharded:
+            from finetuned.worker import sharded
+
+            sharded.restore(path, self.loaded.model, self.optimizer)
+            return
+        self._copy_weights(checkpoint.load_weights(path))
+        checkpoint.load_optimizer(path, self.optimizer)
 
     def _copy_weights(self, weights: dict[str, torch.Tensor]) -> None:
         params = self.loaded.trainable()
@@ -191,7 +201,7 @@ class Recipe:
                 started = time.time()
                 batches = self.data.step_batches(progress.step)
                 units = sum(self.objective.units(b) for b in batches)
-                loss, extra = accumulate(model, self.world.shard(batches), self.objective, units)
+                loss, extra = accumulate(self.step_model, self.world.shard(batches), self.step_objective, units)
                 self.world.sync_gradients(params)
                 loss_sum, extra_values = self._totals(loss, extra)
                 if not math.isfinite(loss_sum):  # fail before the step: memory keeps the last good weights
@@ -232,17 +242,23 @@ class Recipe:
                 self.world.report(Step(job_id=self.job_id, step=progress.step, total_steps=progress.total_steps,
                                        loss=loss_sum, lr=lr, tokens=progress.tokens, examples=progress.examples,
                                        step_seconds=elapsed))
-                if main and previews.due(progress.step):
+                if main and not self.world.sharded and previews.due(progress.step):  # one rank alone cannot
+                    # run a sharded model (docs/scaling.md)
                     previews.run(model, self.data.holdout_examples(config.previews.examples), progress.step,
                                  train_seconds)
         finally:
             if metrics is not None:
                 metrics.close()
+        weights = None
+        if self.world.sharded:  # every rank hands over its shards; the main rank publishes the whole
+            from finetuned.worker import sharded
+
+            weights = sharded.full_weights(self.loaded.model, trainable_only=config.method != "full")
         if not main:
             return
         result = summary(self.ws, config, self.loaded, self.data, progress, self.objective.name, first_loss,
                          record.get("val_loss"))
-        publish(self.ws, self.order.job, config, self.loaded, result)
+        publish(self.ws, self.order.job, config, self.loaded, result, weights)
         self.world.report(Completed(job_id=self.job_id, summary=result))
 
     def cleanup(self) -> None:
@@ -263,7 +279,7 @@ class Recipe:
 
     @torch.no_grad()
     def _val_loss(self) -> float | None:
-        model = self.loaded.model
+        model = self.step_model
         batches = list(self.data.holdout_batches())
         units = sum(self.objective.units(b) for b in batches)
         if not units:
@@ -272,7 +288,7 @@ class Recipe:
         model.eval()
         try:
             for batch in self.world.shard(batches):
-                total += self.objective.loss(model, batch)[0].double()
+                total += self.step_objective.loss(model, batch)[0].double()
         finally:
             model.train()
         return self.world.total(total).item() / units
@@ -285,12 +301,27 @@ class Recipe:
         and the optimizer state are the same on every rank.
         """
         rngs = self.world.gather(checkpoint.rng_state()) if self.world.size > 1 else None
+        if self.world.sharded:
+            return self._save_sharded(rngs)
         if not self.world.main:
             return ""
         snap = checkpoint.snapshot(self.progress, self.loaded.trainable(), self.optimizer, rngs)
         self._wait_for_space(disk.checkpoint_bytes(snap.weight_bytes))
         path = self.writer.save(self.job_dir, snap, self.config.lifecycle.keep_checkpoints, wait)
         self._report_written()
+        return str(path)
+
+    def _save_sharded(self, rngs: list[dict[str, Any]] | None) -> str:
+        """Every rank writes its shards, at once (the write is a collective: it cannot run beside the steps)."""
+        from finetuned.worker import sharded
+
+        rng = checkpoint.rng_record(rngs) if self.world.main else None
+        if self.world.main:
+            params = self.loaded.trainable().values()
+            self._wait_for_space(disk.checkpoint_bytes(sum(p.numel() * p.element_size() for p in params)))
+        path = sharded.save(self.job_dir, self.progress.model_copy(), self.loaded.model, self.optimizer, rng,
+                            self.config.lifecycle.keep_checkpoints)
+        self.world.report(Checkpoint(job_id=self.job_id, step=self.progress.step, path=str(path)))
         return str(path)
 
     def _report_written(self) -> None:

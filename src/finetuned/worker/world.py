@@ -9,7 +9,10 @@ torch.distributed. Both answer the same calls, so the loop is the same:
 - `shard(batches)`: this rank's part of the step's micro-batches (all of them, alone);
 - `sync_gradients(params)`: every rank ends with the gradient of the whole step;
 - `total(values)`: sums across ranks (the step's loss is a sum over its units);
-- `gather(value)`, `from_main(fn)`, `barrier()`: agreeing on what only one rank knows.
+- `gather(value)`, `from_main(fn)`, `barrier()`: agreeing on what only one rank knows;
+- `prepare(model)`, `runner(model, objective)`, `sharded`: where the weights live. With
+  `sharded` (strategy fsdp, worker/sharded.py) each rank holds a part of them: the step runs
+  through the sharded root, and checkpoints are written by every rank.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from finetuned.worker.objectives import Objective
 from finetuned.worker.protocol import Report, Yield
 
 T = TypeVar("T")
@@ -43,6 +47,7 @@ class World(Protocol):
     device: torch.device
     rank: int
     size: int
+    sharded: bool  # each rank holds a part of the weights (strategy fsdp), not all of them
 
     @property
     def main(self) -> bool:
@@ -81,12 +86,21 @@ class World(Protocol):
         """Wait until every rank is here."""
         ...
 
+    def prepare(self, model: torch.nn.Module) -> None:
+        """Ready a freshly loaded model for this world (sharded: split its weights over the ranks, in place)."""
+        ...
+
+    def runner(self, model: torch.nn.Module, objective: Objective) -> tuple[torch.nn.Module, Objective]:
+        """The module and objective a step computes the loss with: the model's own, or its sharded root's."""
+        ...
+
 
 class Solo:
     """One process on one device; `poll` and `send` are its end of the daemon's pipe."""
 
     rank = 0
     size = 1
+    sharded = False
 
     def __init__(self, send: Callable[[Report], None], poll: Callable[[int], Yield | None],
                  device: torch.device | None = None) -> None:
@@ -121,3 +135,9 @@ class Solo:
 
     def barrier(self) -> None:
         return None
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        return None
+
+    def runner(self, model: torch.nn.Module, objective: Objective) -> tuple[torch.nn.Module, Objective]:
+        return model, objective
