@@ -215,3 +215,28 @@ def test_a_hung_rank_is_killed_with_its_group(tmp_path, tiny_model_dir, start_da
     assert jobs_by_file(ws)["job.jsonl"]["runs"][0]["reason"].startswith("hung")
     wait_for(lambda: not any(pid_alive(p) for p in group), 20, "every process of the hung group to die")
     wait_for(lambda: status_of(ws, "job.jsonl") == "completed", 300, "the retried job", daemon=daemon)
+
+
+def test_a_job_stopped_and_resumed_on_two_ranks_with_dropout_logs_the_uninterrupted_losses(tmp_path, tiny_model_dir,
+                                                                                         start_daemon, gate):
+    """Every rank's random state is in the checkpoint: with dropout, a resumed job on two ranks draws what an
+    uninterrupted one does."""
+    config = on_ranks(checkpoint_every_steps=1000, epochs=2)
+    config.lora.dropout = 0.1
+    config.inbox.allow_duplicates = True  # the same file twice: once uninterrupted, once stopped mid-way
+    records = chat_lines(50)
+    ws = make_workspace(tmp_path / "ws", config)
+    daemon = start_daemon(ws)
+    drop(ws, "plain.jsonl", records)
+    wait_for(lambda: status_of(ws, "plain.jsonl") == "completed", 300, "the uninterrupted job", daemon=daemon)
+    gate.hold(3)
+    drop(ws, "again.jsonl", records)
+    held_at(ws, "again.jsonl", 3, daemon)
+    (ws.control / ".stop").touch()
+    wait_for(lambda: len(jobs_by_file(ws)["again.jsonl"]["runs"]) == 2, 60, "the stopped job back", daemon=daemon)
+    gate.release()
+    wait_for(lambda: status_of(ws, "again.jsonl") == "completed", 300, "the resumed job", daemon=daemon)
+    jobs = jobs_by_file(ws)
+    plain, again = logged_losses(ws, jobs["plain.jsonl"]["id"]), logged_losses(ws, jobs["again.jsonl"]["id"])
+    assert jobs["again.jsonl"]["runs"][1]["from_step"] == 3
+    assert [again[s] for s in sorted(again)] == pytest.approx([plain[s] for s in sorted(plain)], abs=1e-6)
