@@ -164,6 +164,7 @@ def test_skip_asks_for_confirmation(page, daemon: MonitoredDaemon, expect):
 
 
 
+@pytest.mark.daemon  # a real daemon of its own, on two torchrun ranks
 def test_a_job_on_two_ranks_shows_them_and_each_ones_memory(browser, expect, tmp_path: Path, tiny_model_dir: Path):
     config = monitor_config(epochs=3)
     config.distributed.launcher, config.distributed.nproc_per_node = "torchrun", 2
