@@ -59,7 +59,8 @@ class ModelCache:
         base_path = world.from_main(lambda: resolve_base(config.base_model, self.ws.base_models))
         started = time.time()
         seed_all(config.training.seed)  # LoRA's initial weights depend on it
-        model = load_model(base_path, config.method, world.device, config.training.activation_checkpointing)
+        model = load_model(base_path, config.method, world.device, config.training.activation_checkpointing,
+                           place=not world.sharded)
         if config.method in ("lora", "qlora"):
             model = add_lora(model, config.lora)
         world.prepare(model)  # sharded worlds split the weights over the ranks here, before anything copies them
