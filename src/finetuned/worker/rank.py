@@ -52,6 +52,7 @@ def main(argv: list[str]) -> None:
     device = join_group()
     world = Ranks(connect(agent) if rank == 0 else None, device, os.environ[STRATEGY])
     serve(ws, world, world.next_order)
+    world.barrier()  # no rank tears the group down while another still uses it
     torch.distributed.destroy_process_group()
 
 
