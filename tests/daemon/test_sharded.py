@@ -31,17 +31,20 @@ def test_sharded_lora_trains_like_one_process_and_resumes_on_any_world_size(tmp_
                                                                             gate):
     """2 sharded ranks -> a sharded checkpoint -> 1 process -> a whole checkpoint -> 2 sharded ranks again: the
     losses are one uninterrupted process's, and the adapter is whole."""
-    config = sharded(checkpoint_every_steps=3, epochs=2)
+    config = sharded(checkpoint_every_steps=2, epochs=2)
     records = chat_lines(60)
     ws = make_workspace(tmp_path / "ws", config)
     daemon = start_daemon(ws)
     gate.hold(4)
     drop(ws, "job.jsonl", records)
     held_at(ws, "job.jsonl", 4, daemon)
-    assert daemon.stop() == 0  # both ranks write their shards of the step-4 checkpoint
     job_dir = ws.job_checkpoints(jobs_by_file(ws)["job.jsonl"]["id"])
+    periodic = checkpoints.path_for(job_dir, 4) / checkpoints.STATE
+    written = periodic.stat().st_mtime_ns  # both ranks wrote their shards of it before the gate
+    assert daemon.stop() == 0
     saved = checkpoints.latest(job_dir)
     assert saved[0].step == 4 and checkpoints.is_sharded(saved[1])
+    assert periodic.stat().st_mtime_ns == written, "the stop keeps the step's checkpoint, not writes it again"
 
     save_config(ws.config_path, one_process(config))
     gate.hold(8)

@@ -9,8 +9,9 @@ Data parallel, the way DDP is: the weights and the optimizer state are the same 
 gradient), each rank computes a fixed part of every micro-batch (worker/shard.py), and the
 gradients are summed once per optimizer step, after the last micro-batch (where DDP's `no_sync`
 accumulation ends), in buckets of about `BUCKET_BYTES`. The loss goes around the model's
-`forward` (logits only where loss is taken, worker/loss.py), which the DDP wrapper would not see,
-and ranks may hold different numbers of rows in a step, which the wrapper's hooks would not allow.
+`forward` (logits only where loss is taken, worker/loss.py), which the DDP wrapper would not see.
+With strategy fsdp each rank holds a part of the weights instead (worker/sharded.py), and FSDP
+sums the gradients itself in the backward pass.
 
 Per step the ranks exchange: the daemon's order (one int64, broadcast from rank 0), the gradients,
 and the step's loss and metrics (one small all-reduce). bench/scale.py measures each.

@@ -242,8 +242,8 @@ class Recipe:
                 self.world.report(Step(job_id=self.job_id, step=progress.step, total_steps=progress.total_steps,
                                        loss=loss_sum, lr=lr, tokens=progress.tokens, examples=progress.examples,
                                        step_seconds=elapsed))
-                if main and not self.world.sharded and previews.due(progress.step):  # one rank alone cannot
-                    # run a sharded model (docs/scaling.md)
+                # Previews run on the main rank's whole model; a sharded one runs only on every rank at once.
+                if main and not self.world.sharded and previews.due(progress.step):
                     previews.run(model, self.data.holdout_examples(config.previews.examples), progress.step,
                                  train_seconds)
         finally:

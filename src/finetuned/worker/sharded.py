@@ -84,6 +84,8 @@ def save(job_dir: Path, progress: TrainingProgress, model: torch.nn.Module, opti
          rng: dict[str, Any] | None, keep: int) -> Path:
     """Every rank writes its shards; rank 0 (the one with `rng`) completes the folder. Returns its path."""
     final = path_for(job_dir, progress.step)
+    if (final / STATE).exists():
+        return final  # this exact state is on disk already (a pause right after a periodic save)
     tmp = final.with_name(final.name + ".tmp")
     main = rng is not None
     if main:
