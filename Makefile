@@ -6,7 +6,7 @@ TORCH     ?= torch==2.13.0
 WORKSPACE ?= workspace
 BIN       := $(VENV)/bin
 
-.PHONY: run test test-fast install lint clean-workspace
+.PHONY: run test test-fast install lint clean-workspace gguf-converter
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ test: install
 # The inner loop: everything but the real-daemon, real-model and Ray cluster tests, a few minutes on two cores.
 test-fast: install
 	$(BIN)/python -m pytest -m "not daemon and not slow and not ray"
+
+# llama.cpp's converter for `export --format gguf`, pinned and checked by hash; fetched on first use otherwise.
+gguf-converter: install
+	$(BIN)/python -m finetuned.lifecycle.converter
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -1,6 +1,7 @@
 """Training throughput on this machine: finetuned's trainer beside the plain Hugging Face + PEFT loop.
 
     python bench/train_cpu.py [--shapes tiny smollm2-135m] [--steps 12] [--bs 4] [--seq 256] [--levers [NAME ...]]
+                              [--dpo]
 
 For each shape (random weights of the reference script's shapes, SmolLM2's tokenizer) three
 systems run one after another, each in its own process (so peak RSS is its own):
@@ -20,8 +21,11 @@ With --levers, finetuned also runs with one lever changed at a time, to show wha
   act-ckpt       training.activation_checkpointing on
   no-per-example packed rows attend through their block mask in one SDPA call, not per example
 
+With --dpo, three preference rows follow (bench/dpo_systems.py): our DPO job, TRL's DPOTrainer as a
+user runs it, and TRL with precomputed reference log-probabilities, on pairs built from the same data.
+
 Throughput counts real (non-padding) tokens only. Prints a table with the ratio to
-hf-padded and writes bench/results/train_cpu.json.
+hf-padded (DPO rows: to trl-dpo) and writes bench/results/train_cpu.json.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import dpo_systems
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -151,7 +157,12 @@ def run_hf_padded(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, 
 def child(a: argparse.Namespace) -> None:
     work = Path(a.work)
     folder = work / "model"
-    result = (run_finetuned if a.system.startswith("finetuned") else run_hf_padded)(folder, work, a)
+    if a.system == "finetuned-dpo":
+        result = dpo_systems.run_finetuned_dpo(folder, work, a, ALPACA)
+    elif a.system.startswith("trl-dpo"):
+        result = dpo_systems.run_trl_dpo(folder, work, a, ALPACA, precompute=a.system.endswith("precomputed"))
+    else:
+        result = (run_finetuned if a.system.startswith("finetuned") else run_hf_padded)(folder, work, a)
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -161,8 +172,11 @@ def spawn(args: list[str]) -> dict[str, Any]:
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-        if line.startswith("{"):
-            return json.loads(line)
+        if line.startswith("{"):  # the shared reference script prints its result as JSON
+            try:
+                return json.loads(line)
+            except ValueError:  # a library's own printout (TRL prints a dict at the end of training)
+                continue
     raise RuntimeError(out.stdout + out.stderr)
 
 
@@ -175,6 +189,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--levers", nargs="*", choices=LEVERS, default=None,
                         help="also run finetuned with each lever changed (all when none is named)")
+    parser.add_argument("--dpo", action="store_true",
+                        help="also DPO: our trainer beside TRL's DPOTrainer (and with precomputed reference)")
     parser.add_argument("--system", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
@@ -189,6 +205,8 @@ def main() -> None:
             make_model(shape, Path(tmp) / "model")
             levers = [] if a.levers is None else a.levers or list(LEVERS)
             systems = ["hf-padded", "finetuned", *(f"finetuned/{lever}" for lever in levers)]
+            if a.dpo:
+                systems += ["trl-dpo", "trl-dpo-precomputed", "finetuned-dpo"]
             row = {system: spawn([__file__, "--system", system, "--work", tmp, *common]) for system in systems}
             ref = spawn([str(SHARED / "bench" / "hf_peft_baseline.py"), "--shape", shape, "--device", "cpu",
                          "--bs", str(a.bs), "--seq", str(a.seq), "--mixed-min", "32", "--steps", str(a.steps),
@@ -196,14 +214,17 @@ def main() -> None:
             row["reference"] = {"tokens_per_s": ref["tokens_per_s"], "s_per_step": ref["s_per_step"]}
             results[shape] = row
     print(f"\n{'shape':<14} {'system':<26} {'real tok/s':>11} {'s/step':>8} {'tok/step':>9} {'peak RSS GB':>12} "
-          f"{'vs hf-padded':>13}")
+          f"{'vs baseline':>13}")
     for shape, row in results.items():
-        base = row["hf-padded"]["tokens_per_s"]
         for system, r in row.items():
+            base = row["trl-dpo"]["tokens_per_s"] if "dpo" in system else row["hf-padded"]["tokens_per_s"]
             rss = f"{r['peak_rss_gb']:.2f}" if "peak_rss_gb" in r else "-"
             per_step = f"{r['tokens_per_step']:.0f}" if "tokens_per_step" in r else "-"
             print(f"{shape:<14} {system:<26} {r['tokens_per_s']:>11.1f} {r['s_per_step']:>8.3f} {per_step:>9} "
                   f"{rss:>12} {r['tokens_per_s'] / base:>12.2f}x")
+        if "finetuned-dpo" in row and row["finetuned-dpo"].get("reference_s") is not None:
+            print(f"{shape:<14} (finetuned-dpo's reference pass before its first step: "
+                  f"{row['finetuned-dpo']['reference_s']:.1f} s; DPO rows compare with trl-dpo)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"cpu_count": os.cpu_count(), "args": vars(a), "results": results}, indent=2) + "\n")
     print(f"\nwritten to {RESULTS}")

@@ -1,6 +1,6 @@
 """GPU training throughput, Qwen3-8B shape: finetuned's training step beside the plain HF + PEFT loop.
 
-    python bench/train_gpu.py [--shape qwen3-8b] [--steps 8] [--seq 4096] [--quick] [--nproc N]
+    python bench/train_gpu.py [--shape qwen3-8b] [--steps 8] [--seq 4096] [--quick] [--dpo] [--nproc N]
 
 One script for the GPU machine; it prints the table last and writes bench/results/train_gpu.json.
 Random weights (nothing to download), LoRA r16 on all linear layers, bf16.
@@ -15,6 +15,8 @@ Random weights (nothing to download), LoRA r16 on all linear layers, bf16.
                  torch.cuda.set_per_process_memory_fraction), LoRA and QLoRA, with and without
                  activation checkpointing
   ckpt_stall     how long a LoRA checkpoint holds the training thread (the write itself runs beside it)
+  finetuned-dpo  (--dpo) our DPO step on pairs of random tokens packed into rows, the reference pass timed apart
+  trl-dpo        (--dpo) TRL's DPOTrainer on the same shape and LoRA, 2 pairs a step, as a user runs it
   finetuned/Ngpu with --nproc N (N > 1): our step on N GPUs under torchrun (worker/ranks.py: each rank a row
                  of the step, gradients summed with NCCL), N rows a step; real tokens/s of the whole group
                  and its scaling over one GPU's (docs/scaling.md). Only this phase runs then.
@@ -53,12 +55,13 @@ sys.path.insert(0, str(SHARED / "bench"))
 from hf_peft_baseline import SHAPES, flops_per_token  # noqa: E402 - the reference's own shapes and FLOPs
 
 from finetuned.checkpoints import TrainingProgress  # noqa: E402
-from finetuned.config import LoraSettings  # noqa: E402
-from finetuned.data.batches import ExampleStore, pack_rows, packed_batch  # noqa: E402
+from finetuned.config import LoraSettings, PreferenceSettings  # noqa: E402
+from finetuned.data.batches import ExampleStore, PreferenceBatch, pack_rows, packed_batch  # noqa: E402
 from finetuned.models.attention import use_packed_attention  # noqa: E402
 from finetuned.models.loading import add_lora  # noqa: E402
 from finetuned.worker import checkpoint  # noqa: E402
-from finetuned.worker.objectives import SFT  # noqa: E402
+from finetuned.worker.loss import sequence_logps  # noqa: E402
+from finetuned.worker.objectives import DPO, SFT  # noqa: E402
 from finetuned.worker.step import accumulate, update  # noqa: E402
 
 GB = 2**30
@@ -174,6 +177,100 @@ def run_ours(model: torch.nn.Module, cfg: Any, seq: int, steps: int, warmup: int
             torch.cuda.empty_cache()
 
 
+def mixed_pairs(seq: int, rows: int, vocab: int, seed: int) -> list[PreferenceBatch]:
+    """Pairs of random tokens (prompt in [128, seq/4], answers in [64, seq/4]) packed into rows of `seq` tokens."""
+    rng = np.random.default_rng(seed)
+    n = rows * 8
+    prompts, answers = rng.integers(128, seq // 4 + 1, size=n), rng.integers(64, seq // 4 + 1, size=(n, 2))
+    lengths = (prompts[:, None] + answers).reshape(-1)  # chosen, rejected of each pair side by side
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    tokens = rng.integers(0, vocab, size=int(offsets[-1]))
+    mask = np.ones_like(tokens, dtype=np.uint8)
+    for i, start in enumerate(offsets[:-1]):
+        mask[start : start + prompts[i // 2]] = 0  # the prompt never carries loss
+    store = ExampleStore(tokens, mask, offsets)
+    starts = [*pack_rows(lengths.reshape(-1, 2).sum(1), seq).tolist(), n]
+    out = []
+    for a, b in itertools.pairwise(starts[: rows + 1]):
+        seqs = [s for e in range(a, b) for s in (2 * e, 2 * e + 1)]
+        batch = packed_batch(store, [seqs], pad_id=0, sequences=True).to(DEV)
+        examples = np.arange(a, b).repeat(2)
+        out.append(PreferenceBatch(batch, examples, np.tile([0, 1], b - a), b - a))
+    return out
+
+
+def run_ours_dpo(model: torch.nn.Module, cfg: Any, seq: int, steps: int, warmup: int) -> dict[str, Any]:
+    """Our DPO step on packed pairs; the reference pass (once, before training) timed apart."""
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=DEV == "cuda")
+    batches = mixed_pairs(seq, warmup + steps, cfg.vocab_size, seed=2)
+    n_examples = int(max(b.examples.max() for b in batches)) + 1
+    reference = np.zeros((n_examples, 2), dtype=np.float32)
+    sync()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for batch in batches:
+            sums, _ = sequence_logps(model, batch.policy)
+            reference[batch.examples, batch.slots] = sums.float().cpu().numpy()
+    sync()
+    reference_s = time.perf_counter() - t0
+    objective = DPO(PreferenceSettings(), reference)
+    tokens = 0
+    try:
+        for i, batch in enumerate(batches):
+            if i == warmup:
+                sync()
+                t0 = time.perf_counter()
+            if i >= warmup:
+                tokens += batch.n_tokens
+            loss, _ = accumulate(model, [batch], objective)
+            update(opt, params, 1e-4, 1.0)
+        loss_value = loss.item()
+        sync()
+        dt = (time.perf_counter() - t0) / steps
+        return {"tokens_per_s": tokens / steps / dt, "s_per_step": dt, "loss": loss_value,
+                "reference_s": reference_s, "reference_s_per_step_of_data": reference_s / len(batches),
+                "peak_mem_gib": torch.cuda.max_memory_allocated() / GB if DEV == "cuda" else None}
+    finally:
+        del opt, batches
+        for p in params:
+            p.grad = None
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+
+
+def run_trl_dpo(a: argparse.Namespace) -> dict[str, Any]:
+    """TRL's DPOTrainer on a fresh model of the same shape (TRL adds the same LoRA), random-token pairs as text."""
+    import dpo_systems
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config
+
+    from finetuned.models.builtin import _tokenizer_files
+
+    tokenizer = AutoTokenizer.from_pretrained(str(_tokenizer_files()))
+    cfg = Qwen3Config(max_position_embeddings=max(a.seq, 65536), **SHAPES[a.shape])
+    torch.manual_seed(0)
+    with torch.device(DEV):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if DEV == "cuda" else torch.float32,
+                                                 attn_implementation="sdpa")
+    rng = np.random.default_rng(3)
+    words = lambda n: tokenizer.decode(rng.integers(1000, 40000, size=int(n)).tolist())  # noqa: E731
+    rows = [{"prompt": [{"role": "user", "content": words(rng.integers(128, a.seq // 4 + 1))}],
+             "chosen": [{"role": "assistant", "content": words(rng.integers(64, a.seq // 4 + 1))}],
+             "rejected": [{"role": "assistant", "content": words(rng.integers(64, a.seq // 4 + 1))}]}
+            for _ in range(2 * (a.warmup + a.steps))]
+    with tempfile.TemporaryDirectory() as work:
+        try:
+            return dpo_systems.trl_dpo(model, tokenizer, rows, Path(work), 2, a.seq, a.warmup, a.steps,
+                                       bf16=DEV == "cuda")
+        finally:
+            del model
+            if DEV == "cuda":
+                torch.cuda.empty_cache()
+
+
 def checkpoint_stall(model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
     """Seconds the training thread is held by a LoRA checkpoint (snapshot; the write runs beside it)."""
     weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -252,6 +349,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--quick", action="store_true", help="skip the 24 GB sequence-length search")
+    parser.add_argument("--dpo", action="store_true", help="also DPO: our step beside TRL's DPOTrainer (batch 2 pairs)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cpu: a smoke test of the script itself (use --shape tiny --quick)")
     parser.add_argument("--nproc", type=int, default=1, help="measure our step on N GPUs of this machine")
@@ -290,6 +388,11 @@ def main() -> None:
         except torch.OutOfMemoryError as exc:
             save(method, {"error": f"out of memory while building: {exc}"[:200]})
             continue
+        if not qlora and a.dpo:
+            try:
+                save("finetuned-dpo", run_ours_dpo(model, cfg, a.seq, a.steps, a.warmup))
+            except torch.OutOfMemoryError as exc:
+                save("finetuned-dpo", {"error": f"out of memory: {exc}"[:200]})
         for ckpt in (False, True):
             if qlora and ckpt:
                 continue  # QLoRA's speed is measured once; its memory reach with and without below
@@ -308,6 +411,13 @@ def main() -> None:
         del model
         if DEV == "cuda":
             torch.cuda.empty_cache()
+    if a.dpo:
+        try:
+            save("trl-dpo", run_trl_dpo(a))
+        except torch.OutOfMemoryError as exc:
+            save("trl-dpo", {"error": f"out of memory: {exc}"[:200]})
+        except ImportError as exc:  # a GPU machine without TRL and datasets: our row stands alone
+            save("trl-dpo", {"error": f"TRL is not installed here: {exc}"[:200]})
     base = max((r.get("tokens_per_s", 0) for r in refs.values()), default=0) or float("nan")
     print(f"\n{results['device']}, {a.shape}, rows of {a.seq} tokens, LoRA r16, bf16")
     print(f"{'system':<16} {'real tok/s':>11} {'MFU':>7} {'peak GiB':>9} {'vs best reference':>18}")
@@ -319,6 +429,15 @@ def main() -> None:
         mem = r.get("peak_mem_gib") or 0
         print(f"{name:<16} {r['tokens_per_s']:>11.0f} {100 * r['mfu']:>6.1f}% {mem:>9.1f} "
               f"{r['tokens_per_s'] / base:>17.2f}x")
+    if a.dpo:
+        ours, theirs = results.get("finetuned-dpo", {}), results.get("trl-dpo", {})
+        for name, r in (("trl-dpo", theirs), ("finetuned-dpo", ours)):
+            if "tokens_per_s" in r:
+                ratio = r["tokens_per_s"] / theirs["tokens_per_s"] if "tokens_per_s" in theirs else float("nan")
+                print(f"{name:<16} {r['tokens_per_s']:>11.0f} {'':>7} {r.get('peak_mem_gib') or 0:>9.1f} "
+                      f"{ratio:>17.2f}x (vs trl-dpo)")
+            else:
+                print(f"{name:<16} {r.get('error', 'not run')[:60]}")
     if "ckpt_stall_s" in results.get("finetuned", {}):
         print(f"checkpoint stall (LoRA): {results['finetuned']['ckpt_stall_s']:.3f} s")
     reach = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("max_seq_24gb/")}

@@ -14,7 +14,7 @@ from typing import Any
 
 from finetuned.config import Config, save_config
 from finetuned.queue.job import Job, JobStatus
-from finetuned.worker.protocol import Report, Step, Train, Yield, YieldReason
+from finetuned.worker.protocol import Ask, Order, Report, Shutdown, Step, Train, Yield, YieldReason
 from finetuned.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,17 +39,22 @@ def tiny_config(**training: Any) -> Config:
 
 
 class Driver:
-    """Plays the daemon's side of the worker's pipe in-process: keeps every report, yields after a chosen step."""
+    """Plays the daemon's side of the worker's pipe in-process: keeps every report, yields after a chosen step,
+    asks the questions in `asks` at the boundary after their step."""
 
-    def __init__(self, yield_at: int | None = None, reason: YieldReason = YieldReason.STOP) -> None:
+    def __init__(self, yield_at: int | None = None, reason: YieldReason = YieldReason.STOP,
+                 asks: dict[int, list[Ask]] | None = None) -> None:
         self.messages: list[Report] = []
         self.yield_at = yield_at
         self.reason = reason
+        self.asks = {step: list(questions) for step, questions in (asks or {}).items()}
 
     def send(self, message: Report) -> None:
         self.messages.append(message)
 
-    def poll(self, step: int) -> Yield | None:
+    def poll(self, step: int) -> Yield | Ask | None:
+        if self.asks.get(step):
+            return self.asks[step].pop(0)
         if self.yield_at is not None and step == self.yield_at:
             self.yield_at = None
             return Yield(self.reason)
@@ -153,6 +158,43 @@ def jobs_by_file(ws: Workspace) -> dict[str, dict[str, Any]]:
 def status_of(ws: Workspace, file: str) -> str | None:
     record = jobs_by_file(ws).get(file)
     return record["status"] if record else None
+
+
+class InlineChecker:
+    """The checker process's loop (worker/checker.py) without the process: each check runs when it is sent."""
+
+    def __init__(self, ws: Workspace, log: list[str] | None = None) -> None:
+        self.ws, self.checked, self.stopping, self.running = ws, log if log is not None else [], False, True
+        self.answers: list[Report] = []
+
+    def send(self, message: Order) -> bool:
+        from finetuned.models.check import check_base_model
+        from finetuned.models.loading import ModelError
+        from finetuned.worker.protocol import CheckModel, ModelChecked
+
+        if isinstance(message, Shutdown):
+            self.running = False
+        elif isinstance(message, CheckModel):
+            self.checked.append(message.config.base_model)
+            try:
+                summary = check_base_model(message.config, self.ws).summary
+                self.answers.append(ModelChecked(key=message.key, error=None, summary=summary))
+            except ModelError as exc:
+                self.answers.append(ModelChecked(key=message.key, error=str(exc)))
+        return True
+
+    def receive(self) -> list[Report]:
+        out, self.answers = self.answers, []
+        return out
+
+    def alive(self) -> bool:
+        return self.running
+
+    def exit_reason(self) -> str:
+        return "exited"
+
+    def shutdown(self, timeout: float = 10) -> None:
+        self.running = False
 
 
 class Gate:

@@ -31,6 +31,7 @@ FILES = (WEIGHTS, OPTIMIZER, RNG)
 # strategy fsdp: weights and optimizer state as torch.distributed.checkpoint shards, in place of WEIGHTS and OPTIMIZER
 SHARDED = "sharded"
 KEEP = "KEEP"  # a user's marker: retention never removes this checkpoint
+BEST = "BEST"  # the job's best checkpoint by its early-stopping metric: kept too
 NAME = re.compile(r"^checkpoint-(\d+)$")
 TMP_NAME = re.compile(r"^checkpoint-\d+\.tmp$")
 
@@ -51,6 +52,14 @@ class TrainingProgress(BaseModel):
     loss_tokens: int = 0
     examples: int = 0
     last_loss: float | None = None
+    first_loss: float | None = None  # the loss of the job's first step, whatever run took it
+    init_adapter: str | None = None  # the adapter the line started from: another adapter starts another line
+    # Early stopping (worker/stopping.py): the best measurement of its metric so far, and since.
+    best_value: float | None = None
+    best_step: int | None = None
+    stale_measurements: int = 0
+    # After an out-of-memory each micro-batch is cut into this many (worker/memory.py); kept for the job.
+    micro_batch_split: int = 1
 
 
 def path_for(job_dir: Path, step: int) -> Path:
@@ -98,9 +107,9 @@ def latest(job_dir: Path) -> tuple[TrainingProgress, Path] | None:
 
 
 def line_head(
-    checkpoints: Path, base_model: str, method: str, exclude: set[str],
+    checkpoints: Path, base_model: str, method: str, exclude: set[str], init_adapter: str | None = None,
 ) -> tuple[TrainingProgress, Path] | None:
-    """The newest checkpoint of the continuous model line on this base and method."""
+    """The newest checkpoint of the continuous model line on this base, method and starting adapter."""
     best: tuple[TrainingProgress, Path] | None = None
     if not checkpoints.is_dir():
         return None
@@ -108,7 +117,8 @@ def line_head(
         if job_dir.name in exclude:
             continue
         for progress, path in complete(job_dir):
-            if (progress.mode, progress.base_model, progress.method) != ("continuous", base_model, method):
+            if (progress.mode, progress.base_model, progress.method, progress.init_adapter) != (
+                    "continuous", base_model, method, init_adapter):
                 continue
             if best is None or progress.line_step > best[0].line_step:
                 best = (progress, path)
@@ -116,7 +126,22 @@ def line_head(
 
 
 def prune(job_dir: Path, keep: int) -> None:
-    """Remove all but the newest `keep` checkpoints; one holding a KEEP file is never removed."""
-    for _progress, path in complete(job_dir)[:-keep]:
-        if not (path / KEEP).exists():
+    """Remove all but the newest `keep` checkpoints; one holding a KEEP or BEST file, or the best so far
+    by early stopping (the newest checkpoint's `best_step`), is never removed."""
+    found = complete(job_dir)
+    best = found[-1][0].best_step if found else None
+    for progress, path in found[:-keep]:
+        if not ((path / KEEP).exists() or (path / BEST).exists() or progress.step == best):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def mark_best(job_dir: Path, step: int) -> Path | None:
+    """Mark the checkpoint at `step` BEST (and no other); None when it is not on disk."""
+    target = path_for(job_dir, step)
+    if read_progress(target) is None:
+        return None
+    for _progress, path in complete(job_dir):
+        if path != target:
+            (path / BEST).unlink(missing_ok=True)
+    (target / BEST).write_text("the best checkpoint of its job by its early-stopping metric\n", encoding="utf-8")
+    return target

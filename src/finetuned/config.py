@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from finetuned.fsio import atomic_write_json
 
@@ -29,6 +29,23 @@ class LoraSettings(_Section):
     target_modules: str | list[str] = "all-linear"
 
 
+class EarlyStopping(_Section):
+    """End a job (completed, reason `early_stopped`) when its metric stops improving."""
+
+    metric: str = Field("val_loss", pattern=r"^(val_loss|eval:[A-Za-z0-9][A-Za-z0-9_.-]*)$")
+    patience: int = Field(3, gt=0)  # measurements without an improvement before it stops
+    min_delta: float = Field(0.0, ge=0)  # what counts as an improvement
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric == "val_loss"
+
+    @property
+    def key(self) -> str:
+        """The metric's name in logs/metrics: val_loss, or eval/SUITE."""
+        return self.metric.replace("eval:", "eval/", 1)
+
+
 class TrainingSettings(_Section):
     epochs: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0)
@@ -41,10 +58,28 @@ class TrainingSettings(_Section):
     log_every_steps: int = Field(10, gt=0)
     mode: Literal["continuous", "independent"] = "continuous"
     warmup_steps: int = Field(10, ge=0)
+    # After warmup: constant, or down to min_lr_ratio x learning_rate over the job's steps (worker/schedule.py).
+    lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    # A PEFT adapter folder the LoRA weights start from (relative paths: from the workspace).
+    init_adapter: str | None = None
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     # Recompute activations in the backward pass: less memory for longer sequences, ~30% more time.
     activation_checkpointing: bool = False
+    early_stopping: EarlyStopping | None = None
+
+
+class PreferenceSettings(_Section):
+    """How preference data trains (worker/objectives/): pairs take `objective`, labelled answers KTO."""
+
+    objective: Literal["dpo", "orpo", "simpo"] = "dpo"
+    beta: float = Field(0.1, gt=0)  # DPO, SimPO and KTO: how far the policy may move from the reference
+    orpo_lambda: float = Field(0.1, ge=0)  # ORPO: weight of the odds-ratio term beside the NLL of the chosen
+    simpo_gamma: float = Field(0.5, ge=0)  # SimPO: the target reward margin
+    sft_weight: float = Field(0.0, ge=0)  # an added NLL on the chosen answer (LLaMA-Factory's pref_ftx)
+    kto_desirable_weight: float = Field(1.0, gt=0)
+    kto_undesirable_weight: float = Field(1.0, gt=0)
 
 
 class ControlSettings(_Section):
@@ -70,6 +105,8 @@ class DataSettings(_Section):
     packing: bool = True
     overlong: Literal["drop", "truncate"] = "drop"
     skip_bad_lines: bool = False
+    # Above this share of a file's examples dropped (too long, nothing left to train), it is refused.
+    max_dropped_fraction: float = Field(0.5, ge=0, le=1)
     max_line_bytes: int = Field(64 * 2**20, gt=0)
     # Tokenise queued files in a second process while the current job trains.
     prepare_ahead: bool = True
@@ -83,6 +120,20 @@ class PreviewSettings(_Section):
     max_new_tokens: int = Field(64, gt=0)
     seconds: float = Field(20, gt=0)  # hard limit for one preview round
     budget: float = Field(0.05, ge=0, le=1)  # share of training time previews may take
+
+
+class EvaluationSettings(_Section):
+    """Suites in `evals/` run on the loaded model while it trains (evaluation/runner.py), and gate a switch."""
+
+    every_steps: int | None = Field(None, ge=0)  # None: at every checkpoint; 0: never while training
+    # Share of training time evaluation may take: 0.1 a tenth, 1 as long as training; more is allowed (tests, or
+    # a user who wants every round whatever it costs).
+    budget: float = Field(0.1, ge=0)
+    max_regression: float = Field(0.05, ge=0, le=1)  # a suite's score may fall this much before a switch is refused
+    publish: Literal["last", "best"] = "last"  # which weights become the adapter: the last step's, or the best
+    suite_seconds: float = Field(120, gt=0)  # a suite's time limit; cases not reached count as failed
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(8, gt=0)
 
 
 class MonitorSettings(_Section):
@@ -146,14 +197,22 @@ class Config(_Section):
     method: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     inbox: InboxSettings = Field(default_factory=InboxSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     previews: PreviewSettings = Field(default_factory=PreviewSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     distributed: DistributedSettings = Field(default_factory=DistributedSettings)
+
+    @model_validator(mode="after")
+    def _adapter_needs_lora(self) -> Config:
+        if self.training.init_adapter and self.method == "full":
+            raise ValueError("training.init_adapter needs method lora or qlora (a full fine-tune has no adapter)")
+        return self
 
 
 # Keys that moved to the section that says what they configure: (old section, old key) -> (section, key).
@@ -181,11 +240,13 @@ class ConfigError(Exception):
     """A config.json that cannot be used; the message is one line naming the key."""
 
 
-def _describe(err: ValidationError, path: Path) -> str:
+def _describe(err: ValidationError, path: Path | str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{path}: unknown key '{key}'"
+    if first["type"] == "value_error":
+        return f"{path}: {first['msg'].removeprefix('Value error, ')}"
     got = first.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {json.dumps(got)})"
     more = len(err.errors()) - 1
@@ -206,7 +267,7 @@ def load_config(path: Path) -> Config:
     return parse_config(raw, path)
 
 
-def parse_config(raw: Any, path: Path, warn: bool = True) -> Config:
+def parse_config(raw: Any, path: Path | str, warn: bool = True) -> Config:
     """A config from config.json's content: keys in their old place are read (with a warning), then validated."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must hold a JSON object")

@@ -24,7 +24,8 @@ from finetuned.config import NotifySettings
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("job_completed", "job_failed", "job_skipped", "paused_for_disk", "daemon_started", "daemon_stopped")
+EVENTS = ("job_completed", "job_failed", "job_skipped", "paused_for_disk", "daemon_started", "daemon_stopped",
+          "gate_refused")
 
 
 def message(event: str, payload: dict[str, Any]) -> bytes:

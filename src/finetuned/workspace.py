@@ -87,6 +87,11 @@ class Workspace:
         return self.control / "requests"
 
     @property
+    def asks(self) -> Path:
+        """The monitor's questions for the model line (`ID.json`), and their answers (`ID.answer.json`)."""
+        return self.control / "asks"
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 
@@ -119,6 +124,11 @@ class Workspace:
     def tokenized(self) -> Path:
         """Token caches of queued jobs, removed when the job ends."""
         return self.data / "tokenized"
+
+    @property
+    def evals(self) -> Path:
+        """Evaluation suites, `SUITE.jsonl` each (evaluation/suites.py)."""
+        return self.root / "evals"
 
     @property
     def models(self) -> Path:

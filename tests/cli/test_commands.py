@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
 import pytest
-from helpers import chat_lines, jobs_by_file, last_step, read_json, wait_for, write_jsonl
+from helpers import chat_lines, drop, jobs_by_file, last_step, read_json, wait_for, write_jsonl
 
-COMMANDS = ["init", "run", "status", "queue", "add", "pause", "resume", "stop", "skip", "cancel", "front"]
+COMMANDS = ["init", "run", "status", "queue", "add", "check", "pause", "resume", "stop", "skip", "cancel", "front",
+            "retry", "config"]
 
 
 def finetuned(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -23,7 +26,7 @@ def test_help_explains_every_command():
     top = finetuned("--help").stdout
     for command in COMMANDS:
         assert command in top
-    for command in ("init", "run", "status", "queue", "add", "cancel"):
+    for command in ("init", "run", "status", "queue", "add", "check", "cancel"):
         assert "examples:" in finetuned(command, "--help").stdout, command
 
 
@@ -54,6 +57,97 @@ def test_add_puts_files_in_the_right_inbox(tmp_path):
     assert missing.returncode == 1 and "no such file" in missing.stderr
 
 
+def test_add_checks_the_file_first_and_writes_its_own_settings_beside_it(tmp_path):
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    bad = tmp_path / "notes.txt"
+    bad.write_text("just some notes\n")
+    refused = finetuned("add", str(bad), "--root", str(root), check=False)
+    assert refused.returncode == 1 and "not added" in refused.stderr and "notes.txt" in refused.stderr, refused.stderr
+    assert not list((root / "inbox/normal").iterdir()), "nothing copied"
+    finetuned("add", str(bad), "--no-check", "--root", str(root))
+    assert (root / "inbox/normal/notes.txt").exists()
+
+    data = write_jsonl(tmp_path / "d.jsonl", chat_lines(3))
+    typo = finetuned("add", str(data), "--set", "training.epoch=2", "--root", str(root), check=False)
+    assert typo.returncode == 1 and "unknown key 'training.epoch'" in typo.stderr
+    added = finetuned("add", str(data), "--set", "training.epochs=2", "--set", "data.packing=false",
+                      "--root", str(root)).stdout
+    assert "training.epochs=2" in added
+    sidecar = json.loads((root / "inbox/normal/d.jsonl.config.json").read_text())
+    assert sidecar == {"training": {"epochs": 2}, "data": {"packing": False}}
+    assert (root / "inbox/normal/d.jsonl.config.json").stat().st_mtime <= (root / "inbox/normal/d.jsonl").stat(
+    ).st_mtime, "the settings are there before the file"
+
+
+def test_config_show_hides_secrets_and_set_validates_and_prints_the_change(tmp_path):
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    shown = finetuned("config", "set", "monitor.token", "a-long-enough-secret-token", "--root", str(root)).stdout
+    assert shown.strip() == 'monitor.token: null -> "***"'
+    config = json.loads(finetuned("config", "show", "--root", str(root)).stdout)
+    assert config["monitor"]["token"] == "***" and config["training"]["lr_scheduler"] == "constant"
+    assert "a-long-enough-secret-token" not in finetuned("config", "show", "--root", str(root)).stdout
+    changed = finetuned("config", "set", "training.lr_scheduler", "cosine", "--root", str(root)).stdout
+    assert changed.strip() == 'training.lr_scheduler: "constant" -> "cosine"'
+    assert json.loads((root / "config.json").read_text())["training"]["lr_scheduler"] == "cosine"
+    before = (root / "config.json").read_text()
+    for key, value, error in (("training.lr_scheduler", "cosin", "training.lr_scheduler"),
+                              ("training.epochz", "2", "unknown key 'training.epochz'"),
+                              ("training.epochs", "0", "training.epochs")):
+        refused = finetuned("config", "set", key, value, "--root", str(root), check=False)
+        assert refused.returncode == 1 and error in refused.stderr and "unchanged" in refused.stderr, refused.stderr
+    assert (root / "config.json").read_text() == before
+
+
+def test_help_examples_keep_one_line_each():
+    for command in (["add"], ["status"], ["retry"], ["config"], ["service"]):
+        lines = [line.strip() for line in finetuned(*command, "--help").stdout.splitlines()]
+        examples = [line for line in lines if line.startswith("finetuned ")]
+        assert examples, (command, lines)
+        assert all(line.count("finetuned ") == 1 for line in examples), examples
+
+
+def test_the_queue_table_never_cuts_job_ids(tmp_path):
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    from finetuned.queue.store import JobStore
+    from finetuned.workspace import Workspace
+
+    store = JobStore(Workspace.at(root)).load()
+    names = [f"a_rather_long_file_name_for_a_dataset_{i}.jsonl" for i in range(3)]
+    for name in names:
+        write_jsonl(root / "inbox/normal" / name, chat_lines(2))
+        store.admit(root / "inbox/normal" / name, "normal")
+    result = subprocess.run([sys.executable, "-m", "finetuned", "queue", "--root", str(root)], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "COLUMNS": "80"})
+    for job_id in store.jobs:
+        assert job_id in result.stdout, result.stdout
+
+
+def test_retry_with_no_daemon_puts_the_failed_file_back_under_the_lock(tmp_path):
+    from finetuned.queue.endings import Endings
+    from finetuned.queue.store import JobStore
+    from finetuned.workspace import Workspace
+
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    ws = Workspace.at(root)
+    store = JobStore(ws).load()
+    job = store.admit(write_jsonl(ws.inbox_normal / "d.jsonl", chat_lines(2)), "normal")
+    Endings(store).failed(job, "out of memory (after 2 retries)")
+    assert (ws.failed / "d.jsonl.error.json").exists()
+    done = finetuned("retry", job.id, "--root", str(root))
+    assert "queued again" in done.stdout
+    assert (ws.queued / f"{job.id}__d.jsonl").exists() and not list(ws.failed.iterdir())
+    record = read_json(ws.job_record(job.id))
+    assert record["status"] == "queued" and record["examples"] is None, "checked again like a new file"
+    assert [e["id"] for e in read_json(ws.queue_json)["queue"]] == [job.id]
+    assert "retried" in ws.daemon_log().read_text()
+    again = finetuned("retry", job.id, "--root", str(root), check=False)
+    assert again.returncode == 1 and "is queued, not failed" in again.stderr
+
+
 def test_commands_outside_a_workspace_say_so(tmp_path):
     result = finetuned("queue", "--root", str(tmp_path), check=False)
     assert result.returncode == 1 and "not a finetuned workspace" in result.stderr
@@ -79,7 +173,31 @@ def test_status_and_queue_while_training(ws, start_daemon, gate):
     finetuned("pause", "--root", str(ws.root))
     wait_for(lambda: ((read_json(ws.queue_json) or {}).get("current") or {}).get("status") == "paused", 30, "pause",
              daemon=daemon)
+    wait_for(lambda: ((read_json(ws.training_status_json) or {}).get("job") or {}).get("status") == "paused", 10,
+             "training_status.json to say paused", daemon=daemon)
+    paused = finetuned("status", "--root", str(ws.root)).stdout
+    assert paused.count("paused") == 1 and "ETA" not in paused, paused
+    assert "queue: 1 queued" in paused
+    loss = re.search(r"loss (\S+)", paused).group(1)
+    assert len(loss.replace(".", "").lstrip("0")) <= 4, f"losses to 4 significant digits: {loss}"
     finetuned("resume", "--root", str(ws.root))
     assert not ws.pause_file.exists()
     daemon.stop()
     assert "not running" in finetuned("status", "--root", str(ws.root)).stdout
+
+
+@pytest.mark.usefixtures("tiny_model_dir")
+def test_status_says_what_the_daemon_does_before_a_job_starts(ws, start_daemon):
+    """Nothing trains yet, but the daemon works: it says it tokenises the file, never a bare "idle"."""
+    from finetuned.cli.status import daemon_line
+
+    daemon = start_daemon(ws)
+    drop(ws, "big.jsonl", chat_lines(5000))
+
+    def tokenising() -> dict | None:
+        status = read_json(ws.status_json) or {}
+        return status if (status.get("phase") or "").startswith("tokenising") else None
+
+    status = wait_for(tokenising, 120, "status.json to say tokenising", interval=0.02, daemon=daemon)
+    assert status["state"] == "idle" and status["current_job"] is None and "big.jsonl" in status["phase"]
+    assert "idle: tokenising big.jsonl (job " in daemon_line(ws, status)

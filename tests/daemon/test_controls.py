@@ -58,6 +58,9 @@ def test_pause_checkpoints_holds_priority_work_and_resume_continues(long_ws, sta
     assert jobs["urgent.jsonl"]["runs"][0]["ended"] <= jobs["long.jsonl"]["runs"][-1]["started"], \
         "after the pause, priority work goes first"
     assert [e["status"] for e in jobs["long.jsonl"]["history"]].count("paused") == 1
+    log = ws.daemon_log().read_text()
+    for line in ("pause requested at step 2", "paused at step 2", "resuming from step 2"):
+        assert log.count(line) == 1, (line, log)
 
 
 def test_stop_requeues_behind_its_class_and_resumes_later(long_ws, start_daemon, gate):
@@ -153,6 +156,28 @@ def test_cancel_a_queued_job_through_the_running_daemon(long_ws, start_daemon):
     again = subprocess.run([sys.executable, "-m", "finetuned", "cancel", job_id, "--root", str(ws.root)],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "not queued" in again.stderr
+
+
+def test_retry_puts_a_failed_file_back_through_the_running_daemon(ws, start_daemon):
+    daemon = start_daemon(ws)
+    drop(ws, "a.jsonl", chat_lines(4))
+    wait_for(lambda: status_of(ws, "a.jsonl") == "completed", 120, "a to train", daemon=daemon)
+    drop(ws, "b.jsonl", chat_lines(4))  # the same bytes again: refused as a duplicate
+    wait_for(lambda: status_of(ws, "b.jsonl") == "failed", 60, "b to fail", daemon=daemon)
+    assert (ws.failed / "b.jsonl.error.json").exists()
+    cli = [sys.executable, "-m", "finetuned"]
+    root = ["--root", str(ws.root)]
+    edit = subprocess.run([*cli, "config", "set", "inbox.allow_duplicates", "true", *root], capture_output=True,
+                          text=True, timeout=60)
+    assert edit.returncode == 0 and "inbox.allow_duplicates: false -> true" in edit.stdout, edit.stderr
+    job_id = jobs_by_file(ws)["b.jsonl"]["id"]
+    run = subprocess.run([*cli, "retry", job_id, *root], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "queued again" in run.stdout, run.stderr
+    wait_for(lambda: status_of(ws, "b.jsonl") == "completed", 120, "b to train after the retry", daemon=daemon)
+    assert not (ws.failed / "b.jsonl.error.json").exists() and (ws.completed / "b.jsonl").exists()
+    assert "retried" in ws.daemon_log().read_text()
+    again = subprocess.run([*cli, "retry", job_id, *root], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "not failed" in again.stderr
 
 
 def test_a_long_pause_releases_the_model_and_resume_reloads(tmp_path, tiny_model_dir, start_daemon, gate):

@@ -66,6 +66,8 @@ def test_two_files_train_in_order_and_publish_adapters(tmp_path, tiny_model_dir,
         assert losses[-1] < losses[0] - 2.0, f"loss should fall on a learnable task: {losses}"
     log = ws.daemon_log().read_text()
     assert f"step {record['steps']}/{record['steps']} loss" in log and "completed" in log
+    output = daemon.output()  # the daemon's stderr, which its children share: no library progress bars
+    assert "Loading weights" not in output and "it/s]" not in output, output
 
 
 def test_half_copied_file_is_not_taken_until_complete(ws, start_daemon):
@@ -153,6 +155,18 @@ def test_sigterm_checkpoints_and_requeues(ws, start_daemon, gate):
     assert not pid_alive(int(daemon.proc.pid))
     status = read_json(ws.status_json)
     assert status["state"] == "stopped"
+    assert ws.daemon_log().read_text().count("daemon stopped at step 3") == 1
+
+    gate.release()  # Ctrl-C and restart: the job finishes, and reports the loss of its own first step
+    daemon = start_daemon(ws)
+    wait_for(lambda: status_of(ws, "job.jsonl") == "completed", 180, "the job after the restart", daemon=daemon)
+    first = json.loads(ws.metrics_file(job["id"]).read_text().splitlines()[0])
+    assert first["step"] == 1
+    record = read_json(ws.adapter_record(job["id"]))
+    assert record["first_loss"] == first["loss"], "first_loss is step 1's, not the resume step's"
+    log = ws.daemon_log().read_text()
+    assert log.count("resuming from step 3") == 1
+    assert f"loss {first['loss']:.4f} ->" in log
 
 
 
@@ -175,3 +189,20 @@ def test_queued_files_are_tokenised_while_another_trains(ws, start_daemon, gate)
     report = read_json(ws.failed / "overlong.jsonl.error.json")
     assert "max_seq_len" in json.dumps(report), report
     wait_for(lambda: status_of(ws, "next.jsonl") == "completed", 240, "next to train", daemon=daemon)
+
+
+def test_a_job_that_loses_examples_says_so_in_its_record_the_log_and_job_json(ws, start_daemon):
+    """30% of the file longer than max_seq_len: it trains, and says so wherever a user looks."""
+    daemon = start_daemon(ws)
+    overlong = [{"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}]
+    drop(ws, "lossy.jsonl", chat_lines(14) + overlong * 6)
+    wait_for(lambda: status_of(ws, "lossy.jsonl") == "completed", 180, "the job", daemon=daemon)
+    job = jobs_by_file(ws)["lossy.jsonl"]
+    assert len(job["warnings"]) == 1 and "6 of 20 examples (30%)" in job["warnings"][0], job["warnings"]
+    record = read_json(ws.adapter_record(job["id"]))
+    assert record["warnings"] == job["warnings"]
+    assert [n["kind"] for n in record["data"]["notes"]] == ["data_loss"]
+    assert "WARNING" in ws.daemon_log().read_text().split("6 of 20 examples")[0].splitlines()[-1]
+    shown = subprocess.run([sys.executable, "-m", "finetuned", "status", job["id"], "--root", str(ws.root)],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "warning: 6 of 20 examples" in shown

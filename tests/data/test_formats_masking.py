@@ -176,7 +176,7 @@ def test_direct_rendering_matches_apply_chat_template_on_real_data(tokenizer: An
     records = json.loads((datasets / "alpaca_en_demo.json").read_text(encoding="utf-8"))
     records.append(chat(("system", " odd\tspacing "), ("user", "{{ not a tag }}"), ("assistant", "")))
     for record in records:
-        dicts = [{"role": m.role, "content": m.content} for m in parse_record(record)[1]]
+        dicts = [{"role": m.role, "content": m.content} for m in parse_record(record)[1].messages]
         for generation_prompt in (False, True):
             assert renderer._apply(dicts, generation_prompt) == tokenizer.apply_chat_template(
                 dicts, tokenize=False, add_generation_prompt=generation_prompt

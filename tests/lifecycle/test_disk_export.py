@@ -52,15 +52,24 @@ def test_export_a_version_and_a_job_loads_elsewhere(trained, tmp_path):
     out = export(trained, "tiny-v1", tmp_path / "out" / "v1")
     shutil.rmtree(trained.base_models / "tiny-v1")  # the export must not depend on the workspace
     assert (logits(out) - expected).abs().max().item() < 1e-4
-    assert "tiny-v1" in (out / "README.txt").read_text() and "to share" in (out / "README.txt").read_text()
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model:") and "# tiny-v1" in card and "to share" in card
     meta = json.loads((out / "finetuned.json").read_text())
     assert meta["kind"] == "version" and meta["version"]["weights_hash"] == version.weights_hash
 
     pair = export(trained, adapter.job_id, tmp_path / "adapter")
     assert (logits(pair / "base") - logits(trained.base_models / "tiny")).abs().max().item() == 0
     assert (base_plus_adapter_logits(pair / "base", pair / "adapter") - expected).abs().max().item() < 1e-5
-    assert "PeftModel.from_pretrained" in (pair / "README.txt").read_text()
+    card = (pair / "README.md").read_text()
+    assert "library_name: peft" in card and "PeftModel.from_pretrained" in card
+    for fact in ("`first.jsonl`", f"{adapter.steps} optimizer steps", "12 examples trained", "## How to load"):
+        assert fact in card, (fact, card)
     assert json.loads((pair / "finetuned.json").read_text())["job"]["file"] == "first.jsonl"
+    config = json.loads((pair / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "../base", "the exported base, not the workspace's"
+    for path in [pair, *pair.rglob("*")]:  # readable by another user: transformers writes weights 0600
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
 
     with pytest.raises(LifecycleError, match="not empty"):
         export(trained, adapter.job_id, tmp_path / "adapter")
@@ -68,6 +77,7 @@ def test_export_a_version_and_a_job_loads_elsewhere(trained, tmp_path):
     assert merged.returncode == 0, merged.stderr
     assert (logits(tmp_path / "merged") - expected).abs().max().item() < 1e-4
     assert json.loads((tmp_path / "merged" / "finetuned.json").read_text())["kind"] == "merged"
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in (tmp_path / "merged").glob("*.safetensors"))
     assert not list(tmp_path.glob(".*.tmp")), "no temporary folder left"
 
 

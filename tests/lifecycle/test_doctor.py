@@ -24,7 +24,7 @@ def test_doctor_on_a_good_workspace_says_ok_and_exits_0(trained):
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     names = ["workspace", "config", "daemon", "lock", "base model", "disk", "accelerator", "distributed",
-             "last failure", "daemon log"]
+             "last failure", "daemon log", "gguf export"]
     assert [line[5:18].strip() for line in lines] == names
     assert all(line.split()[0] in (OK, WARN) for line in lines)
     checks = by_name(run_checks(trained, deep=True))
@@ -66,4 +66,4 @@ def test_doctor_reports_daemon_lock_disk_model_and_errors(trained):
     assert checks["last failure"].level == WARN and "bad.jsonl: not UTF-8" in checks["last failure"].message
     assert checks["daemon log"].level == WARN and "out of memory" in checks["daemon log"].message
     assert checks["disk"].level == FAIL and "min_free_gb" in checks["disk"].message
-    assert checks["base model"].level == FAIL and "no config.json" in checks["base model"].message
+    assert checks["base model"].level == FAIL and "no such folder" in checks["base model"].message

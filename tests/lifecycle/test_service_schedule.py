@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 import sys
 from datetime import datetime
 
@@ -28,7 +29,7 @@ def test_service_unit_runs_the_daemon_and_stops_it_gently(tmp_path):
     ws.create()
     units = tmp_path / "units"
     path = service.install(ws, units)
-    assert path == units / "finetuned-my-training.service"
+    assert re.fullmatch(r"finetuned-my-training-[0-9a-f]{8}\.service", path.name), path.name
     unit = parse_unit(path.read_text())
     s = unit["Service"]
     assert s["ExecStart"] == f'{sys.executable} -m finetuned run --root "{ws.root}"'
@@ -40,11 +41,26 @@ def test_service_unit_runs_the_daemon_and_stops_it_gently(tmp_path):
 
     shown = cli("service", "install", "--root", str(ws.root), "--unit-dir", str(units), "--stop-timeout", "900")
     assert shown.returncode == 0, shown.stderr
-    assert "systemctl --user daemon-reload && systemctl --user enable --now finetuned-my-training.service" in \
+    assert f"systemctl --user daemon-reload && systemctl --user enable --now {path.name}" in \
         shown.stdout.replace("\n", " ")
     assert parse_unit(path.read_text())["Service"]["TimeoutStopSec"] == "900"
     assert service.uninstall(ws, units) == path and not path.exists()
     assert service.uninstall(ws, units) is None
+
+
+def test_two_workspaces_with_the_same_folder_name_get_their_own_units(tmp_path):
+    units = tmp_path / "units"
+    one, two = Workspace.at(tmp_path / "a" / "training"), Workspace.at(tmp_path / "b" / "training")
+    first, second = service.install(one, units), service.install(two, units)
+    assert first != second and first.exists() and second.exists()
+    assert f"--root {one.root}" in first.read_text() and f"--root {two.root}" in second.read_text()
+    legacy = units / "finetuned-training.service"  # written before units had the hash, for workspace one
+    legacy.write_text(service.unit_text(one))
+    service.uninstall(one, units)
+    assert not first.exists() and second.exists()
+    assert service.uninstall(two, units) == second
+    assert service.uninstall(two, units) is None and legacy.exists(), "another workspace's unit is not ours"
+    assert service.uninstall(one, units) == legacy and not legacy.exists()
 
 
 def test_scheduled_consolidation_is_due_after_n_jobs_or_daily(trained):

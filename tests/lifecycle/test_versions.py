@@ -26,7 +26,7 @@ VERSION_KEYS = {"id", "name", "version", "parent", "parent_hash", "base_model", 
 
 def current_base_logits(ws):
     """Logits of the model config.json's base_model names, loaded the way the worker resolves it."""
-    return logits(resolve_base(ws.load_config().base_model, ws.base_models))
+    return logits(resolve_base(ws.load_config().base_model, ws))
 
 
 def test_consolidated_version_loads_and_gives_base_plus_adapter_logits(trained):

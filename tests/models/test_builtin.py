@@ -8,6 +8,7 @@ import torch
 from finetuned.config import LoraSettings
 from finetuned.models.builtin import BuiltinModelError, materialize
 from finetuned.models.loading import ModelError, add_lora, load_model, load_tokenizer, resolve_base
+from finetuned.workspace import Workspace
 
 
 def test_tiny_is_a_small_llama_with_smollm2_tokenizer(tiny_model_dir):
@@ -21,8 +22,12 @@ def test_tiny_is_a_small_llama_with_smollm2_tokenizer(tiny_model_dir):
 def test_unknown_builtin_and_missing_folder_are_clear_errors(tmp_path):
     with pytest.raises(BuiltinModelError, match="known: builtin:"):
         materialize("builtin:gpt-17", tmp_path)
+    ws = Workspace.at(tmp_path / "ws")
+    with pytest.raises(ModelError, match="no such folder"):
+        resolve_base(str(tmp_path / "nowhere"), ws)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="not a Hugging Face model folder"):
-        resolve_base(str(tmp_path / "nowhere"), tmp_path)
+        resolve_base(str(tmp_path / "empty"), ws)
 
 
 @pytest.mark.slow

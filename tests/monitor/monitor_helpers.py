@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from helpers import chat_lines, drop, make_workspace, read_json, tiny_config, wait_for
+from helpers import Gate, chat_lines, drop, make_workspace, read_json, tiny_config, wait_for
 
 from finetuned.config import Config
 from finetuned.daemon.statefiles import StateWriter
@@ -100,14 +100,16 @@ class StateWorkspace:
 class MonitoredDaemon:
     """`finetuned run` with its monitor (helpers.DaemonProcess runs without one)."""
 
-    def __init__(self, ws: Workspace, log_path: Path) -> None:
+    def __init__(self, ws: Workspace, log_path: Path, gate: Gate | None = None) -> None:
+        from finetuned.worker.main import GATE_ENV
+
         self.ws = ws
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **({GATE_ENV: str(gate.path)} if gate else {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "finetuned", "run", "--root", str(ws.root)],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         self.url = ""
 

@@ -9,11 +9,12 @@ import json
 import os
 import re
 import signal
+import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, chat_lines, drop, jobs_by_file, make_workspace, wait_for
-from monitor_helpers import MonitoredDaemon, monitor_config
+from helpers import REPO, chat_lines, drop, jobs_by_file, last_step, make_workspace, wait_for, write_jsonl
+from monitor_helpers import MonitoredDaemon, http, monitor_config
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -112,6 +113,25 @@ def test_page_shows_queue_and_loss_and_is_screenshotted(page, daemon: MonitoredD
     assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
 
 
+def test_try_it_answers_a_typed_question_and_says_from_which_step(page, daemon: MonitoredDaemon, expect):
+    expect(page.get_by_test_id("now-file")).to_have_text("arithmetic_20k.jsonl", timeout=90_000)
+    expect(page.get_by_test_id("try-who")).to_contain_text("training worker")
+    box = page.get_by_test_id("try-prompt")
+    box.fill("Say hi number 3.")
+    box.press("Enter")
+    item = page.locator("#try-list li").first
+    expect(item).to_contain_text("Say hi number 3.")
+    expect(box).to_have_value("")
+    expect(item).to_have_attribute("data-status", "answered", timeout=60_000)
+    job = jobs_by_file(daemon.ws)["arithmetic_20k.jsonl"]["id"]
+    expect(item.get_by_test_id("try-meta")).to_contain_text(f"job {job} at step ")
+    question = http("GET", daemon.url + "api/asks")[1]["asks"][0]
+    assert question["by"] == "worker" and question["step"] >= 1
+    expect(item.locator(".try-a")).to_have_text(question["text"] if question["text"].strip() else "(an empty answer)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".tryit").screenshot(path=str(ARTIFACTS / "monitor-try-it.png"))
+
+
 def test_pause_and_resume_buttons(page, daemon: MonitoredDaemon, expect):
     state = page.get_by_test_id("state")
     expect(state).to_have_text("training", timeout=90_000)
@@ -181,3 +201,67 @@ def test_a_job_on_two_ranks_shows_them_and_each_ones_memory(browser, expect, tmp
     finally:
         context.close()
         daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def preference_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """A DPO job held at step 12 (the step gate), its rewards logged, two suites scored every 4 steps."""
+    from helpers import Gate
+
+    root = tmp_path_factory.mktemp("preference")
+    config = monitor_config(epochs=2, checkpoint_every_steps=100)
+    config.evaluation.every_steps, config.evaluation.budget, config.evaluation.max_new_tokens = 4, 1000.0, 4
+    ws = make_workspace(root / "ws", config)
+    ws.evals.mkdir()
+    write_jsonl(ws.evals / "items.jsonl", [{"prompt": f"Item {i}?", "expected": "Done", "scorer": "contains"}
+                                           for i in range(3)])
+    write_jsonl(ws.evals / "pick.jsonl", [{"prompt": "Item 1?", "choices": ["Item 1. Done.", "Nope"],
+                                           "expected": "Item 1. Done.", "scorer": "choice"}])
+    gate = Gate(root / "gate")
+    gate.hold(12)
+    drop(ws, "prefs.jsonl", [{"prompt": f"Item {i}?", "chosen": f"Item {i}. Done.", "rejected": f"Item {i}. Nope."}
+                             for i in range(60)])
+    process = MonitoredDaemon(ws, root / "daemon.out", gate)
+    process.wait_url()
+    wait_for(lambda: last_step(ws, "prefs.jsonl") >= 12, 120, "the DPO job", daemon=process)
+    yield process
+    process.stop()
+
+
+def test_a_preference_job_shows_its_rewards_under_the_loss(browser, expect, preference_daemon):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(preference_daemon.url)
+        expect(page.get_by_test_id("preference")).to_be_visible(timeout=30_000)
+        expect(page.get_by_test_id("preference-note")).to_contain_text("accuracy", timeout=30_000)
+        expect(page.locator("#pref-chart canvas")).to_be_visible()
+    finally:
+        context.close()
+    with urllib.request.urlopen(preference_daemon.url + "metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert 'finetuned_training_objective_metric{name="rewards/accuracies"}' in text
+    assert 'name="eval/' not in text, "suite scores are not an objective's metric"
+
+
+def test_suite_scores_are_charted_and_exported(browser, expect, preference_daemon):
+    (metrics,) = preference_daemon.ws.metrics.glob("*.jsonl")  # the job is held at step 12: nothing more comes
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    scored = [p["step"] for p in logged if "eval/items" in p]
+    assert scored == [4, 8, 12], "every 4 steps (the budget is lifted)"
+    assert all(0 <= p["eval/pick"] <= 1 for p in logged if "eval/pick" in p)
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(preference_daemon.url)
+        expect(page.get_by_test_id("evaluation")).to_be_visible(timeout=30_000)
+        legend = page.get_by_test_id("evaluation-legend")
+        expect(legend).to_contain_text("items", timeout=30_000)
+        expect(legend).to_contain_text("pick")
+        expect(page.get_by_test_id("evaluation-note")).to_contain_text(f"step {scored[-1]}")
+        expect(page.locator("#evals-chart canvas")).to_be_visible()
+    finally:
+        context.close()
+    with urllib.request.urlopen(preference_daemon.url + "metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert 'finetuned_eval_score{suite="items"}' in text and 'finetuned_eval_score{suite="pick"}' in text

@@ -50,3 +50,20 @@ def test_hidden_temporary_and_folders_are_ignored_and_priority_comes_first(tmp_p
     found = inbox.scan(t + 1)
     assert found[0] == (ws.inbox_priority / "p.jsonl", "high")
     assert {p.name for p, _ in found} == {"p.jsonl", "n.jsonl", "root.jsonl"}
+
+
+def test_a_sidecar_is_never_data_and_its_file_waits_until_the_sidecar_settles(tmp_path):
+    ws, inbox = make(tmp_path)
+    data, sidecar = ws.inbox_normal / "a.jsonl", ws.inbox_normal / "a.jsonl.config.json"
+    old = time.time() - 100
+    data.write_text("x")
+    os.utime(data, (old, old))
+    t0 = time.time() + 10
+    assert inbox.scan(t0) == []
+    sidecar.write_text("{}")  # comes with the file, still being written when the file has settled
+    assert inbox.scan(t0 + 1.1) == [], "the file waits for its settings"
+    assert inbox.waiting
+    assert inbox.scan(t0 + 2.2) == [(data, "normal")], "the sidecar is never taken as data"
+    inbox.forget(data)
+    data.unlink()
+    assert inbox.scan(t0 + 3.3) == [] and not inbox.waiting, "a settled sidecar alone waits quietly for its file"

@@ -40,6 +40,7 @@ def _rank(rank: int, store: str, out: str, conn) -> None:
         except Exception as exc:
             seen["error"] = f"{type(exc).__name__}: {exc}"
         world.barrier()
+        dist.destroy_process_group()  # as worker/rank.py does: gloo's threads left at exit abort the process
     except Exception:
         seen["crash"] = traceback.format_exc()
     Path(out).write_bytes(pickle.dumps(seen))

@@ -6,10 +6,11 @@ import json
 import shutil
 
 import pytest
+import torch
 from helpers import Driver, chat_lines, make_workspace, tiny_config, train_in_process, write_jsonl
 
 from finetuned import checkpoints
-from finetuned.worker.protocol import Checkpoint, Completed, Failed, Step, Yielded
+from finetuned.worker.protocol import Checkpoint, Completed, Failed, FailKind, Step, Yielded
 
 
 def run_job(ws, config, job_id, file, driver, cache=None):
@@ -189,3 +190,66 @@ def test_every_checkpoint_is_reported_once_it_is_durable(tmp_path, tiny_model_di
     kept = config.lifecycle.keep_checkpoints  # older ones are pruned once the newer are durable
     for step in reported[-kept:]:
         assert checkpoints.path_for(ws.job_checkpoints("job"), step).exists(), f"checkpoint {step} is not on disk"
+
+
+def test_a_cosine_job_stopped_and_resumed_trains_as_an_uninterrupted_one(tmp_path, tiny_model_dir):
+    """The schedule is a function of the step: a resumed job gets the same rates, losses and first_loss."""
+    config = tiny_config(checkpoint_every_steps=100, warmup_steps=3, lr_scheduler="cosine", min_lr_ratio=0.1)
+    records = chat_lines(40)
+    plain = Driver()
+    run_job(make_workspace(tmp_path / "a", config), config, "job", write_jsonl(tmp_path / "a.jsonl", records), plain)
+
+    ws = make_workspace(tmp_path / "b", config)
+    file_b = write_jsonl(tmp_path / "b.jsonl", records)
+    interrupted = Driver(yield_at=6)
+    run_job(ws, config, "job", file_b, interrupted)
+    fresh = Driver()  # a new worker after Ctrl-C: nothing of the first run is in memory
+    run_job(ws, config, "job", file_b, fresh)
+    lrs = [m.lr for m in plain.of(Step)]
+    assert lrs[2] == lrs[3] == config.training.learning_rate and lrs[-1] < lrs[4] < lrs[3], lrs
+    assert [m.lr for m in interrupted.of(Step) + fresh.of(Step)] == lrs
+    assert interrupted.losses() + fresh.losses() == pytest.approx(plain.losses(), abs=1e-6)
+    first = plain.losses()[0]
+    summary = fresh.last(Completed).summary
+    assert summary["first_loss"] == pytest.approx(first, abs=1e-6), "the job's first step, not the resume step's"
+    assert json.loads((ws.adapter_dir("job") / "job.json").read_text())["first_loss"] == summary["first_loss"]
+
+
+def test_settings_that_cannot_train_fail_as_config_never_as_a_crash(tmp_path, tiny_model_dir):
+    config = tiny_config()
+    config.lora.target_modules = ["q_proj", "v_prj"]
+    ws = make_workspace(tmp_path / "ws", config)
+    driver = Driver()
+    run_job(ws, config, "job", write_jsonl(tmp_path / "d.jsonl", chat_lines(8)), driver)
+    failed = driver.last(Failed)
+    assert failed.kind is FailKind.CONFIG and "v_prj" in failed.reason and "\n" not in failed.reason
+    assert not driver.of(Step)
+
+
+def test_init_adapter_continues_a_users_adapter(tmp_path, tiny_model_dir):
+    """base_model + training.init_adapter: the job starts from that adapter's weights, not fresh ones."""
+    from safetensors.torch import load_file
+
+    from finetuned.worker.cache import ModelCache
+
+    config = tiny_config(mode="independent", epochs=3, learning_rate=3e-2)
+    records = chat_lines(24)
+    ws = make_workspace(tmp_path / "ws", config)
+    first = Driver()
+    cache = run_job(ws, config, "first", write_jsonl(tmp_path / "first.jsonl", records), first)
+    mine = shutil.copytree(ws.adapter_dir("first"), tmp_path / "my-adapter")
+
+    continued = config.model_copy(deep=True)
+    continued.training.init_adapter = str(mine)
+    loaded = ModelCache(ws).get(continued, Driver().world(), lambda: None)
+    saved = load_file(mine / "adapter_model.safetensors")
+    for name, tensor in loaded.fresh.items():
+        key = name.replace(".default.", ".")
+        assert torch.equal(tensor, saved[key]), name
+
+    again = Driver()
+    run_job(ws, continued, "second", write_jsonl(tmp_path / "second.jsonl", records), again, cache)
+    fresh = Driver()
+    run_job(ws, config, "third", write_jsonl(tmp_path / "third.jsonl", records), fresh, cache)
+    assert again.losses()[0] < fresh.losses()[0] - 1.0, "it starts where the user's adapter left off"
+    assert again.losses()[0] == pytest.approx(first.losses()[-1], abs=1.0)

@@ -7,18 +7,24 @@ import typer
 from finetuned.cli import (
     add,
     cancel,
+    chat,
+    check,
+    config,
     consolidate,
     controls,
     doctor,
+    evaluate,
     export,
     gc,
     init,
     queue,
+    retry,
     run,
     service,
     status,
     versions,
 )
+from finetuned.cli.common import examples_kept
 
 app = typer.Typer(
     name="finetuned",
@@ -28,24 +34,29 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_show_locals=False,  # locals may hold a monitor token
 )
-app.command(help=init.HELP)(init.init)
-app.command(help=run.HELP)(run.run)
-app.command(help=status.HELP)(status.status)
-app.command(help=queue.HELP)(queue.queue)
-app.command(help=add.HELP)(add.add)
+app.command(help=examples_kept(init.HELP))(init.init)
+app.command(help=examples_kept(run.HELP))(run.run)
+app.command(help=examples_kept(status.HELP))(status.status)
+app.command(help=examples_kept(queue.HELP))(queue.queue)
+app.command(help=examples_kept(add.HELP))(add.add)
+app.command(help=examples_kept(check.HELP))(check.check)
 for control in (controls.pause, controls.resume, controls.stop, controls.skip):
     app.command()(control)
-app.command(help=cancel.CANCEL_HELP)(cancel.cancel)
-app.command(help=cancel.FRONT_HELP)(cancel.front)
-app.command(help=versions.VERSIONS_HELP)(versions.versions)
-app.command(help=versions.USE_HELP)(versions.use)
-app.command(help=versions.ROLLBACK_HELP)(versions.rollback)
-app.command(help=consolidate.HELP)(consolidate.consolidate)
-app.command(help=export.HELP)(export.export)
-app.command(help=gc.GC_HELP)(gc.gc)
-app.command(help=gc.KEEP_HELP)(gc.keep)
-app.command(help=doctor.HELP)(doctor.doctor)
+app.command(help=examples_kept(cancel.CANCEL_HELP))(cancel.cancel)
+app.command(help=examples_kept(cancel.FRONT_HELP))(cancel.front)
+app.command(help=examples_kept(retry.HELP))(retry.retry)
+app.command(help=examples_kept(versions.VERSIONS_HELP))(versions.versions)
+app.command(help=examples_kept(versions.USE_HELP))(versions.use)
+app.command(help=examples_kept(versions.ROLLBACK_HELP))(versions.rollback)
+app.command(help=examples_kept(consolidate.HELP))(consolidate.consolidate)
+app.command(help=examples_kept(export.HELP))(export.export)
+app.command("eval", help=examples_kept(evaluate.HELP))(evaluate.eval_)
+app.command(help=examples_kept(chat.HELP))(chat.chat)
+app.command(help=examples_kept(gc.GC_HELP))(gc.gc)
+app.command(help=examples_kept(gc.KEEP_HELP))(gc.keep)
+app.command(help=examples_kept(doctor.HELP))(doctor.doctor)
 app.add_typer(service.app)
+app.add_typer(config.app)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""finetuned cancel / front: change the queue, through the daemon when it runs."""
+"""finetuned cancel / front (and retry's path): change the queue, through the daemon when it runs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from typing import Annotated
 import typer
 
 from finetuned.cli.common import RootOption, console, fail, workspace
+from finetuned.fsio import atomic_write_json
 from finetuned.lock import AlreadyRunning, WorkspaceLock
+from finetuned.logs import setup_logging
 from finetuned.queue import actions
+from finetuned.queue.render import queue_document
 from finetuned.queue.store import JobStore
 from finetuned.workspace import Workspace
 
@@ -27,12 +30,15 @@ examples:
 """
 
 
-def _do(ws: Workspace, action: str, job_id: str) -> None:
+def queue_action(ws: Workspace, action: str, job_id: str) -> None:
+    """Apply a queue change through the running daemon, or directly under the lock when none runs."""
     try:
         with WorkspaceLock(ws.lock_file):
+            setup_logging(ws, "daemon", stream=False)  # no daemon to log it: the change goes in its log all the same
             store = JobStore(ws).load()
             store.recover()
             message = actions.apply(store, action, job_id)
+            atomic_write_json(ws.queue_json, queue_document(store.active(), None, None))  # no daemon to do it
     except AlreadyRunning:
         request_id = actions.submit(ws, action, job_id)
         reply = actions.wait_reply(ws, request_id)
@@ -47,8 +53,8 @@ def _do(ws: Workspace, action: str, job_id: str) -> None:
 
 
 def cancel(job_id: Annotated[str, typer.Argument(help="The queued job's id.")], root: RootOption = None) -> None:
-    _do(workspace(root), "cancel", job_id)
+    queue_action(workspace(root), "cancel", job_id)
 
 
 def front(job_id: Annotated[str, typer.Argument(help="The queued job's id.")], root: RootOption = None) -> None:
-    _do(workspace(root), "front", job_id)
+    queue_action(workspace(root), "front", job_id)

@@ -31,3 +31,8 @@ def workspace(root: Path | None, must_exist: bool = True) -> Workspace:
         fail(f"{ws.root} is not a finetuned workspace (run: finetuned init {ws.root})")
     return ws
 
+
+
+def examples_kept(help_text: str) -> str:
+    """Help whose examples stay one per line: click rewraps every paragraph except one that starts with \\b."""
+    return help_text.replace("\nexamples:\n", "\n\b\nexamples:\n")

@@ -22,6 +22,10 @@ unless --no-use. An existing version is never overwritten. Refused while a job
 is part-way through training on the current base (its steps would be left out),
 or when the disk would fall below lifecycle.min_free_gb.
 
+With suites in evals/, the new version and the current one are scored first:
+if a suite falls more than evaluation.max_regression, the version is written
+but not made current (exit code 1; --force switches anyway).
+
 examples:
   finetuned consolidate --note "after the arithmetic files"
   finetuned consolidate 20251116_014530 --no-use
@@ -41,7 +45,8 @@ def consolidate(
     job_id: Annotated[str | None, typer.Argument(help="The job whose adapter to merge (default: the latest).")] = None,
     note: Annotated[str, typer.Option("--note", help="A one-line note kept in version.json.")] = "",
     no_use: Annotated[bool, typer.Option("--no-use", help="Write the version without making it current.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Merge again / switch despite unfinished jobs.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Merge again / switch despite unfinished jobs or a falling suite.")] = False,
     root: RootOption = None,
 ) -> None:
     ws = workspace(root)
@@ -63,3 +68,5 @@ def consolidate(
     console.print(f"{result.message}: {v.path}")
     console.print(f"  parent {v.parent}, jobs {', '.join(j['job_id'] for j in v.jobs)}, {v.steps} steps, "
                   f"{v.tokens} tokens, weights {str(v.weights_hash)[:12]}")
+    if result.refused:
+        raise typer.Exit(1)

@@ -6,10 +6,13 @@ import json
 from typing import Annotated
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from finetuned.cli.common import RootOption, console, workspace
 from finetuned.fsio import read_json
+from finetuned.overrides import listed
 from finetuned.queue.job import JobStatus
 from finetuned.queue.render import queue_document
 from finetuned.queue.store import JobStore
@@ -43,9 +46,16 @@ def queue(
     if not doc["queue"]:
         console.print("the queue is empty")
         return
-    table = Table("#", "id", "file", "priority", "size", "added", "status")
+    with_settings = any(entry.get("settings") for entry in doc["queue"])
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("#")
+    # Whole ids, however narrow the terminal (the ids cancel, retry and export take); the rest may wrap.
+    table.add_column("id", no_wrap=True, min_width=max(len(entry["id"]) for entry in doc["queue"]))
+    for name in ("file", "priority", "size", "added", "status", *(["settings"] if with_settings else [])):
+        table.add_column(name, overflow="fold")
     for n, entry in enumerate(doc["queue"], 1):
         style = "bold" if entry["status"] in (JobStatus.TRAINING, JobStatus.PAUSED) else ""
-        table.add_row(str(n), entry["id"], entry["file"], entry["priority"], entry["size"], entry["added"],
-                      entry["status"], style=style)
-    console.print(table)
+        own = [listed(entry.get("settings") or {})] if with_settings else []
+        table.add_row(str(n), entry["id"], escape(entry["file"]), entry["priority"], entry["size"], entry["added"],
+                      entry["status"], *own, style=style)
+    console.print(table, highlight=False)

@@ -7,11 +7,13 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from finetuned.cli.common import RootOption, console, fail, workspace
 from finetuned.fsio import read_json
 from finetuned.lock import holder
+from finetuned.overrides import listed
 from finetuned.queue.store import JobNotFound, JobStore
 from finetuned.workspace import Workspace
 
@@ -31,14 +33,39 @@ def _read(path: Any) -> dict[str, Any] | None:
         return None
 
 
-def daemon_line(ws: Workspace) -> str:
+def loss_text(value: Any) -> str:
+    """A loss to 4 significant digits (12.23, 0.008412): what a person compares, not 15 digits of noise."""
+    return f"{value:.4g}" if isinstance(value, int | float) else "?"
+
+
+def daemon_line(ws: Workspace, status: dict[str, Any]) -> str:
     pid = holder(ws.lock_file)
-    status = _read(ws.status_json) or {}
     age = time.time() - status.get("heartbeat_unix", 0) if status else None
     if pid is None:
         return "daemon: not running" + (f" (last seen {status.get('heartbeat')})" if status else "")
     stale = f" [yellow]no heartbeat for {age:.0f}s[/yellow]" if age is not None and age > 10 else ""
-    return f"daemon: running (pid {pid}), {status.get('state', '?')}{stale}"
+    state = status.get("state", "?")
+    if state == "holding":
+        state = f", [red]holding the queue[/red]: {escape(status.get('reason') or '?')}"
+    elif status.get("current_job"):
+        state = ""  # the job's line says what it does
+    elif status.get("phase"):
+        state = f", {state}: {escape(status['phase'])}"  # validating, tokenising, checking: never a bare "idle"
+    else:
+        state = f", {state}"
+    return f"daemon: running (pid {pid}){state}{stale}"
+
+
+def queue_line(ws: Workspace) -> str | None:
+    doc = _read(ws.queue_status_json) or {}
+    counts = doc.get("counts")
+    if not isinstance(counts, dict):
+        return None
+    queued, failed, high = counts.get("queued", 0), counts.get("failed", 0), doc.get("queued_high", 0)
+    parts = [f"{queued} queued" + (f" ({high} priority)" if high else "")]
+    if failed:
+        parts.append(f"{failed} failed (finetuned retry JOB_ID puts one back)")
+    return "queue: " + ", ".join(parts)
 
 
 def show_job(ws: Workspace, job_id: str, as_json: bool) -> None:
@@ -53,10 +80,15 @@ def show_job(ws: Workspace, job_id: str, as_json: bool) -> None:
     console.print(f"status: {job.status.value}" + (f" — {job.reason}" if job.reason else ""))
     console.print(f"file: {job.path}    examples: {job.examples if job.examples is not None else '?'}"
                   f"    steps: {job.step}/{job.total_steps or '?'}")
+    for warning in job.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if job.summary:
         s = job.summary
         console.print(f"trained: {s.get('steps')} steps, {s.get('examples_trained')} examples, "
-                      f"{s.get('tokens')} tokens; loss {s.get('first_loss')} -> {s.get('final_loss')}")
+                      f"{s.get('tokens')} tokens; loss {loss_text(s.get('first_loss'))} -> "
+                      f"{loss_text(s.get('final_loss'))}")
+    if job.overrides:
+        console.print(f"its own settings: {listed(job.overrides)}", highlight=False)
     table = Table("time", "status", "reason", title="history", title_justify="left")
     for event in job.history:
         table.add_row(event.time, event.status, event.reason)
@@ -73,17 +105,31 @@ def status(
         show_job(ws, job_id, as_json)
         return
     training = _read(ws.training_status_json) or {}
+    daemon = _read(ws.status_json) or {}
     if as_json:
-        print(json.dumps({"daemon": _read(ws.status_json), "training": training}, indent=2))
+        print(json.dumps({"daemon": daemon or None, "training": training}, indent=2))
         return
-    console.print(daemon_line(ws))
+    console.print(daemon_line(ws, daemon), highlight=False)
+    if daemon.get("hold") and daemon.get("state") != "holding":  # a job paused in the worker, the queue held
+        console.print(f"[red]holding the queue[/red]: {escape(daemon['hold'])}", highlight=False)
+    if daemon.get("config_error"):
+        console.print(f"[yellow]config.json is invalid[/yellow]: {escape(daemon['config_error'])}; the daemon "
+                      "keeps its last good settings", highlight=False)
+    queue = queue_line(ws)
+    if queue:
+        console.print(queue, highlight=False)
     job = training.get("job")
     if not job:
         console.print("nothing is training")
         return
-    console.print(f"[bold]{job['id']}[/bold]  {job['file']}  ({job['priority']})  {job['status']}"
-                  + (f", {job['phase']}" if job.get("phase") and job.get("phase") != "training" else ""))
+    paused = job["status"] == "paused"
+    phase = job.get("phase")
+    doing = f", {phase}" if phase and phase not in ("training", job["status"]) else ""
+    console.print(f"[bold]{job['id']}[/bold]  {escape(job['file'])}  ({job['priority']})  {job['status']}{doing}",
+                  highlight=False)
+    for warning in job.get("warnings") or []:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     if job.get("total_steps"):
-        loss = f"{job['loss']:.4f}" if job.get("loss") is not None else "?"
-        console.print(f"step {job['step']}/{job['total_steps']} ({job['percent']}%)  loss {loss}"
-                      f"  ETA {job.get('eta') or '?'}")
+        eta = "" if paused else f"  ETA {job.get('eta') or '?'}"  # nothing moves while paused
+        console.print(f"step {job['step']}/{job['total_steps']} ({job['percent']}%)  loss "
+                      f"{loss_text(job.get('loss'))}{eta}", highlight=False)

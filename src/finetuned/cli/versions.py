@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -11,6 +11,9 @@ from rich.table import Table
 from finetuned.cli.common import RootOption, console, fail, workspace
 from finetuned.config import ConfigError
 from finetuned.lifecycle.errors import LifecycleError
+
+if TYPE_CHECKING:
+    from finetuned.lifecycle.versions import Version
 
 VERSIONS_HELP = """List the base-model versions, the current one (config.json's base_model) marked with *.
 
@@ -28,7 +31,9 @@ USE_HELP = """Train on VERSION from the next job on (sets base_model in config.j
 The switch is logged (logs/daemon_YYYYMMDD.log, models/versions.jsonl) and
 starts a fresh model line on VERSION. It is refused while a job is part-way
 through training on the current base (its steps are in no version yet):
-let it finish, or pass --force.
+let it finish, or pass --force. With suites in evals/, VERSION and the current
+version are scored first, and the switch is refused when a suite falls more
+than evaluation.max_regression (--force switches anyway).
 
 examples:
   finetuned use tiny-v2
@@ -42,7 +47,8 @@ examples:
   finetuned rollback smollm2-135m-instruct       # back to the original base (version 0)
 """
 
-ForceOption = Annotated[bool, typer.Option("--force", help="Switch even while a job is part-way through.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Switch even while a job is part-way through, "
+                                                             "or past a falling suite.")]
 
 
 def versions(
@@ -67,15 +73,20 @@ def versions(
     if not found:
         console.print(f"no model folders in {ws.base_models} yet (the base is written out on first use)")
         return
-    table = Table("", "version", "parent", "steps", "created", "data files", "note")
+    table = Table("", "version", "parent", "steps", "created", "data files", "scores", "note")
     for v in found:
         files = ", ".join(str(d.get("file")) for d in v.data) or "-"
         steps = f"{v.steps} (total {v.total_steps})" if v.version else "-"
         created = v.created[:16] if v.recorded else "-"
-        table.add_row("*" if v.id == current else "", v.id, v.parent or "-", steps, created, files, v.note,
-                      style="bold" if v.id == current else "")
+        table.add_row("*" if v.id == current else "", v.id, v.parent or "-", steps, created, files,
+                      _scores(v), v.note, style="bold" if v.id == current else "")
     console.print(table)
     console.print(f"current: {current} (config.json base_model = {base!r})")
+
+
+def _scores(version: Version) -> str:
+    scores = (version.evaluation or {}).get("scores") or {}
+    return ", ".join(f"{name} {value:.2f}" for name, value in sorted(scores.items())) or "-"
 
 
 def _switch(action: str, version: str, force: bool, root: RootOption) -> None:

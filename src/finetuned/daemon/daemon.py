@@ -13,24 +13,29 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetuned import controls
 from finetuned import notify as notifications
 from finetuned.config import Config, ConfigError
 from finetuned.controls import Control
+from finetuned.daemon.asks import AskDesk
 from finetuned.daemon.consolidation import ScheduledConsolidation
 from finetuned.daemon.prefetch import Prefetcher
 from finetuned.daemon.session import Session
+from finetuned.daemon.settings import Settings
 from finetuned.daemon.statefiles import StateWriter
 from finetuned.daemon.validation import Validator
 from finetuned.data.report import file_report
+from finetuned.fsio import durable_rename, remove_file
 from finetuned.lifecycle.line import line_exclusions
 from finetuned.lock import WorkspaceLock
+from finetuned.overrides import job_config, listed, read_sidecar, sidecar_for
 from finetuned.queue import actions
 from finetuned.queue.endings import Endings
 from finetuned.queue.inbox import Inbox, Wakeup
-from finetuned.queue.job import Job, JobStatus
+from finetuned.queue.job import Job, JobStatus, Priority
 from finetuned.queue.store import JobStore
 from finetuned.worker.protocol import YieldReason
 from finetuned.workspace import Workspace
@@ -44,7 +49,7 @@ log = logging.getLogger("finetuned.daemon")
 class Daemon:
     def __init__(self, ws: Workspace, config: Config, monitor: bool = True) -> None:
         self.ws = ws
-        self.config = config
+        self.settings = Settings(ws, config)
         self.monitor_enabled = monitor
         self.store = JobStore(ws)
         self.inbox = Inbox(ws, config.inbox)
@@ -53,11 +58,30 @@ class Daemon:
         self.validator = Validator()
         self.prefetch = Prefetcher(ws, self.store, self.endings)
         self.consolidation = ScheduledConsolidation(ws)
+        self.asks = AskDesk(ws, self.session)
         self.started = time.time()
         self.state_writer = StateWriter(ws, self.started)
         self.shutdown_requested = 0
         self._dirty = True
         self._written_revision = -1
+
+    @property
+    def config(self) -> Config:
+        """The workspace's settings now: config.json as last read (the last good one after a bad edit)."""
+        return self.settings.config
+
+    def job_config(self, job: Job) -> Config | None:
+        """The settings `job` trains with: the workspace's and the file's own over them; None when they
+        no longer validate (the job has failed, saying why)."""
+        try:
+            return job_config(self.config, job.overrides, f"job {job.id}'s own settings")
+        except ConfigError as exc:
+            if self.session.job is job:  # paused in the worker: it leaves the worker as it fails
+                self.session.fail_paused(str(exc))
+            else:
+                self.endings.failed(job, str(exc))
+            self._dirty = True
+            return None
 
     # --- lifecycle ------------------------------------------------------
     def run(self) -> None:
@@ -114,9 +138,11 @@ class Daemon:
         return False
 
     def _close(self) -> None:
+        self.asks.close()
         self.session.close()
         self.prefetch.close()
         self.validator.close()
+        self.settings.close()
         self.consolidation.wait()
         self.state_writer.monitor_url = None  # the monitor stops with the daemon
         self.write_state(force=True, state="stopped")
@@ -124,45 +150,79 @@ class Daemon:
         self.notify("daemon_stopped", pid=os.getpid())
 
     def _sleep_seconds(self) -> float:
-        if self.session.worker is not None or self.prefetch.busy or self.inbox.waiting or self.validator.busy:
+        if self.session.worker is not None or self.prefetch.busy or self.inbox.waiting or self.validator.busy \
+                or self.settings.checking or self.asks.busy:
             return 0.1
         return self.config.inbox.poll_seconds
 
     # --- one tick -------------------------------------------------------
     def tick(self) -> None:
-        for request in actions.pending(self.ws):
-            actions.answer(self.ws, self.store, request)
+        if self.settings.refresh():  # config.json re-read first: what follows uses the settings as they are now
             self._dirty = True
+        self.inbox.settings = self.config.inbox
+        for request in actions.pending(self.ws):
+            actions.answer(self.ws, self.store, request, before_reply=lambda: self.write_state(force=True))
         self._ingest()
         self._collect_validations()
         if self.session.read():
             self._dirty = True
+        if self.session.refused is not None:  # the worker found the settings cannot train
+            self.settings.refuse(self.session.refused)
+            self.session.refused = None
         if self.session.watch(self.config.control.step_timeout_seconds, self.config.control.max_retries):
             self._dirty = True
-        self.prefetch.tick(self.config, self.session.job.id if self.session.job else None)
+        self.prefetch.tick(self.job_config, self.session.job.id if self.session.job else None,
+                           start=self.settings.ready)
         self._apply_controls()
         if self.consolidation.tick(idle=self.session.job is None and not self.shutdown_requested):
             self._dirty = True
         self._schedule()
+        # A consolidation merges a whole model in memory: no second one is loaded beside it to answer questions.
+        self.asks.tick(self.config, answerer_allowed=not (self.consolidation.running or self.shutdown_requested))
         self.write_state()
 
     def _ingest(self) -> None:
         for path, priority in self.inbox.scan():
-            self.inbox.forget(path)
-            try:
-                job = self.store.admit(path, priority)
-            except OSError as exc:
-                log.error("could not take %s: %s", path, exc)
-                continue
-            log.info("job %s: %s queued (%s priority)", job.id, job.file, priority)
-            if self.store.file_path(job).is_symlink():
-                # Only the link moved: whatever it points to, inside the workspace or not, is left untouched.
-                message = "symlinks are not accepted: copy the file into the inbox instead"
-                self.endings.failed(job, message, file_report(job.file, "symlink", message))
-            self._dirty = True
+            self._admit(path, priority)
         for job in self.store.active():
-            if not job.validated and job.status == JobStatus.QUEUED:
-                self.validator.submit(job.id, self.store.file_path(job), self.config.data)
+            if not job.validated and job.status == JobStatus.QUEUED and not self.validator.checking(job.id):
+                config = self.job_config(job)
+                if config is not None:
+                    self.validator.submit(job.id, self.store.file_path(job), config.data)
+
+    def _admit(self, path: Path, priority: Priority) -> None:
+        """Take a settled file into the queue, with its own settings when a sidecar came with it."""
+        self.inbox.forget(path)
+        sidecar = sidecar_for(path)
+        present = sidecar.exists() or sidecar.is_symlink()
+        overrides: dict[str, Any] = {}
+        refused = None
+        if present:
+            self.inbox.forget(sidecar)
+            try:
+                if sidecar.is_symlink():
+                    raise ConfigError(f"{sidecar.name}: symlinks are not accepted: copy the file instead")
+                overrides = read_sidecar(sidecar, self.config)
+            except ConfigError as exc:
+                refused = str(exc)
+        try:
+            job = self.store.admit(path, priority, overrides=overrides)
+        except OSError as exc:
+            log.error("could not take %s: %s", path, exc)
+            return
+        self._dirty = True
+        own = f", its own settings: {listed(overrides)}" if overrides else ""
+        log.info("job %s: %s queued (%s priority%s)", job.id, job.file, priority, own)
+        if refused is not None:
+            self.endings.failed(job, refused, file_report(job.file, "bad_settings", refused))
+            durable_rename(sidecar, sidecar_for(self.store.file_path(job)))  # kept beside the failed file
+            return
+        if present:
+            remove_file(sidecar)  # its content is in the job's record (and job.json) now
+        if self.store.file_path(job).is_symlink():
+            # Only the link moved: whatever it points to, inside the workspace or not, is left untouched.
+            message = "symlinks are not accepted: copy the file into the inbox instead"
+            self.endings.failed(job, message, file_report(job.file, "symlink", message))
 
     def _collect_validations(self) -> None:
         for job_id, result, error in self.validator.done():
@@ -225,7 +285,7 @@ class Daemon:
         if control in (Control.SKIP, Control.STOP):
             session.end_paused(YieldReason(control.value))
             self._dirty = True
-        elif control is None:
+        elif control is None and self.settings.ready:
             self._resume_paused(job)
         elif time.time() - (session.paused_since or time.time()) > self.config.control.pause_release_after_seconds \
                 and session.worker is not None:
@@ -241,7 +301,7 @@ class Daemon:
             self.session.end_paused(YieldReason.PREEMPT)
             self._dirty = True
             return
-        log.info("job %s: resumed", job.id)
+        log.info("job %s: resumed at step %d", job.id, job.step)
         self._start(job)
 
     # --- scheduling -----------------------------------------------------
@@ -259,34 +319,54 @@ class Daemon:
             return
         if controls.quiet(self.ws):
             return  # a version switch is under way
+        if not self.settings.ready:
+            return  # the settings are being checked, or cannot train: the queue holds
         job = self._next_job()
         if job is not None and job.id != self.prefetch.busy:  # else wait: it is being tokenised now
             self._start(job)
 
     def _start(self, job: Job) -> None:
-        try:
-            self.config = self.ws.load_config()  # edits apply from the next job on
-        except ConfigError as exc:
-            log.error("%s; keeping the settings in use", exc)
+        config = self.job_config(job)
+        if config is None:
+            return
         exclude = [j.id for j in self.store.jobs.values() if j.status in (JobStatus.SKIPPED, JobStatus.FAILED)]
         exclude += line_exclusions(self.ws, self.store.jobs.values())  # after use/rollback: a fresh line
-        self.session.start(job, self.config, exclude)
+        self.asks.make_way()
+        self.session.start(job, config, exclude)
         self._dirty = True
 
     # --- reporting ------------------------------------------------------
+    def _idle_phase(self) -> str | None:
+        """What the daemon does while nothing trains: status never says idle while it works."""
+        if self.shutdown_requested:
+            return "stopping"
+        if self.settings.checking:
+            return "checking the base model"
+        if self.prefetch.busy:
+            return f"tokenising {self._file_of(self.prefetch.busy)}"
+        if self.validator.busy:
+            return "validating " + ", ".join(self._file_of(j) for j in self.validator.running)
+        return None
+
+    def _file_of(self, job_id: str) -> str:
+        job = self.store.jobs.get(job_id)
+        return f"{job.file} (job {job_id})" if job else job_id
+
     def write_state(self, force: bool = False, state: str | None = None) -> None:
         changed = self._dirty or self.store.revision != self._written_revision
         if not (force or changed or self.state_writer.due()):
             return
-        session = self.session
+        session, settings = self.session, self.settings
         if state is None:
             if session.job is None:
-                state = "paused" if controls.paused(self.ws) else "idle"
+                state = "holding" if settings.hold else "paused" if controls.paused(self.ws) else "idle"
             elif session.reason:
                 state = "paused"  # the worker holds the line itself (a full disk) and says why
             else:
                 state = session.job.status.value
-        self.state_writer.write(self.store, session.job, session.progress, state, session.phase,
-                                session.worker_pid, session.reason)
+        phase = session.phase if session.job is not None else self._idle_phase()
+        reason = session.reason or ((settings.hold or "") if session.job is None else "")
+        self.state_writer.write(self.store, session.job, session.progress, state, phase, session.worker_pid,
+                                reason, hold=settings.hold, config_error=settings.invalid)
         self._dirty = False
         self._written_revision = self.store.revision

@@ -8,11 +8,12 @@ cannot train fails while it waits, not when its turn comes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from finetuned.config import Config
 from finetuned.daemon.supervisor import WorkerHandle
 from finetuned.queue.endings import Endings
-from finetuned.queue.job import JobStatus
+from finetuned.queue.job import Job, JobStatus
 from finetuned.queue.store import JobStore
 from finetuned.worker.preparer import main as preparer_main
 from finetuned.worker.protocol import Failed, FailKind, Prepare, Prepared
@@ -30,11 +31,12 @@ class Prefetcher:
         self.busy: str | None = None
         self.seen: set[str] = set()  # prepared, or tried: the worker covers what failed here
 
-    def tick(self, config: Config, current: str | None) -> None:
+    def tick(self, config_for: Callable[[Job], Config | None], current: str | None, start: bool = True) -> None:
+        """Read the preparer's answers; with `start`, hand it the next queued file (with that job's settings)."""
         if self.handle is not None:
             self._read()
-        if self.busy is None and config.data.prepare_ahead:
-            self._next(config, current)
+        if self.busy is None and start:
+            self._next(config_for, current)
 
     def _read(self) -> None:
         assert self.handle is not None
@@ -53,9 +55,12 @@ class Prefetcher:
             log.warning("preparer %s", self.handle.exit_reason())
             self.handle, self.busy = None, None
 
-    def _next(self, config: Config, current: str | None) -> None:
+    def _next(self, config_for: Callable[[Job], Config | None], current: str | None) -> None:
         for job in self.store.active():
             if job.status != JobStatus.QUEUED or not job.validated or job.id == current or job.id in self.seen:
+                continue
+            config = config_for(job)
+            if config is None or not config.data.prepare_ahead:
                 continue
             if self.handle is None:
                 self.handle = WorkerHandle(str(self.ws.root), preparer_main, "preparer")

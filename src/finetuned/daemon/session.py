@@ -19,12 +19,14 @@ from finetuned.config import Config, DistributedSettings
 from finetuned.controls import Control
 from finetuned.daemon.supervisor import WorkerHandle, training_worker
 from finetuned.fsio import remove_file
+from finetuned.overrides import touches_model
 from finetuned.queue.endings import Endings, Notify
 from finetuned.queue.job import Job, JobStatus
 from finetuned.queue.render import Progress
 from finetuned.queue.store import JobStore
 from finetuned.worker.protocol import (
     WAITING_FOR_DISK,
+    Answer,
     Checkpoint,
     Completed,
     Failed,
@@ -60,10 +62,12 @@ class Session:
         self.progress: Progress | None = None
         self.phase: str | None = None
         self.reason = ""  # why the worker is held up (a full disk), shown in status.json
+        self.refused: str | None = None  # the workspace's settings cannot train (the worker said so): hold
         self.yielding: YieldReason | None = None  # asked and not yet answered
         self.paused_since: float | None = None
         self._step_times: list[float] = []
         self._last_tokens = self._last_examples = 0
+        self._answers: list[Answer] = []  # to the monitor's questions: the daemon's AskDesk records them
 
     @property
     def training(self) -> bool:
@@ -99,8 +103,10 @@ class Session:
 
     def request_yield(self, reason: YieldReason) -> None:
         assert self.job is not None and self.worker is not None
-        log.info("job %s: %s requested; checkpointing at the next step boundary", self.job.id, reason.value)
+        log.info("job %s: %s requested at step %d; checkpointing at the next step boundary", self.job.id,
+                 reason.value, self.job.step)
         self.yielding = reason
+        self.phase = self._training_phase()
         self.worker.send(Yield(reason))
 
     def end_paused(self, reason: YieldReason) -> None:
@@ -114,6 +120,10 @@ class Session:
             controls.consume(self.ws, Control.STOP)
         else:
             self.endings.requeued(job, "priority work arrived during the pause", front=True)
+
+    def fail_paused(self, reason: str) -> None:
+        """The paused job cannot go on (its own settings no longer validate): it fails and leaves the worker."""
+        self.endings.failed(self._take(), reason)
 
     def release_model(self) -> None:
         """The pause outlasted `control.pause_release_after_seconds`: the worker exits, its memory with it."""
@@ -143,6 +153,11 @@ class Session:
             self._handle(report)
         return bool(reports)
 
+    def take_answers(self) -> list[Answer]:
+        """The worker's answers to questions since the last call (they are no part of the job's progress)."""
+        answers, self._answers = self._answers, []
+        return answers
+
     def watch(self, step_timeout: float, max_retries: int) -> bool:
         """A dead or silent worker: its job crashed. True when something changed."""
         worker = self.worker
@@ -170,6 +185,9 @@ class Session:
         return False
 
     def _handle(self, report: Report) -> None:
+        if isinstance(report, Answer):
+            self._answers.append(report)
+            return
         job = self.job
         if job is None or getattr(report, "job_id", None) != job.id:
             return  # Ready, or a late word about a job that already ended
@@ -179,8 +197,12 @@ class Session:
             case Started():
                 job.total_steps, job.step = report.total_steps, report.step
                 job.runs[-1].from_step = report.step  # where it resumed, which a crash may have set back
+                for warning in report.warnings:
+                    if warning not in job.warnings:
+                        log.warning("job %s: %s", job.id, warning)
+                job.warnings = list(report.warnings)
                 self.store.save(job)
-                self.phase = "training"
+                self.phase = self._training_phase()
                 origin = f"resuming from step {job.step}" if report.resumed_from else "from the start"
                 log.info("job %s: %d steps over %d examples, %s", job.id, job.total_steps, report.examples, origin)
             case Step():
@@ -191,7 +213,7 @@ class Session:
                 if job.step == 1 or job.step % every == 0 or job.step == report.total_steps:
                     log.info("job %s: step %d/%d loss %.4f", job.id, job.step, report.total_steps, report.loss)
             case Checkpoint():
-                self.phase, self.reason = "training", ""
+                self.phase, self.reason = self._training_phase(), ""
                 job.step = report.step
                 self.store.save(job)
             case Yielded():
@@ -204,6 +226,11 @@ class Session:
                 self.endings.crashed(self._take(), report.reason, retries)
                 if report.worker_exits:  # it is going down: the retry must not be handed to it
                     self.release_model()
+            case Failed(kind=FailKind.CONFIG) if not touches_model(job.overrides):
+                self.endings.requeued(self._take(), f"held: {report.reason}", front=True)
+                self.refused = report.reason
+            case Failed(kind=FailKind.CONFIG):
+                self.endings.failed(self._take(), f"its own settings cannot train: {report.reason}", report.report)
             case Failed():
                 self.endings.failed(self._take(), report.reason, report.report)
 
@@ -252,7 +279,15 @@ class Session:
             p.examples_per_second = new_examples / report.step_seconds
         self._last_tokens, self._last_examples = report.tokens, report.examples
         self.progress = p
-        self.phase, self.reason = "training", ""
+        self.phase, self.reason = self._training_phase(), ""
+
+    def _training_phase(self) -> str:
+        """Between steps: training, or writing the checkpoint a control asked for."""
+        if self.yielding is None:
+            return "training"
+        return "checkpointing before " + {YieldReason.SHUTDOWN: "the daemon stops",
+                                          YieldReason.PREEMPT: "priority work"}.get(self.yielding,
+                                                                                   f"the {self.yielding.value}")
 
     def _take(self) -> Job:
         """The job leaves the worker: forget it here before its ending is recorded."""

@@ -55,7 +55,7 @@ class StateWriter:
 
     def write(
         self, store: JobStore, current: Job | None, progress: Progress | None, state: str, phase: str | None,
-        worker_pid: int | None, reason: str = "",
+        worker_pid: int | None, reason: str = "", hold: str | None = None, config_error: str | None = None,
     ) -> None:
         now = time.time()
         active = store.active()
@@ -65,12 +65,14 @@ class StateWriter:
             "started": iso(self.started), "heartbeat": iso(now), "heartbeat_unix": now,
             "current_job": current.id if current else None, "phase": phase,
             "paused": controls.paused(self.ws), "monitor_url": self.monitor_url,
+            "hold": hold, "config_error": config_error,
         })
         training: dict[str, Any] = {"job": None, "state": state, "time": iso(now)}
         if current is not None:
             training["job"] = {
                 "id": current.id, "file": current.file, "priority": current.priority,
                 "status": current.status.value, "phase": phase, "examples": current.examples,
+                "warnings": current.warnings,
             }
             if progress is not None and progress.job_id == current.id:
                 training["job"].update({

@@ -22,6 +22,14 @@ class Validator:
     def busy(self) -> bool:
         return bool(self._running)
 
+    @property
+    def running(self) -> list[str]:
+        """The jobs whose files are being checked now."""
+        return list(self._running)
+
+    def checking(self, job_id: str) -> bool:
+        return job_id in self._running
+
     def submit(self, job_id: str, path: Path, settings: DataSettings) -> None:
         """Check the file once: a job already being checked is not submitted again."""
         if job_id not in self._running:

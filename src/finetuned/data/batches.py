@@ -9,7 +9,7 @@ end-of-turn token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,10 @@ class Batch:
     # Packed: per row, (start, end) of each example and of the padding; models/attention.py
     # attends within each instead of through the mask.
     segments: list[list[tuple[int, int]]] | None = None
+    # Objectives that score whole sequences (preferences): per token, the index of its sequence in the
+    # batch (in the order the batch was asked for), -1 on padding.
+    sequence_ids: torch.Tensor | None = None
+    n_sequences: int = 0
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -96,7 +100,7 @@ def pack_rows(lengths: np.ndarray, capacity: int) -> np.ndarray:
     return np.asarray(starts, dtype=np.int64)
 
 
-def padded_batch(store: ExampleStore, ids: Sequence[int], pad_id: int) -> Batch:
+def padded_batch(store: ExampleStore, ids: Sequence[int], pad_id: int, sequences: bool = False) -> Batch:
     examples = [store.example(i) for i in ids]
     width = max(len(t) for t, _ in examples)
     input_ids = np.full((len(examples), width), pad_id, dtype=np.int64)
@@ -107,16 +111,22 @@ def padded_batch(store: ExampleStore, ids: Sequence[int], pad_id: int) -> Batch:
         input_ids[row, :n] = tokens
         labels[row, :n] = np.where(mask == 1, tokens, IGNORE)
         attention[row, :n] = 1
-    return _finish(input_ids, labels, torch.from_numpy(attention), None, int(attention.sum()), len(examples))
+    batch = _finish(input_ids, labels, torch.from_numpy(attention), None, int(attention.sum()), len(examples))
+    if sequences:
+        rows = np.arange(len(examples), dtype=np.int64)[:, None].repeat(width, axis=1)
+        batch.sequence_ids = torch.from_numpy(np.where(attention == 1, rows, -1))
+        batch.n_sequences = len(examples)
+    return batch
 
 
-def packed_batch(store: ExampleStore, rows: Sequence[Sequence[int]], pad_id: int) -> Batch:
+def packed_batch(store: ExampleStore, rows: Sequence[Sequence[int]], pad_id: int, sequences: bool = False) -> Batch:
     width = max(int(store.lengths[list(row)].sum()) for row in rows)
     shape = (len(rows), width)
     input_ids = np.full(shape, pad_id, dtype=np.int64)
     labels = np.full(shape, IGNORE, dtype=np.int64)
     positions = np.zeros(shape, dtype=np.int64)
     segments = np.zeros(shape, dtype=np.int64)
+    sequence_ids = np.full(shape, -1, dtype=np.int64)
     n_examples = n_tokens = 0
     spans: list[list[tuple[int, int]]] = []
     for r, row in enumerate(rows):
@@ -129,6 +139,7 @@ def packed_batch(store: ExampleStore, rows: Sequence[Sequence[int]], pad_id: int
             labels[r, col : col + n] = np.where(mask == 1, tokens, IGNORE)
             positions[r, col : col + n] = np.arange(n)
             segments[r, col : col + n] = seg
+            sequence_ids[r, col : col + n] = n_examples + seg
             spans[r].append((col, col + n))
             col += n
         # Padding is a segment of its own: its rows of the mask are never all False (sdpa would give NaN).
@@ -143,7 +154,34 @@ def packed_batch(store: ExampleStore, rows: Sequence[Sequence[int]], pad_id: int
     mask = (seg[:, :, None] == seg[:, None, :]) & causal
     batch = _finish(input_ids, labels, mask[:, None], torch.from_numpy(positions), n_tokens, n_examples)
     batch.segments = spans
+    if sequences:
+        batch.sequence_ids, batch.n_sequences = torch.from_numpy(sequence_ids), n_examples
     return batch
+
+
+@dataclass
+class PreferenceBatch:
+    """One micro-batch of preference examples: the sequences that train, and what the loss needs beside them.
+
+    Pairs: `policy` holds chosen and rejected of each pair, side by side (packing keeps a pair in one
+    row). Labelled answers (KTO): `policy` holds each answer after its prompt, and `kl` the same prompts
+    with other examples' answers, which the loss runs without gradient to estimate the KL term.
+    """
+
+    policy: Batch  # its `sequence_ids` number the sequences in the order of `examples`
+    examples: np.ndarray  # per policy sequence: its example's id (reference log-probs are kept by it)
+    slots: np.ndarray  # per policy sequence: 0 the chosen (or judged) answer, 1 the rejected one
+    n_examples: int
+    desirable: np.ndarray | None = None  # labelled answers: per policy sequence, True for a good one
+    kl: Batch | None = None  # labelled answers: in the order of `examples`
+
+    @property
+    def n_tokens(self) -> int:
+        return self.policy.n_tokens
+
+    @property
+    def n_loss_tokens(self) -> int:
+        return self.policy.n_loss_tokens
 
 
 def _finish(
@@ -164,3 +202,10 @@ def _finish(
         n_tokens,
         n_examples,
     )
+
+
+def idle(batch: Batch | PreferenceBatch) -> Batch | PreferenceBatch:
+    """The same rows, counting nothing: a pass the step weighs by zero (a rank without rows there)."""
+    if isinstance(batch, PreferenceBatch):
+        return replace(batch, n_examples=0)
+    return replace(batch, n_loss_tokens=0, n_tokens=0, n_examples=0)

@@ -1,36 +1,82 @@
 """The record formats (SPEC section 7), turned into one currency.
 
-Chat-like formats become a list of `Message(role, content)`; `text` stays a
-string. This is the only module that knows what a record looks like: the
-validator and the tokeniser both go through `parse_record`, so they can never
-disagree about which lines are good.
+Chat-like formats become a `Chat`: messages (role, content, whether the turn
+trains, tool calls) and the tools the conversation may call; `text` stays a
+string; preference data becomes a `Pair` or a `Labelled` answer (preferences.py).
+This and preferences.py are the only modules that know what a record looks like: the
+validator, the tokeniser and `finetuned check` all go through `parse_record`,
+so they can never disagree about which lines are good.
+
+A key that changes what a record means is never dropped in silence: a record
+holding one that training would not honour (images, audio, video) is refused
+with the key's name and what would take it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from finetuned.data.report import RecordProblem
+from finetuned.data.report import RecordProblem, kind_of
 
 CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT = "chat", "sharegpt", "alpaca", "completion", "text"
-FORMATS = (CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT)
-ROLES = ("system", "user", "assistant", "tool")
+PAIRS, LABELLED = "preference", "unpaired"  # preference data: chosen/rejected pairs, answers labelled good or bad
+FORMATS = (CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT, PAIRS, LABELLED)
 
-# ShareGPT dumps name speakers many ways; LLaMA-Factory adds observation/function_call for tools.
-SHAREGPT_ROLES = {
-    "system": "system",
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "chatgpt": "assistant",
-    "model": "assistant",
-    "function_call": "assistant",
-    "tool": "tool",
-    "observation": "tool",
-    "function": "tool",
-}
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    name: str
+    arguments: Any  # a dict when the data's JSON parses (what chat templates expect), else the text as given
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+    train: bool | None = None  # the data's own say on this turn's loss; None: the policy (assistant turns train)
+    tool_calls: tuple[ToolCall, ...] = ()
+    name: str | None = None  # the function a tool result answers
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    messages: tuple[Message, ...]
+    tools: tuple[dict[str, Any], ...] = ()  # JSON schemas, each {"type": "function", "function": {...}}
+
+    @property
+    def calls_tools(self) -> bool:
+        """Tools are offered or called: the template must render them (or the fallback must)."""
+        return bool(self.tools) or any(m.tool_calls for m in self.messages)
+
+    @property
+    def structured(self) -> bool:
+        """Parts beside role and content shape the rendering: no skeleton shared with other records."""
+        return self.calls_tools or any(m.name is not None or m.tool_call_id is not None for m in self.messages)
+
+
+Payload = Any  # Chat | str | Pair | Labelled (preferences.py)
+
+
+@dataclass
+class Notes:
+    """What a record holds that training uses differently than it might seem: warned about, not refused."""
+
+    unused_keys: set[str] = field(default_factory=set)
+    placeholders: set[str] = field(default_factory=set)
+
+
+# Keys that change what a record means, with what they would need. A record holding one (non-empty)
+# is refused: training it as plain supervised data would teach the wrong thing.
+_REFUSED = (
+    (("images", "videos", "audios"), "media",
+     "images, audio and video are not trained: finetuned trains text models; drop the column "
+     "(and the <image> placeholders) to train the text alone"),
+)
 
 # The key that names each format, checked in this order (a record with both
 # `messages` and `text` is chat: the richer structure wins).
@@ -42,30 +88,43 @@ _SIGNATURES = (
     ("completion", COMPLETION),
     ("text", TEXT),
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    role: str
-    content: str
-
-
-Payload = list[Message] | str
+# What each format reads; anything else is reported as unused (not refused: ids, sources, categories).
+_KNOWN_KEYS = {
+    CHAT: {"messages", "tools", "functions", "parallel_tool_calls", "system"},
+    SHAREGPT: {"conversations", "tools", "system"},
+    ALPACA: {"instruction", "input", "output", "system", "history"},
+    COMPLETION: {"prompt", "completion"},
+    TEXT: {"text"},
+    PAIRS: {"prompt", "chosen", "rejected", "conversations", "messages", "instruction", "input", "system", "history",
+            "tools", "functions", "preferred_output", "non_preferred_output"},
+    LABELLED: {"prompt", "completion", "label", "kto_tag", "messages", "conversations", "system", "tools", "functions"},
+}
+# LLaMA-Factory's identity data ships "{{name}}" for the user to replace: trained as is, the model learns it.
+PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w.]*\s*\}\}")
 
 
 def detect_format(record: dict[str, Any]) -> str | None:
+    from finetuned.data.preferences import preference_form
+
+    form = preference_form(record)
+    if form is not None:
+        return form
     for key, name in _SIGNATURES:
         if key in record:
             return name
     return None
 
 
-def parse_record(record: Any) -> tuple[str, Payload]:
-    """(format, messages or text) of one parsed JSON value, or RecordProblem saying why not."""
+def parse_record(record: Any, notes: Notes | None = None) -> tuple[str, Payload]:
+    """(format, Chat or text) of one parsed JSON value, or RecordProblem saying why not.
+
+    `notes`, when given, collects what is used differently than it might seem (unused keys, placeholders).
+    """
     if isinstance(record, list):
         raise RecordProblem("array_line", "the line holds a JSON array; one JSON object per line is expected")
     if not isinstance(record, dict):
-        raise RecordProblem("not_object", f"expected a JSON object, got {_kind(record)}")
+        raise RecordProblem("not_object", f"expected a JSON object, got {kind_of(record)}")
+    _refuse_meaning_changes(record)
     name = detect_format(record)
     if name is None:
         keys = ", ".join(sorted(record)[:8]) or "none"
@@ -74,73 +133,69 @@ def parse_record(record: Any) -> tuple[str, Payload]:
             f"keys ({keys}) match no known format: messages, conversations, "
             "instruction/output, prompt/completion, text",
         )
-    return name, _PARSERS[name](record)
+    payload = _parse(name, record)
+    if notes is not None:
+        notes.unused_keys.update(set(record) - _KNOWN_KEYS[name])
+        notes.placeholders.update(m.group() for text in _texts(payload) for m in PLACEHOLDER.finditer(text))
+    return name, payload
 
 
-_KINDS = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}
+def _parse(name: str, record: dict[str, Any]) -> Payload:
+    from finetuned.data.conversations import parse_messages, parse_sharegpt
+    from finetuned.data.preferences import parse_labelled, parse_pair
+
+    if name == PAIRS:
+        return parse_pair(record)
+    if name == LABELLED:
+        return parse_labelled(record)
+    if name == CHAT:
+        return parse_messages(record)
+    if name == SHAREGPT:
+        return parse_sharegpt(record)
+    if name == ALPACA:
+        return _alpaca(record)
+    if name == COMPLETION:
+        return _completion(record)
+    return _text(record)
 
 
-def _kind(value: Any) -> str:
-    return "null" if value is None else _KINDS.get(type(value), type(value).__name__)
+def _refuse_meaning_changes(record: dict[str, Any]) -> None:
+    for keys, kind, why in _REFUSED:
+        present = [k for k in keys if k in record and record[k] not in (None, [], "", {})]
+        if present:
+            raise RecordProblem(kind, f"'{present[0]}': {why}")
 
 
-def _string(value: Any, where: str) -> str:
+def _texts(payload: Payload) -> Iterator[str]:
+    if isinstance(payload, str):
+        yield payload
+        return
+    chats = [payload] if isinstance(payload, Chat) else [payload.prompt]
+    for chat in chats:
+        for message in chat.messages:
+            yield message.content
+    for key in ("chosen", "rejected", "completion"):
+        for message in getattr(payload, key, ()):
+            yield message.content
+
+
+def string(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise RecordProblem("bad_content", f"{where} is {_kind(value)}, expected a string")
+        raise RecordProblem("bad_content", f"{where} is {kind_of(value)}, expected a string")
     return value
 
 
-def _require(record: dict[str, Any], key: str, fmt: str) -> Any:
+def require(record: dict[str, Any], key: str, fmt: str) -> Any:
     if key not in record:
-        raise RecordProblem("missing_field", f"a {fmt} record needs '{key}'")
+        article = "an" if fmt[0] in "aeiou" else "a"
+        raise RecordProblem("missing_field", f"{article} {fmt} record needs '{key}'")
     return record[key]
 
 
-def _turns(record: dict[str, Any], key: str, fmt: str) -> list[Any]:
-    turns = record[key]
-    if not isinstance(turns, list) or not turns:
-        what = "an empty array" if isinstance(turns, list) else _kind(turns)
-        raise RecordProblem("bad_structure", f"'{key}' is {what}, expected a non-empty array of turns")
-    return turns
-
-
-def _need_assistant(messages: list[Message], key: str) -> list[Message]:
-    if not any(m.role == "assistant" for m in messages):
+def need_assistant(chat: Chat, key: str) -> Chat:
+    if not any(m.role == "assistant" for m in chat.messages):
         raise RecordProblem("no_assistant", f"'{key}' has no assistant turn, so nothing would be learned")
-    return messages
-
-
-def _chat(record: dict[str, Any]) -> list[Message]:
-    messages = []
-    for i, turn in enumerate(_turns(record, "messages", CHAT)):
-        if not isinstance(turn, dict):
-            raise RecordProblem("bad_structure", f"messages[{i}] is {_kind(turn)}, expected an object")
-        if "role" not in turn or "content" not in turn:
-            raise RecordProblem("bad_structure", f"messages[{i}] needs 'role' and 'content'")
-        role = turn["role"]
-        if role not in ROLES:
-            raise RecordProblem("bad_role", f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}")
-        messages.append(Message(role, _string(turn["content"], f"messages[{i}].content")))
-    return _need_assistant(messages, "messages")
-
-
-def _sharegpt(record: dict[str, Any]) -> list[Message]:
-    messages = []
-    if "system" in record:  # LLaMA-Factory keeps the system prompt beside the turns
-        messages.append(Message("system", _string(record["system"], "system")))
-    for i, turn in enumerate(_turns(record, "conversations", SHAREGPT)):
-        if not isinstance(turn, dict):
-            raise RecordProblem("bad_structure", f"conversations[{i}] is {_kind(turn)}, expected an object")
-        if "from" not in turn or "value" not in turn:
-            raise RecordProblem("bad_structure", f"conversations[{i}] needs 'from' and 'value'")
-        role = SHAREGPT_ROLES.get(turn["from"]) if isinstance(turn["from"], str) else None
-        if role is None:
-            raise RecordProblem(
-                "bad_role",
-                f"conversations[{i}].from is {turn['from']!r}; expected one of {', '.join(SHAREGPT_ROLES)}",
-            )
-        messages.append(Message(role, _string(turn["value"], f"conversations[{i}].value")))
-    return _need_assistant(messages, "conversations")
+    return chat
 
 
 def alpaca_prompt(instruction: str, input_text: str) -> str:
@@ -148,46 +203,44 @@ def alpaca_prompt(instruction: str, input_text: str) -> str:
     return f"{instruction}\n\n{input_text}" if input_text else instruction
 
 
-def _alpaca(record: dict[str, Any]) -> list[Message]:
-    instruction = _string(record["instruction"], "instruction")
-    output = _string(_require(record, "output", ALPACA), "output")
+def _alpaca(record: dict[str, Any]) -> Chat:
+    instruction = string(record["instruction"], "instruction")
+    output = string(require(record, "output", ALPACA), "output")
     input_text = record.get("input")
-    input_text = "" if input_text is None else _string(input_text, "input")
+    input_text = "" if input_text is None else string(input_text, "input")
     messages = []
     if record.get("system") is not None:
-        messages.append(Message("system", _string(record["system"], "system")))
+        messages.append(Message("system", string(record["system"], "system")))
     history = record.get("history") or []
     if not isinstance(history, list):
-        raise RecordProblem("bad_structure", f"history is {_kind(history)}, expected [[question, answer], ...]")
+        raise RecordProblem("bad_structure", f"history is {kind_of(history)}, expected [[question, answer], ...]")
     for i, pair in enumerate(history):
         if not (isinstance(pair, list) and len(pair) == 2):
             raise RecordProblem("bad_structure", f"history[{i}] must be [question, answer]")
-        messages.append(Message("user", _string(pair[0], f"history[{i}][0]")))
-        messages.append(Message("assistant", _string(pair[1], f"history[{i}][1]")))
+        messages.append(Message("user", string(pair[0], f"history[{i}][0]")))
+        messages.append(Message("assistant", string(pair[1], f"history[{i}][1]")))
     messages.append(Message("user", alpaca_prompt(instruction, input_text)))
     messages.append(Message("assistant", output))
-    return messages
+    return Chat(tuple(messages))
 
 
-def _completion(record: dict[str, Any]) -> list[Message]:
-    prompt = _string(_require(record, "prompt", COMPLETION), "prompt")
-    completion = _string(_require(record, "completion", COMPLETION), "completion")
-    return [Message("user", prompt), Message("assistant", completion)]
+def _completion(record: dict[str, Any]) -> Chat:
+    prompt = string(require(record, "prompt", COMPLETION), "prompt")
+    completion = string(require(record, "completion", COMPLETION), "completion")
+    return Chat((Message("user", prompt), Message("assistant", completion)))
 
 
 def _text(record: dict[str, Any]) -> str:
-    text = _string(record["text"], "text")
+    text = string(record["text"], "text")
     if not text:
         raise RecordProblem("bad_content", "text is an empty string")
     return text
 
 
-_PARSERS = {CHAT: _chat, SHAREGPT: _sharegpt, ALPACA: _alpaca, COMPLETION: _completion, TEXT: _text}
-
-
-def with_system_prompt(messages: list[Message], system_prompt: str | None) -> list[Message]:
+def with_system_prompt(chat: Chat, system_prompt: str | None) -> Chat:
     """Replace the conversation's leading system message with `system_prompt`, or add one."""
     if system_prompt is None:
-        return messages
+        return chat
+    messages = chat.messages
     rest = messages[1:] if messages and messages[0].role == "system" else messages
-    return [Message("system", system_prompt), *rest]
+    return Chat((Message("system", system_prompt), *rest), chat.tools)

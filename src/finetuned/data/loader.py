@@ -6,6 +6,10 @@ are recomputed from them, never carried as state. A resumed job asks for step
 N and gets exactly the batches an uninterrupted run would have seen, with no
 sampler position to save.
 
+An example is one sequence, or two for preference data (its sequences adjacent
+in the arrays): splits, shuffles and rows count examples, so a pair is never
+cut across rows or steps, and `batch_size` counts examples (or packed rows).
+
 Tokens stay in memory-mapped files; in RAM are only the per-example offsets and
 one epoch's order (8 bytes per example each).
 """
@@ -20,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from finetuned.data.batches import Batch, ExampleStore, pack_rows, packed_batch, padded_batch
-from finetuned.data.tokenize import MASK, OFFSETS, TOKENS, load_meta
+from finetuned.data.batches import Batch, ExampleStore, PreferenceBatch, idle, pack_rows, packed_batch, padded_batch
+from finetuned.data.examples import PREFERENCE, SFT, UNPAIRED
+from finetuned.data.tokenize import LABELS, MASK, OFFSETS, TOKENS, load_meta
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +69,18 @@ class JobData:
         train: np.ndarray,
         seed: int,
         pad_id: int,
+        labels: np.ndarray | None = None,
     ) -> None:
         self.store, self.meta = store, meta
         self.batch_size, self.grad_accum, self.epochs = batch_size, grad_accum, epochs
         self.max_seq_len, self.packing, self.seed, self.pad_id = max_seq_len, packing, seed, pad_id
         self.holdout_ids, self.train_ids = holdout, train
-        self.n_examples = len(store.lengths)
+        self.form: str = meta.get("form", SFT)
+        self.per_example: int = meta.get("sequences_per_example", 1)
+        # An example's sequences lie side by side: its length is theirs together.
+        self.lengths = store.lengths.reshape(-1, self.per_example).sum(axis=1)
+        self.labels = labels
+        self.n_examples = len(self.lengths)
         self.n_train, self.n_holdout = len(train), len(holdout)
         self._cached: tuple[int, _Plan] | None = None
         # Steps per epoch differ under packing (rows depend on the shuffle): count each.
@@ -111,7 +122,9 @@ class JobData:
             np.memmap(out_dir / MASK, dtype=np.uint8, mode="r"),
             offsets,
         )
-        holdout, train = split_holdout(len(offsets) - 1, holdout_fraction, max_holdout, seed)
+        per_example = meta.get("sequences_per_example", 1)
+        holdout, train = split_holdout((len(offsets) - 1) // per_example, holdout_fraction, max_holdout, seed)
+        labels = np.load(out_dir / LABELS) if (out_dir / LABELS).exists() else None
         data = cls(
             store,
             meta,
@@ -125,6 +138,7 @@ class JobData:
             train=train,
             seed=seed,
             pad_id=pad_id,
+            labels=labels,
         )
         log.info(
             "%s: %d examples (%d holdout), %d steps over %d epoch(s)%s",
@@ -139,7 +153,7 @@ class JobData:
 
     def _rows(self, order: np.ndarray) -> np.ndarray:
         if self.packing:
-            return pack_rows(self.store.lengths[order], self.max_seq_len)
+            return pack_rows(self.lengths[order], self.max_seq_len)
         return np.arange(len(order), dtype=np.int64)
 
     def _plan(self, epoch: int) -> _Plan:
@@ -154,37 +168,103 @@ class JobData:
         micro = -(-plan.n_rows // self.batch_size)
         return -(-micro // self.grad_accum)
 
-    def _micro_batch(self, plan: _Plan, k: int) -> Batch:
-        rows = [plan.row(r) for r in range(k * self.batch_size, min((k + 1) * self.batch_size, plan.n_rows))]
+    def _micro_batch(self, plan: _Plan, k: int) -> Batch | PreferenceBatch:
+        return self._batch(plan, k * self.batch_size, min((k + 1) * self.batch_size, plan.n_rows))
+
+    def _batch(self, plan: _Plan, start: int, end: int) -> Batch | PreferenceBatch:
+        rows = [plan.row(r) for r in range(start, end)]
+        if self.form != SFT:
+            return self._preference_batch(rows)
         if self.packing:
             return packed_batch(self.store, rows, self.pad_id)
         return padded_batch(self.store, [int(r[0]) for r in rows], self.pad_id)
 
-    def step_batches(self, step: int) -> list[Batch]:
+    def _preference_batch(self, rows: list[np.ndarray], together: bool = False) -> PreferenceBatch:
+        """Pairs: chosen and rejected side by side in one batch. Labelled answers: the answers, and the KL
+        sequences apart (`together`: every sequence in one batch, for reference log-probabilities)."""
+        examples = np.concatenate(rows).astype(np.int64)
+        if self.form == PREFERENCE or together:
+            seq_rows = [(2 * row[:, None] + np.arange(2)).reshape(-1) for row in rows]
+            order = np.concatenate(seq_rows)
+            return PreferenceBatch(self._sequences(seq_rows), order // 2, order % 2, len(examples))
+        assert self.form == UNPAIRED and self.labels is not None
+        return PreferenceBatch(self._sequences([2 * row for row in rows]), examples, np.zeros_like(examples),
+                               len(examples), desirable=self.labels[examples].astype(bool),
+                               kl=self._sequences([2 * row + 1 for row in rows]))
+
+    def _sequences(self, rows: list[np.ndarray]) -> Batch:
+        if self.packing:
+            return packed_batch(self.store, rows, self.pad_id, sequences=True)
+        return padded_batch(self.store, np.concatenate(rows).tolist(), self.pad_id, sequences=True)
+
+    def reference_batches(self) -> Iterator[PreferenceBatch]:
+        """Every example, in id order, with all its sequences in one batch: for reference log-probabilities."""
+        ids = np.arange(self.n_examples, dtype=np.int64)
+        for start in range(0, len(ids), self.batch_size):
+            plan = _Plan(ids[start : start + self.batch_size], self._rows(ids[start : start + self.batch_size]))
+            yield self._preference_batch([plan.row(r) for r in range(plan.n_rows)], together=True)
+
+    def step_batches(self, step: int, split: int = 1, part: tuple[int, int] = (0, 1)) -> list[Batch | PreferenceBatch]:
         """The grad_accum micro-batches of optimizer step `step` (0-based).
 
         The last step of an epoch may hold fewer micro-batches, and its last one
         fewer rows: weight the loss by `n_loss_tokens`, not by batch count.
+        `split` > 1 cuts each micro-batch into that many smaller ones (after an out-of-memory):
+        the step's rows, and so its loss, stay the same. `part` (rank, ranks): that rank's share (`_cut`).
         """
+        plan, start, end = self._step_rows(step)
+        return self._cut(plan, start, end, split, part)
+
+    def rows_per_batch(self, split: int, ranks: int = 1) -> int:
+        """Rows a micro-batch (of one rank's share, on `ranks`) holds after `split`."""
+        share = -(-self.batch_size // ranks)
+        return -(-share // split)
+
+    def _cut(self, plan: _Plan, start: int, end: int, split: int, part: tuple[int, int]
+             ) -> list[Batch | PreferenceBatch]:
+        """Rows start..end in micro-batches. On several ranks (worker/ranks.py) rank r of R takes the r-th of R
+        near-equal runs of each micro-batch's rows; a row holds whole examples, so a pair is never cut between
+        ranks. `split` then cuts each rank's run, and every rank makes as many passes: one without rows of its
+        own there gets an `idle` copy of another's (sharded weights are gathered in every pass, by every rank)."""
+        rank, ranks = part
+        size = self.rows_per_batch(split, ranks)
+        if ranks == 1:
+            return [self._batch(plan, r, min(r + size, end)) for r in range(start, end, size)]
+        out: list[Batch | PreferenceBatch] = []
+        for first in range(start, end, self.batch_size):
+            runs = np.array_split(np.arange(first, min(first + self.batch_size, end)), ranks)
+            for k in range(0, len(runs[0]), size):  # runs[0] is the longest
+                rows = runs[rank][k : k + size]
+                out.append(self._batch(plan, int(rows[0]), int(rows[-1]) + 1) if len(rows)
+                           else idle(self._batch(plan, first, first + 1)))
+        return out
+
+    def _step_rows(self, step: int) -> tuple[_Plan, int, int]:
         if not 0 <= step < self.total_steps:
             raise IndexError(f"step {step} outside 0..{self.total_steps - 1}")
-        epoch = int(np.searchsorted(self.epoch_first_step, step, side="right")) - 1
+        epoch = self.epoch_of(step)
         plan = self._plan(epoch)
-        local = step - int(self.epoch_first_step[epoch])
-        micro = -(-plan.n_rows // self.batch_size)
-        first = local * self.grad_accum
-        return [self._micro_batch(plan, k) for k in range(first, min(first + self.grad_accum, micro))]
+        first = (step - int(self.epoch_first_step[epoch])) * self.grad_accum * self.batch_size
+        return plan, first, min(first + self.grad_accum * self.batch_size, plan.n_rows)
+
+    def longest_in_step(self, step: int) -> tuple[int, int]:
+        """(example id, tokens) of the step's longest example: what an out-of-memory report names."""
+        plan, start, end = self._step_rows(step)
+        examples = np.concatenate([plan.row(r) for r in range(start, end)]).astype(np.int64)
+        lengths = self.lengths[examples]  # a pair's or a labelled answer's sequences together
+        k = int(np.argmax(lengths))
+        return int(examples[k]), int(lengths[k])
 
     def epoch_of(self, step: int) -> int:
         return int(np.searchsorted(self.epoch_first_step, step, side="right")) - 1
 
-    def holdout_batches(self) -> Iterator[Batch]:
-        """The holdout examples, in a fixed order, batched the way training is."""
+    def holdout_batches(self, split: int = 1, part: tuple[int, int] = (0, 1)) -> list[Batch | PreferenceBatch]:
+        """The holdout examples, in a fixed order, batched the way training is (`split`, `part`: as
+        `step_batches`)."""
         if not self.n_holdout:
-            return
+            return []
         plan = _Plan(self.holdout_ids, self._rows(self.holdout_ids))
-        for k in range(-(-plan.n_rows // self.batch_size)):
-            yield self._micro_batch(plan, k)
+        return self._cut(plan, 0, plan.n_rows, split, part)
 
     def holdout_examples(self, n: int) -> list[tuple[list[int], list[int]]]:
         """(prompt ids, expected answer ids) of up to n holdout examples, for previews.
@@ -194,7 +274,7 @@ class JobData:
         """
         out = []
         for i in self.holdout_ids[:n]:
-            tokens, mask = self.store.example(int(i))
+            tokens, mask = self.store.example(int(i) * self.per_example)  # a pair: its chosen answer
             trained = np.flatnonzero(mask)
             end = int(trained[-1]) + 1
             start = end

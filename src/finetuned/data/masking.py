@@ -3,7 +3,12 @@
 The policy, in one place:
 - chat-like records: the content of every assistant turn plus the end-of-turn
   marker that closes it (`<|im_end|>` for SmolLM2), so the model learns to stop;
-  never the role headers, system, user or tool turns;
+  never the role headers, system, user or tool turns. The data may say otherwise
+  per turn (`Message.train`: OpenAI `weight`, Axolotl `train`, LLaMA-Factory
+  `loss_weight`): an assistant turn marked 0 is not trained, another turn
+  marked 1 has its content trained;
+- a tool call turn: the calls as the template renders them (`<tool_call>...`),
+  from the assistant header on, and the end-of-turn marker; tool results never;
 - `train_on_prompt`: every token;
 - text: every token, with EOS appended so a document ends.
 
@@ -30,8 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from finetuned.data.formats import Message
+from finetuned.data.formats import Chat, Message
 from finetuned.data.report import RecordProblem
+from finetuned.data.tools import fallback, template_message
+from finetuned.data.toolspans import common_prefix, sentinel, template_tool_support, tool_chat_spans, turn_marks
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +58,30 @@ FALLBACK_TEMPLATE = (
 _MAX_SKELETONS = 4096  # distinct role sequences remembered
 
 
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return a[:n]
+def training_template(tokenizer: Any) -> str:
+    """The chat template training renders with: the tokenizer's own, else FALLBACK_TEMPLATE.
+
+    Adapters and exports carry this one, so a model is prompted as it was trained.
+    """
+    return getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
 
 
-def _sentinel(i: int) -> str:
-    # Private-use characters: no template transforms them, no real content holds them.
-    return f"\ue000{i}\ue001"
+def render_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> str:
+    """A conversation as the model reads it before answering: rendered with `training_template`, ending
+    with the assistant's header. Evaluation, `finetuned chat` and the monitor's asks all start here, so
+    none can drift from training."""
+    return tokenizer.apply_chat_template(list(messages), chat_template=training_template(tokenizer), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
+    """The tokens of `render_prompt`, tokenised as training tokenises its text (no special tokens added)."""
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def trained_turns(messages: Sequence[Message]) -> list[int]:
+    """The turns that carry loss: assistant turns, unless the data says otherwise per turn."""
+    return [i for i, m in enumerate(messages) if m.train or (m.train is None and m.role == "assistant")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +89,14 @@ class _Skeleton:
     chunks: tuple[str, ...]  # literal text around the n contents: n + 1 pieces
     closings: dict[int, str]  # assistant turn index -> its end-of-turn text, which is trained
 
-    def fill(self, messages: Sequence[Message], text: str) -> list[Span] | None:
+    def fill(self, messages: Sequence[Message], text: str, trained: Sequence[int]) -> list[Span] | None:
         pieces = [self.chunks[0]]
         spans = []
         pos = len(self.chunks[0])
         for i, m in enumerate(messages):
             start, pos = pos, pos + len(m.content)
-            if i in self.closings:
-                spans.append((start, pos + len(self.closings[i])))
+            if i in trained:
+                spans.append((start, pos + len(self.closings.get(i, ""))))
             pieces += (m.content, self.chunks[i + 1])
             pos += len(self.chunks[i + 1])
         return spans if "".join(pieces) == text else None
@@ -101,15 +120,21 @@ class ChatRenderer:
         self._special = re.compile("|".join(map(re.escape, specials))) if specials else None
         self.special_token_text = 0  # examples whose content holds one
         self.special_token_seen: str | None = None  # the first one found, for the warning
+        self.marks = turn_marks(self._apply)
+        self.tools_native, self.tool_role = template_tool_support(self._apply)
+        self.tools_fallback = 0  # examples with tools rendered through the fallback, for the job's warning
 
-    def _apply(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
-        if self._direct is not None:
+    def _apply(self, messages: list[dict[str, Any]], generation_prompt: bool = False,
+               tools: list[dict[str, Any]] | None = None) -> str:
+        if self._direct is not None and not tools:
             return self._direct(messages, generation_prompt)
-        return self._apply_slow(messages, generation_prompt)
+        return self._apply_slow(messages, generation_prompt, tools)
 
-    def _apply_slow(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+    def _apply_slow(self, messages: list[dict[str, Any]], generation_prompt: bool = False,
+                    tools: list[dict[str, Any]] | None = None) -> str:
         return self.tokenizer.apply_chat_template(
             messages,
+            tools=tools or None,
             chat_template=FALLBACK_TEMPLATE if self.fallback else None,
             tokenize=False,
             add_generation_prompt=generation_prompt,
@@ -160,18 +185,27 @@ class ChatRenderer:
         full = text + self.eos
         return full, [(0, len(full))]
 
-    def render_chat(self, messages: Sequence[Message]) -> tuple[str, list[Span]]:
-        dicts = [{"role": m.role, "content": m.content} for m in messages]
+    def render_chat(self, chat: Chat) -> tuple[str, list[Span]]:
+        unrendered = chat.calls_tools and not self.tools_native
+        if unrendered or (not self.tool_role and any(m.role == "tool" for m in chat.messages)):
+            chat = fallback(chat, self.tool_role)
+            self.tools_fallback += unrendered
+        messages = chat.messages
+        dicts = [template_message(m) for m in messages]
+        tools = [dict(t) for t in chat.tools] or None
         self._count_special([m.content for m in messages])
         try:
-            text = self._apply(dicts)
+            text = self._apply(dicts, tools=tools)
         except Exception as exc:  # jinja raise_exception() in a template: the record, not the file
             raise RecordProblem("template_error", f"the chat template refused this record: {exc}") from None
         if self.train_on_prompt:
             return text, [(0, len(text))]
+        trained = trained_turns(messages)
+        if chat.structured:  # calls and tools shape the rendering: the record is its own skeleton
+            return text, tool_chat_spans(self._apply, dicts, tools, text, trained, self.marks)
         skeleton = self._skeleton(tuple(m.role for m in messages))
-        spans = skeleton.fill(messages, text) if skeleton is not None else None
-        return text, spans if spans is not None else self._spans_by_prefix(dicts, text)
+        spans = skeleton.fill(messages, text, trained) if skeleton is not None else None
+        return text, spans if spans is not None else self._spans_by_prefix(dicts, text, trained)
 
     def _skeleton(self, roles: tuple[str, ...]) -> _Skeleton | None:
         if roles in self._skeletons:
@@ -182,14 +216,14 @@ class ChatRenderer:
         return skeleton
 
     def _build_skeleton(self, roles: tuple[str, ...]) -> _Skeleton | None:
-        dicts = [{"role": r, "content": _sentinel(i)} for i, r in enumerate(roles)]
+        dicts = [{"role": r, "content": sentinel(i)} for i, r in enumerate(roles)]
         try:
             full = self._apply(dicts)
         except Exception:  # a template may refuse some role orders: the exact path reports it per record
             return None
         chunks, pos = [], 0
         for i in range(len(roles)):
-            mark = _sentinel(i)
+            mark = sentinel(i)
             at = full.find(mark, pos)
             if at < 0 or full.count(mark) != 1:
                 return None  # the template drops or repeats content: only the exact path can follow it
@@ -203,18 +237,22 @@ class ChatRenderer:
             # What the template writes right after this answer when it is the last turn
             # and also when more follows: their common start is the end-of-turn marker.
             try:
-                tail = self._apply(dicts[: i + 1]).split(_sentinel(i), 1)[1]
+                tail = self._apply(dicts[: i + 1]).split(sentinel(i), 1)[1]
             except Exception:  # a template that refuses to end on this turn: train the content alone
                 tail = ""
-            closings[i] = _common_prefix(tail, chunks[i + 1]).rstrip()
+            closings[i] = common_prefix(tail, chunks[i + 1]).rstrip()
         return _Skeleton(tuple(chunks), closings)
 
-    def _spans_by_prefix(self, dicts: list[dict[str, str]], text: str) -> list[Span]:
+    def _spans_by_prefix(self, dicts: list[dict[str, Any]], text: str, trained: Sequence[int]) -> list[Span]:
         """Exact spans from renderings of each prefix: an answer starts where its placeholder would."""
         spans = []
-        mark = _sentinel(0)
-        for i, d in enumerate(dicts):
-            if d["role"] != "assistant":
+        mark = sentinel(0)
+        for i in trained:
+            d = dicts[i]
+            if d["role"] != "assistant":  # another turn the data asks to train: its content alone
+                found = text.find(d["content"], spans[-1][1] if spans else 0)
+                if found >= 0 and d["content"]:
+                    spans.append((found, found + len(d["content"])))
                 continue
             try:
                 probe = self._apply([*dicts[:i], {"role": "assistant", "content": mark}])

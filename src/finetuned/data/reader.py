@@ -73,6 +73,9 @@ class FileReader:
         self.size = 0  # bytes read
         self.array = False  # the file is read as one JSON array (a .json file starting with "[")
         self.looks_like_array = False  # starts with "[" whatever its name
+        self.object = False  # a .json file holding one JSON object, read whole (one record, or a wrapper)
+        self.wrapper: tuple[str, int] | None = None  # that object's key holding an array of records, and their count
+        self.looked_like_json = False  # some line starts like a JSON value
         self.blank_lines = 0
 
     def __iter__(self) -> Iterator[Item]:
@@ -83,10 +86,18 @@ class FileReader:
                 yield Item(1, problem=problem, fatal=True)
                 return
             stripped = head.removeprefix(_UTF8_BOM).lstrip()
+            json_file = self.path.suffix.lower() == ".json"
             self.looks_like_array = stripped.startswith(b"[")
-            self.array = self.looks_like_array and self.path.suffix.lower() == ".json"
+            self.array = self.looks_like_array and json_file
+            if stripped.startswith(b"{") and json_file:  # JSON Lines named .json, or one pretty-printed object
+                self.object = not _whole_json(f.readline(self.max_line_bytes + 1))
             f.seek(0)
-            lines = self._array(f, hasher) if self.array else self._lines(f, hasher)
+            if self.array:
+                lines = self._array(f, hasher)
+            elif self.object:
+                lines = self._object(f, hasher)
+            else:
+                lines = self._lines(f, hasher)
             complete = yield from lines
         if complete:
             self.sha256 = hasher.hexdigest()
@@ -113,6 +124,7 @@ class FileReader:
             if not body.strip():
                 self.blank_lines += 1
                 continue
+            self.looked_like_json = self.looked_like_json or body.lstrip()[:1] in (b"{", b"[", b'"')
             yield _parse_line(line_no, body, last=not ended)
         return True
 
@@ -124,6 +136,21 @@ class FileReader:
             if chunk.endswith(b"\n"):
                 return
 
+    def _object(self, f: IO[bytes], hasher: Any) -> Iterator[Item]:
+        """A .json file holding one pretty-printed object: one value, read whole within the line cap."""
+        data = f.read(self.max_line_bytes + 1)
+        hasher.update(data)
+        self.size = len(data)
+        if len(data) > self.max_line_bytes:
+            yield Item(1, problem=RecordProblem(
+                "line_too_long", f"the JSON object is longer than {human_bytes(self.max_line_bytes)}"), fatal=True)
+            return False
+        item = _parse_line(1, data.removeprefix(_UTF8_BOM), last=True)
+        if item.problem is not None:
+            item.fatal = True
+        yield item
+        return True
+
     def _array(self, f: IO[bytes], hasher: Any) -> Iterator[Item]:
         scanner = _ArrayScanner(f, hasher, self.max_line_bytes)
         try:
@@ -134,6 +161,15 @@ class FileReader:
         finally:
             self.size = scanner.size
         return True
+
+
+def _whole_json(line: bytes) -> bool:
+    """The line is a JSON value by itself: the file is JSON Lines (pretty-printed JSON spans lines)."""
+    try:
+        json.loads(line.removeprefix(_UTF8_BOM))
+    except ValueError:
+        return False
+    return True
 
 
 def _sniff(head: bytes) -> RecordProblem | None:

@@ -109,6 +109,14 @@ class ProblemLog:
         }
 
 
+_KINDS = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}
+
+
+def kind_of(value: Any) -> str:
+    """What a JSON value is, in the words of an error message."""
+    return "null" if value is None else _KINDS.get(type(value), type(value).__name__)
+
+
 def file_report(file: str, kind: str, message: str) -> dict[str, Any]:
     """A report for a problem of the whole file (a symlink, a duplicate), not of its lines."""
     problems = ProblemLog()

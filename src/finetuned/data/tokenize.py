@@ -1,13 +1,14 @@
 """Tokenise a validated file into flat arrays on disk, next to the job.
 
 `prepare` streams the file once more (bounded memory), renders each record
-(masking.py), tokenises in batches with the fast tokenizer's Rust core, and
-writes:
+into its sequences (examples.py: one, or two for preference data), tokenises
+in batches with the fast tokenizer's Rust core, and writes:
 
-    tokens.bin    uint32, every example's tokens back to back
+    tokens.bin    uint32, every sequence's tokens back to back (an example's sequences adjacent)
     mask.bin      uint8, 1 where the token carries loss
-    offsets.npy   int64, n_examples + 1 start positions into the two arrays
-    meta.json     counts, source SHA-256, settings and tokenizer fingerprint
+    offsets.npy   int64, n_sequences + 1 start positions into the two arrays
+    labels.npy    uint8 per example, unpaired preference data only: 1 for an answer judged good
+    meta.json     counts, form, source SHA-256, settings and tokenizer fingerprint
 
 into a temporary folder renamed into place when complete: a crash leaves the
 prepared folder whole or absent, never half written.
@@ -19,12 +20,9 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import shutil
-import threading
 import time
 from array import array
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -32,10 +30,11 @@ from typing import IO, Any
 import numpy as np
 
 from finetuned.config import DataSettings
-from finetuned.data.formats import TEXT, parse_record, with_system_prompt
+from finetuned.data.examples import SFT, UNPAIRED, Example, ahead, form_of, rendered_examples, sequences_per_example
+from finetuned.data.losses import data_losses
 from finetuned.data.masking import ChatRenderer, Span, token_mask
 from finetuned.data.reader import FileReader
-from finetuned.data.report import DataError, ProblemLog, RecordProblem
+from finetuned.data.report import DataError, ProblemLog
 from finetuned.data.validate import Validation, validate_file
 from finetuned.fsio import publish_dir
 
@@ -43,9 +42,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 TOKENS, MASK, OFFSETS, META = "tokens.bin", "mask.bin", "offsets.npy", "meta.json"
-# Examples per tokenizer call: large enough to amortise each call's overhead (and
-# let the Rust side spread it over cores), small enough that a batch stays a few MB.
-BATCH = 2048
+LABELS = "labels.npy"  # unpaired preference data: uint8 per example, 1 for an answer judged good
 
 
 @dataclass
@@ -64,10 +61,12 @@ class PrepareSummary:
     special_token_text: int  # examples whose content spells a special token, tokenised as that token
     skipped_lines: int  # bad lines left out under skip_bad_lines
     longest: int  # tokens in the longest example kept
+    longest_seen: int  # tokens in the longest example, kept or not
     sha256: str
     max_seq_len: int
     tokenizer: str
     seconds: float
+    notes: list[dict[str, Any]]  # what trains differently than it may seem: warned about, in the job's record
 
     @property
     def loss_share(self) -> float:
@@ -93,6 +92,7 @@ def prepared_key(tokenizer: Any, settings: DataSettings | None, max_seq_len: int
         "system_prompt": settings.system_prompt,
         "overlong": settings.overlong,
         "skip_bad_lines": settings.skip_bad_lines,
+        "max_dropped_fraction": settings.max_dropped_fraction,
     }
 
 
@@ -127,17 +127,19 @@ def _backend(tokenizer: Any) -> Any:
 
 
 class _Writer:
-    """Appends examples to the flat arrays; only the per-example lengths stay in memory."""
+    """Appends sequences to the flat arrays; only the per-sequence lengths (and labels) stay in memory."""
 
     def __init__(self, tokens: IO[bytes], mask: IO[bytes]) -> None:
         self.tokens, self.mask = tokens, mask
         self.lengths = array("q")
+        self.labels = array("B")  # unpaired data: 1 for an answer judged good
 
-    def write(self, ids: list[np.ndarray], masks: list[np.ndarray]) -> None:
+    def write(self, ids: list[np.ndarray], masks: list[np.ndarray], labels: list[bool]) -> None:
         if ids:
             self.tokens.write(np.concatenate(ids).tobytes())
             self.mask.write(np.concatenate(masks).tobytes())
             self.lengths.extend(len(x) for x in ids)
+        self.labels.extend(int(x) for x in labels)
 
     def offsets(self) -> np.ndarray:
         offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
@@ -159,34 +161,49 @@ class _Tokenizer:
             "tokens": 0,
             "loss_tokens": 0,
             "longest": 0,
+            "longest_seen": 0,
         }
 
-    def run(self, batch: list[tuple[str, list[Span]]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        encodings = self.backend.encode_batch([text for text, _ in batch], add_special_tokens=False)
-        ids_out, masks_out = [], []
+    def run(self, batch: list[Example]) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:
+        """The batch's examples as token ids and masks (their sequences back to back), and their labels.
+
+        An example stands or falls whole: a pair with one answer too long is dropped as a pair.
+        """
+        texts = [text for example in batch for text, _ in example.sequences]
+        encodings = iter(self.backend.encode_batch(texts, add_special_tokens=False))
+        ids_out, masks_out, labels = [], [], []
         c = self.counts
-        for (_text, spans), enc in zip(batch, encodings, strict=True):
-            ids = np.array(enc.ids, dtype=np.uint32)
-            mask = token_mask(enc, spans)
-            if len(ids) > self.max_seq_len:
+        for example in batch:
+            encoded = [(enc, spans) for (_text, spans), enc in zip(example.sequences, encodings, strict=False)]
+            sequences = [self._sequence(enc, spans) for enc, spans in encoded]
+            longest = max(len(ids) for ids, _ in sequences)
+            c["longest_seen"] = max(c["longest_seen"], longest)
+            if longest > self.max_seq_len:
                 if self.overlong == "drop":
                     c["dropped_overlong"] += 1
                     continue
-                ids, mask = ids[: self.max_seq_len], mask[: self.max_seq_len]
+                sequences = [(ids[: self.max_seq_len], mask[: self.max_seq_len]) for ids, mask in sequences]
                 c["truncated"] += 1
-            # Nothing predicts an example's first token (in a packed row the previous
-            # example would): it never carries loss, packed or not.
-            mask[:1] = 0
-            n_loss = int(mask.sum())
-            if n_loss == 0:
+            # Nothing predicts a sequence's first token (in a packed row the previous
+            # one would): it never carries loss, packed or not.
+            for _ids, mask in sequences:
+                mask[:1] = 0
+            if any(not mask.any() for _ids, mask in sequences):
                 c["dropped_no_loss"] += 1
                 continue
-            c["tokens"] += len(ids)
-            c["loss_tokens"] += n_loss
-            c["longest"] = max(c["longest"], len(ids))
-            ids_out.append(ids)
-            masks_out.append(mask)
-        return ids_out, masks_out
+            for ids, mask in sequences:
+                c["tokens"] += len(ids)
+                c["loss_tokens"] += int(mask.sum())
+                c["longest"] = max(c["longest"], len(ids))
+                ids_out.append(ids)
+                masks_out.append(mask)
+            if example.desirable is not None:
+                labels.append(example.desirable)
+        return ids_out, masks_out, labels
+
+    @staticmethod
+    def _sequence(encoding: Any, spans: list[Span]) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(encoding.ids, dtype=np.uint32), token_mask(encoding, spans)
 
 
 def prepare(
@@ -210,11 +227,13 @@ def prepare(
     if not validation.ok:
         raise DataError(validation.error or _report(path, "validation failed"))
     skip = settings.skip_bad_lines
+    form = form_of(validation.format)
     worker = _Tokenizer(tokenizer, max_seq_len, settings.overlong)
     problems = ProblemLog()
     reader = FileReader(path, max_line_bytes=settings.max_line_bytes, skip_long_lines=skip)
-    renderer = ChatRenderer(tokenizer, train_on_prompt=settings.train_on_prompt)
-    batches = _ahead(_rendered_batches(reader, validation, renderer, settings, problems))
+    # Preference objectives compare the answers' log-probabilities: the prompt never counts.
+    renderer = ChatRenderer(tokenizer, train_on_prompt=settings.train_on_prompt and form == SFT)
+    batches = ahead(rendered_examples(reader, validation, renderer, settings, problems))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -229,8 +248,13 @@ def prepare(
             finally:
                 batches.close()
         np.save(tmp / OFFSETS, writer.offsets())
-        examples = len(writer.lengths)
+        if form == UNPAIRED:
+            np.save(tmp / LABELS, np.frombuffer(writer.labels, dtype=np.uint8))
+        examples = len(writer.lengths) // sequences_per_example(form)
         _check(path, validation, reader.sha256, problems, skip, examples, worker.counts)
+        losses = data_losses(validation.examples, worker.counts, renderer.special_token_text, max_seq_len, settings)
+        if losses is not None and losses.refused:
+            raise DataError(_report(path, losses.message) | {"problems": [losses.entry("data_loss")]})
         summary = PrepareSummary(
             out_dir=str(out_dir),
             source=path.name,
@@ -242,10 +266,14 @@ def prepare(
             tokenizer=tokenizer_fingerprint(tokenizer),
             seconds=round(time.monotonic() - started, 3),
             special_token_text=renderer.special_token_text,
+            notes=[*validation.notes, *_render_notes(renderer),
+                   *([losses.entry("data_loss")] if losses is not None else [])],
             **worker.counts,
         )
         meta = {
             **asdict(summary),
+            "form": form,
+            "sequences_per_example": sequences_per_example(form),
             "key": prepared_key(tokenizer, settings, max_seq_len),
             "warnings": problems.report(path.name, examples) if problems else None,
         }
@@ -269,83 +297,18 @@ def prepare(
         log.warning(
             "%s: %d examples spell a special token in their text (first seen: %s); it is tokenised as that "
             "token, which can end a turn early", path.name, summary.special_token_text, renderer.special_token_seen)
+    for note in summary.notes:
+        log.warning("%s: %s", path.name, note["message"])
     return summary
 
 
-def _rendered_batches(
-    reader: FileReader, validation: Validation, renderer: ChatRenderer, settings: DataSettings, problems: ProblemLog
-) -> Iterator[list[tuple[str, list[Span]]]]:
-    """The file's good records as (text, trained spans), BATCH at a time; bad ones go to `problems`."""
-    system_prompt = settings.system_prompt
-    pending: list[tuple[str, list[Span]]] = []
-    for item in reader:
-        if item.problem is not None:
-            problems.add(item.problem.kind, item.problem.message, item.line)
-            continue
-        try:
-            fmt, payload = parse_record(item.value)
-            if fmt != validation.format:
-                raise RecordProblem("mixed_formats", f"a {fmt} record in a {validation.format} file")
-            if fmt == TEXT:
-                pending.append(renderer.render_text(payload))
-            else:
-                pending.append(renderer.render_chat(with_system_prompt(payload, system_prompt)))
-        except RecordProblem as problem:
-            problems.add(problem.kind, f"line {item.line}: {problem.message}", item.line)
-            continue
-        if len(pending) >= BATCH:
-            yield pending
-            pending = []
-    if pending:
-        yield pending
-
-
-def _ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Run `items` in a thread, `depth` items ahead of the consumer.
-
-    Rendering is Python and holds the GIL; encoding is Rust and releases it, so
-    the next batch renders while this one encodes (1.15x on two cores, where
-    encoding already keeps both busy most of the time).
-    """
-    done = object()
-    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(entry: tuple[Any, BaseException | None]) -> bool:
-        while not stop.is_set():
-            try:
-                buffer.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False  # the consumer has gone
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put((item, None)):
-                    return
-            put((done, None))
-        except BaseException as exc:  # raised again on the consumer's side
-            put((done, exc))
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=produce, name="render", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = buffer.get()
-            if error is not None:
-                raise error
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+def _render_notes(renderer: ChatRenderer) -> list[dict[str, Any]]:
+    if not renderer.tools_fallback:
+        return []
+    message = (f"the model's chat template does not render tools: for {renderer.tools_fallback} examples the "
+               "tools are described in the system turn and each call is written as a JSON line in the assistant "
+               "turn (docs/data.md, 'Tools')")
+    return [{"kind": "tools_fallback", "message": message, "lines": [], "count": renderer.tools_fallback}]
 
 
 def _report(path: Path, error: str) -> dict[str, Any]:

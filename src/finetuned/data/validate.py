@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from finetuned.config import DataSettings
-from finetuned.data.formats import parse_record
+from finetuned.data.formats import Notes, parse_record
 from finetuned.data.reader import FileReader
 from finetuned.data.report import KEEP_LINES, ProblemLog, RecordProblem
 
@@ -36,6 +36,8 @@ class Validation:
     sha256: str | None
     error: dict[str, Any] | None = None
     warnings: dict[str, Any] | None = None
+    notes: list[dict[str, Any]] = field(default_factory=list)  # what trains differently than it may seem
+    records: int = 0  # every record read, good and bad
 
 
 @dataclass
@@ -52,11 +54,12 @@ def validate_file(path: Path, settings: DataSettings | None = None) -> Validatio
     reader = FileReader(path, max_line_bytes=settings.max_line_bytes, skip_long_lines=skip)
     problems = ProblemLog()
     seen: dict[str, _Seen] = {}
+    notes = Notes()
     try:
         # A FIFO or device would block open() or never end: only regular files are read.
         if not stat.S_ISREG(path.stat().st_mode):
             raise RecordProblem("not_a_file", "not a regular file")
-        fatal = _scan(reader, problems, seen)
+        fatal = _scan(reader, problems, seen, notes)
     except RecordProblem as problem:
         problems.add(problem.kind, problem.message, None, counts_as_line=False)
         fatal = True
@@ -82,6 +85,7 @@ def validate_file(path: Path, settings: DataSettings | None = None) -> Validatio
 
     report = problems.report(path.name, examples) if problems else None
     ok = not fatal and examples > 0 and (skip or not problems)
+    records = examples + problems.bad_lines
     if ok:
         log.info(
             "%s: %d %s records%s",
@@ -90,19 +94,43 @@ def validate_file(path: Path, settings: DataSettings | None = None) -> Validatio
             fmt,
             f", {problems.bad_lines} bad lines skipped" if problems else "",
         )
-        return Validation(True, fmt, examples, reader.sha256, warnings=report)
-    if report is not None and reader.looks_like_array and not reader.array:
-        report["error"] = (
-            "the file holds a JSON array, not JSON Lines (one object per line); only a .json file may "
-            "hold an array: " + report["error"]
-        )
-    elif report is not None and examples == 0 and skip and not fatal:
-        report["error"] = "no good record: " + report["error"]
+        return Validation(True, fmt, examples, reader.sha256, warnings=report, notes=_notes(notes, fmt),
+                          records=records)
+    if report is not None:
+        report["error"] = _explain(path, reader, report["error"], examples == 0 and skip and not fatal)
     log.info("%s refused: %s", path.name, report["error"] if report else "?")
-    return Validation(False, fmt, examples, reader.sha256, error=report)
+    return Validation(False, fmt, examples, reader.sha256, error=report, records=records)
 
 
-def _scan(reader: FileReader, problems: ProblemLog, seen: dict[str, _Seen]) -> bool:
+def _explain(path: Path, reader: FileReader, error: str, nothing_good: bool) -> str:
+    """The refusal in the words that fit what the file really is."""
+    if reader.looks_like_array and not reader.array:
+        return ("the file holds a JSON array, not JSON Lines (one object per line); only a .json file may "
+                "hold an array: " + error)
+    if reader.object and reader.wrapper:
+        key, count = reader.wrapper
+        return (f"the file holds one JSON object whose '{key}' holds {count} records: save that array itself as "
+                "the .json file, or one record per line as .jsonl")
+    if path.suffix.lower() in (".txt", ".text", ".md") and not reader.looked_like_json:
+        return (f"{path.name} is plain text: finetuned reads JSON Lines, one JSON object per line; wrap each line "
+                "as {\"text\": \"...\"} (e.g. jq -R '{text: .}' " + f"{path.name} > {path.stem}.jsonl)")
+    return "no good record: " + error if nothing_good else error
+
+
+def _notes(notes: Notes, fmt: str | None) -> list[dict[str, Any]]:
+    out = ProblemLog()
+    if notes.placeholders:
+        found = ", ".join(sorted(notes.placeholders)[:5])
+        out.add("placeholders", f"the data holds template placeholders ({found}) that nothing fills in: trained as "
+                "they are, the model learns them literally; replace them before training (LLaMA-Factory's "
+                "identity data expects this)", counts_as_line=False)
+    if notes.unused_keys:
+        keys = ", ".join(sorted(notes.unused_keys)[:8])
+        out.add("unused_keys", f"keys not used for training ({fmt} records): {keys}", counts_as_line=False)
+    return out.problems()
+
+
+def _scan(reader: FileReader, problems: ProblemLog, seen: dict[str, _Seen], notes: Notes) -> bool:
     """Read every record into `problems` and `seen` (format -> count, first lines); True if fatal."""
     fatal = False
     for item in reader:
@@ -111,8 +139,12 @@ def _scan(reader: FileReader, problems: ProblemLog, seen: dict[str, _Seen]) -> b
             fatal = fatal or item.fatal
             continue
         try:
-            fmt, _payload = parse_record(item.value)
+            fmt, _payload = parse_record(item.value, notes)
         except RecordProblem as problem:
+            if reader.object and problem.kind == "unknown_schema" and (wrapped := _wrapped_records(item.value)):
+                reader.wrapper = wrapped
+                problems.add("wrapped_records", f"the records are inside '{wrapped[0]}'", None, counts_as_line=False)
+                return True
             problems.add(problem.kind, f"line {item.line}: {problem.message}", item.line)
             continue
         entry = seen.setdefault(fmt, _Seen())
@@ -120,6 +152,16 @@ def _scan(reader: FileReader, problems: ProblemLog, seen: dict[str, _Seen]) -> b
         if len(entry.lines) < KEEP_LINES:
             entry.lines.append(item.line)
     return fatal
+
+
+def _wrapped_records(value: Any) -> tuple[str, int] | None:
+    """{"data": [records...]}: the key holding the records, and how many."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return None
+    ((key, inner),) = value.items()
+    if isinstance(inner, list) and inner and all(isinstance(r, dict) for r in inner):
+        return key, len(inner)
+    return None
 
 
 def _majority(seen: dict[str, _Seen], problems: ProblemLog) -> str | None:

@@ -22,7 +22,9 @@ from typing import Any
 from finetuned import checkpoints, disk
 from finetuned.config import ConfigError
 from finetuned.fsio import publish_dir, remove_tree
+from finetuned.lifecycle import gate
 from finetuned.lifecycle.errors import LifecycleError, UnfinishedWork, require_space
+from finetuned.lifecycle.gate import GateRefused
 from finetuned.lifecycle.line import (
     append_history,
     lifecycle_lock,
@@ -50,7 +52,8 @@ ProgressFn = Callable[[str, int, int], None]  # (what happens now, stages done, 
 STAGES = 6
 # Files a model folder holds that save_pretrained writes itself, or that belong to one folder only.
 _NOT_EXTRAS = ("config.json", "generation_config.json", "version.json", ADAPTER_RECORD, "adapter_config.json",
-               "model.safetensors.index.json", "pytorch_model.bin.index.json", "README.txt", "finetuned.json")
+               "model.safetensors.index.json", "pytorch_model.bin.index.json", "README.txt", "README.md",
+               "finetuned.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 SPACE_MARGIN = 64 << 20  # tokenizer and config files beside the weights
 
@@ -60,6 +63,7 @@ class Consolidation:
     version: Version
     switched: bool
     message: str  # one line for the user: what was written and whether it is current
+    refused: bool = False  # the gate kept it from becoming current: a suite fell too far
 
 
 def no_progress(_what: str, _done: int, _total: int) -> None:
@@ -101,10 +105,10 @@ def contributors(ws: Workspace, adapter: Adapter) -> list[dict[str, Any]]:
     return entries
 
 
-def _copy_extras(source: Path, out: Path) -> None:
+def _copy_extras(source: Path, out: Path, skip: tuple[str, ...] = ()) -> None:
     """The tokenizer and chat template, byte for byte, beside the weights save_pretrained wrote."""
     for item in source.iterdir():
-        if not item.is_file() or item.name in _NOT_EXTRAS or item.name.startswith("."):
+        if not item.is_file() or item.name in _NOT_EXTRAS + skip or item.name.startswith("."):
             continue
         if item.suffix in _WEIGHT_SUFFIXES or item.name.startswith("adapter_") or (out / item.name).exists():
             continue
@@ -124,7 +128,7 @@ def merge_into(base_dir: Path, adapter: Adapter, out: Path, dtype: str | None,
         model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
         report("applying the adapter", stage + 1, STAGES)
         model = PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload()
-        sources = [base_dir]
+        sources = [adapter.path, base_dir]  # the adapter's tokenizer first: it has the template training used
     else:
         model = AutoModelForCausalLM.from_pretrained(str(adapter.path), dtype=torch.float32)
         report("reading the fine-tuned model", stage + 1, STAGES)
@@ -134,7 +138,8 @@ def merge_into(base_dir: Path, adapter: Adapter, out: Path, dtype: str | None,
     model.to(target)
     model.save_pretrained(str(out))
     for source in sources:
-        _copy_extras(source, out)
+        # README.md in an adapter is peft's generated model card, not the model's
+        _copy_extras(source, out, skip=("README.md",) if source == adapter.path and adapter.is_peft else ())
     del model
     gc.collect()
 
@@ -232,17 +237,23 @@ def consolidate(ws: Workspace, job_id: str | None = None, note: str = "", progre
                             "job_id": adapter.job_id, "steps": steps, "note": note})
         log_event(ws, f"consolidate: job {adapter.job_id} merged into {parent.id} -> {new_id} "
                       f"({steps} steps, weights {version.weights_hash[:12]})" + (f"; {note}" if note else ""))
-        switched, message = False, f"{new_id} written (not current: --no-use)"
+        switched, refused, message = False, False, f"{new_id} written (not current: --no-use)"
         if use:
             current_base = ws.load_config().base_model  # as it is now: the merge took a while
             behind = _not_the_head(ws, adapter, current_base, new_id)
             try:
                 if behind and not force:
                     raise UnfinishedWork(behind)
+                if not force:
+                    report("scoring on the suites in evals/", 5, STAGES)
+                    gate.check(ws, config, version, ensure_recorded(ws, current_base), "consolidate")
                 switch(ws, version, "use", force, note=f"after consolidating job {adapter.job_id}")
                 switched, message = True, f"{new_id} written and now current"
+            except GateRefused as exc:
+                refused, message = True, f"{new_id} written but not made current: {exc}"
+                log_event(ws, f"consolidate: {message}", logging.WARNING)
             except UnfinishedWork as exc:
                 message = f"{new_id} written but not made current: {exc}"
                 log_event(ws, f"consolidate: {message}", logging.WARNING)
         report("done", STAGES, STAGES)
-        return Consolidation(version, switched, message)
+        return Consolidation(version, switched, message, refused)

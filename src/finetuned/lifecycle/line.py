@@ -228,14 +228,19 @@ def current(ws: Workspace, config: Config | None = None) -> Version:
 
 
 def use(ws: Workspace, ref: str, force: bool = False) -> Version:
-    """Train on version `ref` from the next job on."""
+    """Train on version `ref` from the next job on, if it does no worse on the suites in evals/ (or `force`)."""
     with lifecycle_lock(ws, "switch versions"):
-        base = ws.load_config().base_model
+        config = ws.load_config()
+        base = config.base_model
         target = find(ws, ref, base)
         if target.base_model == base:
             return target
         if not target.recorded:
             target = ensure_recorded(ws, target.base_model)
+        if not force:
+            from finetuned.lifecycle import gate  # torch and the evaluator come with it
+
+            gate.check(ws, config, target, ensure_recorded(ws, base), "use")
         return switch(ws, target, "use", force)
 
 

@@ -7,7 +7,7 @@ Removable:
 - debris of interrupted writes (`checkpoint-N.tmp`, incomplete `checkpoint-N`, hidden `.*.tmp`,
   `.*.tmp-PID`, `.*.old-PID`) under models/, data/ and the state folders (never the inbox).
 
-Never: adapters, versions, base models, a checkpoint holding a `KEEP` file, the newest checkpoint
+Never: adapters, versions, base models, a checkpoint holding a `KEEP` (or `BEST`) file, the newest checkpoint
 of a job that is not completed (a resume or a recovery needs it), or anything of the job a live
 daemon is training. While a daemon runs, debris changed in the last hour is left alone: it may be
 a write in progress.
@@ -123,9 +123,12 @@ def plan(ws: Workspace, config: Config | None = None, now: float | None = None) 
             completed = job is not None and job.status == JobStatus.COMPLETED
             keep = 1 if completed else keep_n
             status = job.status.value if job else "no job record"
+            best = found[-1][0].best_step if found else None
             for n, (progress, path) in enumerate(reversed(found)):  # newest first
                 if (path / checkpoints.KEEP).exists():
                     protect(path, "checkpoint", "marked KEEP")
+                elif (path / checkpoints.BEST).exists() or progress.step == best:
+                    protect(path, "checkpoint", "the job's best by its early-stopping metric")
                 elif n == 0:
                     protect(path, "checkpoint", "final checkpoint of a completed job" if completed
                             else f"newest checkpoint of a {status} job: a resume or recovery needs it")

@@ -8,6 +8,7 @@ the steps since its last checkpoint would be lost.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -25,6 +26,14 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def unit_name(ws: Workspace) -> str:
+    """`finetuned-NAME-HASH.service`: the folder's name to read, and a hash of its whole path, so two workspaces
+    with the same folder name (~/a/training, ~/b/training) never share, or overwrite, one unit."""
+    digest = hashlib.sha256(str(ws.root).encode("utf-8")).hexdigest()[:8]
+    return f"finetuned-{_UNSAFE.sub('-', ws.root.name).strip('-') or 'workspace'}-{digest}.service"
+
+
+def _legacy_name(ws: Workspace) -> str:
+    """The name units had before the hash; `uninstall` still removes one that was written for this workspace."""
     return f"finetuned-{_UNSAFE.sub('-', ws.root.name).strip('-') or 'workspace'}.service"
 
 
@@ -82,9 +91,16 @@ def install(ws: Workspace, unit_dir: Path | None = None, python: str | None = No
 
 def uninstall(ws: Workspace, unit_dir: Path | None = None) -> Path | None:
     """Remove the unit file; returns its path, or None when there was none."""
-    path = (unit_dir or default_unit_dir()) / unit_name(ws)
+    folder = unit_dir or default_unit_dir()
+    path = folder / unit_name(ws)
     if not path.exists():
-        return None
+        path = folder / _legacy_name(ws)
+        try:
+            ours = f"for the workspace {ws.root}.\n" in path.read_text(encoding="utf-8")
+        except OSError:
+            return None
+        if not ours:
+            return None  # another workspace's unit of the same folder name: not ours to remove
     remove_file(path)
     return path
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from finetuned.fsio import atomic_write_json, read_json
 from finetuned.lifecycle.errors import LifecycleError
 from finetuned.models import builtin
-from finetuned.models.loading import ModelError, resolve_base, weights_hash
+from finetuned.models.loading import ModelError, base_path, resolve_base, weights_hash
 from finetuned.queue.job import now_text
 from finetuned.workspace import Workspace
 
@@ -57,6 +57,7 @@ class Version(BaseModel):
     tokens: int = 0
     total_steps: int = 0  # since version 0
     total_tokens: int = 0
+    evaluation: dict[str, Any] | None = None  # its scores on the suites in evals/ (lifecycle/gate.py)
     path: Path | None = Field(default=None, exclude=True)
     recorded: bool = Field(default=True, exclude=True)  # False: version 0 without its version.json yet
 
@@ -67,12 +68,7 @@ def is_model_folder(path: Path) -> bool:
 
 def base_folder(ws: Workspace, base_model: str) -> Path:
     """Where `base_model` lives, without writing a built-in out (resolve_base's rule)."""
-    if builtin.is_builtin(base_model):
-        return ws.base_models / base_model.removeprefix(builtin.PREFIX)
-    path = Path(base_model).expanduser()
-    if path.is_absolute():
-        return path
-    return ws.base_models / path if (ws.base_models / path).exists() else path.resolve()
+    return base_path(base_model, ws)
 
 
 def read_version(folder: Path) -> Version | None:
@@ -126,7 +122,7 @@ def describe(ws: Workspace, base_model: str) -> Version:
 def ensure_recorded(ws: Workspace, base_model: str) -> Version:
     """`describe`, writing version 0's version.json first if it has none (a built-in is written out)."""
     try:
-        folder = resolve_base(base_model, ws.base_models)
+        folder = resolve_base(base_model, ws)
     except ModelError as exc:
         raise LifecycleError(str(exc)) from None
     found = read_version(folder)

@@ -33,10 +33,16 @@ class BuiltinModelError(Exception):
     pass
 
 
-def cache_root() -> Path:
+def cache_home() -> Path:
+    """finetuned's per-user cache: $FINETUNED_CACHE, else $XDG_CACHE_HOME/finetuned (~/.cache/finetuned)."""
     override = os.environ.get("FINETUNED_CACHE")
-    base = Path(override) if override else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return (base if override else base / "finetuned") / f"builtin-v{BUILD_VERSION}"
+    if override:
+        return Path(override)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finetuned"
+
+
+def cache_root() -> Path:
+    return cache_home() / f"builtin-v{BUILD_VERSION}"
 
 
 def gguf_path() -> Path:

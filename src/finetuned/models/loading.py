@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetuned.config import LoraSettings
 from finetuned.models import builtin
+from finetuned.workspace import Workspace
 
 if TYPE_CHECKING:
     import torch
@@ -19,19 +21,48 @@ class ModelError(Exception):
     pass
 
 
-def resolve_base(name: str, base_models: Path) -> Path:
-    """The local folder holding `base_model`: a built-in (written out once) or a path."""
+# `org/name` as the hub spells it: a user who pasted one from a model page gets told what to do instead.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def base_path(name: str, ws: Workspace) -> Path:
+    """Where `base_model` lives, writing nothing: a built-in's folder, an absolute path, or a relative one read
+    from the workspace (never from the current folder, which differs under systemd): a name under
+    `models/base/` (where consolidated versions live) if there is one, else a path from the workspace root."""
+    if builtin.is_builtin(name):
+        return ws.base_models / name.removeprefix(builtin.PREFIX)
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return path
+    under_base = ws.base_models / path
+    return under_base if under_base.exists() else ws.root / path
+
+
+def adapter_path(name: str, ws: Workspace) -> Path:
+    """Where `training.init_adapter` lives: a path (relative ones from the workspace) or a job id's adapter."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return path
+    return ws.adapters / path if (ws.adapters / path).is_dir() else ws.root / path
+
+
+def resolve_base(name: str, ws: Workspace) -> Path:
+    """The local folder holding `base_model`: a built-in (written out once) or a Hugging Face model folder."""
     if builtin.is_builtin(name):
         try:
-            return builtin.materialize(name, base_models)
+            return builtin.materialize(name, ws.base_models)
         except builtin.BuiltinModelError as exc:
             raise ModelError(str(exc)) from None
-    path = Path(name).expanduser()
-    if not path.is_absolute():
-        path = base_models / path if (base_models / path).exists() else path.resolve()
-    if not (path / "config.json").exists():
-        raise ModelError(f"base_model '{name}' is not a Hugging Face model folder (no config.json in {path})")
-    return path
+    path = base_path(name, ws)
+    if (path / "config.json").exists():
+        return path
+    if not path.exists():
+        where = "" if Path(name).expanduser().is_absolute() else " (relative paths are read from the workspace)"
+        hub = "" if not _HUB_ID.match(name) else (
+            f"; a hub id is never downloaded: fetch it once (huggingface-cli download {name} --local-dir "
+            f"models/base/{name.split('/')[-1]}) and set base_model to that folder")
+        raise ModelError(f"base_model '{name}': no such folder {path}{where}{hub}")
+    raise ModelError(f"base_model '{name}' is not a Hugging Face model folder (no config.json in {path})")
 
 
 def weights_hash(folder: Path) -> str:
@@ -50,6 +81,19 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """The tokenizer's files in `folder`, with the chat template training used (`chat_template.jinja`)."""
+    from finetuned.data.masking import training_template
+
+    own = tokenizer.chat_template
+    # The worker's tokenizer is cached across jobs: set the template for the save, then put it back.
+    tokenizer.chat_template = training_template(tokenizer)
+    try:
+        tokenizer.save_pretrained(str(folder))
+    finally:
+        tokenizer.chat_template = own
 
 
 def load_model(folder: Path, method: str = "lora", device: torch.device | str = "cpu",
@@ -88,9 +132,12 @@ def load_model(folder: Path, method: str = "lora", device: torch.device | str = 
     return model
 
 
-def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
+def add_lora(model: nn.Module, settings: LoraSettings, init_adapter: Path | None = None) -> nn.Module:
+    """Fresh LoRA weights as `settings` say, or a user's adapter to continue (its own shape and targets)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
     config = LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=settings.target_modules, task_type="CAUSAL_LM",

@@ -11,7 +11,7 @@ from typing import Any
 
 from finetuned.config import MonitorSettings
 from finetuned.monitor.files import Files, signature
-from finetuned.monitor.views import downsample, health_view, queue_view, status_view
+from finetuned.monitor.views import asks_view, downsample, health_view, queue_view, status_view
 
 MAX_POINTS = 4000
 MAX_ROUNDS = 50
@@ -47,6 +47,8 @@ class EventWatcher:
             out.append(("jobs", {"changed": True}))
         if self._changed("health", signature(ws.system_health_json)):
             out.append(("health", health_view(files)))
+        if self._changed("asks", signature(ws.asks)):  # a folder's mtime moves with every question and answer
+            out.append(("asks", asks_view(files)))
         job = ((files.training() or {}).get("job") or {}).get("id")
         if isinstance(job, str):
             metrics = self._metrics(job)

@@ -67,6 +67,18 @@ class FilesCollector(Collector):
             ("eta_seconds", "eta_seconds", "estimated seconds until the current job ends"),
         ):
             yield from _gauge(f"finetuned_training_{name}", doc, job.get(key))
+        objective = GaugeMetricFamily(
+            "finetuned_training_objective_metric",
+            "an objective's own metric, as last logged (preference jobs: rewards, accuracy, KL)", labels=["name"])
+        for name, value in (job.get("objective_metrics") or {}).items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                objective.add_metric([name], value)
+        yield objective
+        scores = GaugeMetricFamily("finetuned_eval_score", "a suite's share of cases passed, as last measured "
+                                   "in the current job (evals/SUITE.jsonl)", labels=["suite"])
+        for suite, value in (job.get("eval_scores") or {}).items():
+            scores.add_metric([suite], value)
+        yield scores
         eta, _partial = queue_eta(self.files, job)
         yield from _gauge("finetuned_queue_eta_seconds", "estimated seconds until the whole queue is trained", eta)
 

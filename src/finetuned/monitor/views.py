@@ -14,13 +14,16 @@ from typing import Any
 
 import psutil
 
+from finetuned import asks
 from finetuned.config import ConfigError, MonitorSettings, parse_config
 from finetuned.monitor.files import Files
 from finetuned.monitor.gpu import gpu_info
+from finetuned.overrides import flatten
 from finetuned.queue.job import JobStatus
 from finetuned.queue.render import human_duration
 
 Point = dict[str, Any]
+EVAL_PREFIX = "eval/"  # a suite's score in the metrics log: eval/SUITE
 
 
 def _number(value: Any) -> float | None:
@@ -75,9 +78,23 @@ def training_view(files: Files) -> dict[str, Any] | None:
         view.setdefault("loss", last.get("loss"))
         vals = [p for p in points if _number(p.get("val_loss")) is not None]
         view["val_loss"] = vals[-1]["val_loss"] if vals else None
+        # An objective's own metrics (a preference job's rewards, accuracy, KL), as last logged.
+        view["objective_metrics"] = {k: v for k, v in last.items()
+                                     if ("/" in k or k == "kl") and not k.startswith(EVAL_PREFIX)}
+        view["eval_scores"] = eval_scores(points)
     if view.get("examples_per_second") is None and per_step:
         view["examples_per_second"] = _examples_per_second(files, job, per_step)
     return view
+
+
+def eval_scores(points: list[Point]) -> dict[str, float]:
+    """Each suite's latest score (`eval/SUITE`): suites run at checkpoints, not at every step."""
+    scores: dict[str, float] = {}
+    for point in points:
+        for key, value in point.items():
+            if key.startswith(EVAL_PREFIX) and _number(value) is not None:
+                scores[key.removeprefix(EVAL_PREFIX)] = value
+    return scores
 
 
 def _examples_per_second(files: Files, job: dict[str, Any], per_step: float) -> float | None:
@@ -179,21 +196,28 @@ def job_summary(files: Files, job: dict[str, Any]) -> dict[str, Any]:
         "id": job["id"], "file": job.get("file"), "priority": job.get("priority"), "status": job.get("status"),
         "added": job.get("added"), "examples": job.get("examples"), "format": job.get("format"),
         "step": job.get("step"), "total_steps": job.get("total_steps"), "reason": job.get("reason", ""),
+        "warnings": job.get("warnings") or [],
         "runs": len(runs), "started": runs[0].get("started") if runs else None,
         "ended": runs[-1].get("ended") if runs else None, "train_seconds": seconds,
         "summary": {k: summary[k] for k in keys if k in summary},
         "adapter": str(adapter.relative_to(files.ws.root)) + "/" if adapter.is_dir() else None,
         "error": files.error_report(job),
+        "settings": flatten(job["overrides"]) if isinstance(job.get("overrides"), dict) else {},
     }
 
 
 def downsample(points: list[Point], max_points: int) -> list[Point]:
-    """Every k-th point, keeping the last and every validation point: a 180k-step line stays drawable."""
+    """Every k-th point, keeping the last and every measurement (validation, suites): a 180k-step line
+    stays drawable."""
     if len(points) <= max_points:
         return points
     stride = math.ceil(len(points) / max_points)
     last = len(points) - 1
-    return [p for i, p in enumerate(points) if i % stride == 0 or i == last or "val_loss" in p]
+    return [p for i, p in enumerate(points) if i % stride == 0 or i == last or _measured(p)]
+
+
+def _measured(point: Point) -> bool:
+    return "val_loss" in point or any(key.startswith(EVAL_PREFIX) for key in point)
 
 
 def line_history(files: Files, max_points: int = 4000) -> dict[str, Any]:
@@ -230,3 +254,9 @@ def line_history(files: Files, max_points: int = 4000) -> dict[str, Any]:
         points.append(point)
     return {"axis": "line_step" if by_line else "steps", "points": downsample(points, max_points),
             "segments": segments, "total": len(points)}
+
+
+def asks_view(files: Files, limit: int = 20) -> dict[str, Any]:
+    """The Try it box: the newest questions with their answers, and how many more may be asked."""
+    return {"asks": asks.recent(files.ws, limit), "pending": len(asks.pending(files.ws)),
+            "max_pending": asks.MAX_PENDING}

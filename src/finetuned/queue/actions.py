@@ -1,4 +1,4 @@
-"""Changes to the queue that a user asks for: cancel a job, move one to the front.
+"""Changes to the queue that a user asks for: cancel a job, move one to the front, retry a failed one.
 
 The daemon owns `data/queued/`, so while it runs these go through it as request
 files (`control/requests/ID.json`, answered by `ID.reply.json`); with no daemon
@@ -8,8 +8,10 @@ paths call `apply`, so they cannot disagree.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ from finetuned.queue.job import JobStatus
 from finetuned.queue.store import JobNotFound, JobStore
 from finetuned.workspace import Workspace
 
-ACTIONS = ("cancel", "front")
+log = logging.getLogger("finetuned.daemon")
+
+ACTIONS = ("cancel", "front", "retry")
 
 
 class ActionError(Exception):
@@ -44,6 +48,13 @@ def apply(store: JobStore, action: str, job_id: str) -> str:
         job.order = store.front_order(job.priority)
         store.save(job)
         return f"job {job_id} moved to the front of the {job.priority} queue"
+    if action == "retry":
+        if job.status != JobStatus.FAILED:
+            raise ActionError(f"job {job_id} is {job.status.value}, not failed")
+        failed_as = job.reason
+        store.retry(job)
+        log.info("job %s: retried (it had failed: %s); queued again", job_id, failed_as)
+        return f"job {job_id} ({job.file}) is queued again; it is checked like a new file"
     raise ActionError(f"unknown action '{action}' (known: {', '.join(ACTIONS)})")
 
 
@@ -74,12 +85,14 @@ def pending(ws: Workspace) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if not p.name.endswith(".reply.json"))
 
 
-def answer(ws: Workspace, store: JobStore, path: Path) -> None:
-    """The daemon's side: apply one request file and write its reply."""
+def answer(ws: Workspace, store: JobStore, path: Path, before_reply: Callable[[], None] = lambda: None) -> None:
+    """The daemon's side: apply one request file and write its reply. `before_reply` runs in between (the
+    daemon rewrites control/queue.json there), so whoever reads the reply reads a queue that shows it."""
     try:
         request = read_json(path)
         message, ok = apply(store, request["action"], request["job_id"]), True
     except (ActionError, KeyError, ValueError, TypeError) as exc:
         message, ok = str(exc), False
+    before_reply()
     atomic_write_json(path.with_name(path.stem + ".reply.json"), {"ok": ok, "message": message})
     remove_file(path)

@@ -35,8 +35,12 @@ Notify = Callable[..., None]  # notify(event, **payload)
 DAEMON_STOPPED = "daemon stopped"
 
 
-def trained_reason(steps: int) -> str:
-    return f"trained {steps} steps"
+def trained_reason(summary: dict[str, Any]) -> str:
+    """Why a job is completed: every step trained, or stopped early (the step, and why)."""
+    stopped = summary.get("early_stopped")
+    if stopped:
+        return f"early_stopped at step {stopped['step']}: {stopped['reason']}"
+    return f"trained {summary['steps']} steps"
 
 
 def adapter_record(job: Job, summary: dict[str, Any]) -> dict[str, Any]:
@@ -47,7 +51,7 @@ def adapter_record(job: Job, summary: dict[str, Any]) -> dict[str, Any]:
     done = job.model_copy(deep=True)
     done.end_run("completed")
     done.step = summary["steps"]
-    done.set_status(JobStatus.COMPLETED, trained_reason(summary["steps"]))
+    done.set_status(JobStatus.COMPLETED, trained_reason(summary))
     record = done.model_dump(mode="json", exclude={"pending", "summary", "path"})
     record.update(summary)
     return record
@@ -96,7 +100,7 @@ class Endings:
         job.end_run("completed")
         job.summary = summary
         job.step = summary["steps"]
-        self.store.move(job, JobStatus.COMPLETED, trained_reason(summary["steps"]))
+        self.store.move(job, JobStatus.COMPLETED, trained_reason(summary))
         # The final checkpoint stays: the model line continues from it.
         checkpoints.prune(self.ws.job_checkpoints(job.id), 1)
         remove_tree(self.ws.tokenized / job.id)

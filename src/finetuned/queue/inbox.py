@@ -2,7 +2,9 @@
 
 A file is taken only once its size and modification time have not changed for
 `inbox.settle_seconds`, so a slow copy is never read half-written. Hidden and
-temporary names are someone's work in progress and are left alone.
+temporary names are someone's work in progress and are left alone. A sidecar
+(`NAME.jsonl.config.json`, the file's own settings) is never data: it waits for its
+file, and a file whose sidecar is still being written waits for it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetuned.config import InboxSettings
+from finetuned.overrides import is_sidecar, sidecar_for
 from finetuned.queue.job import Priority
 from finetuned.workspace import IGNORED_SUFFIXES, Workspace
 
@@ -33,6 +36,7 @@ class Inbox:
         self.ws = ws
         self.settings = settings
         self._seen: dict[Path, _Seen] = {}
+        self._sidecars: set[Path] = set()  # settled sidecars: waiting for their file, not for themselves
 
     def folders(self) -> list[tuple[Path, Priority]]:
         return [(self.ws.inbox_priority, "high"), (self.ws.inbox_normal, "normal"), (self.ws.inbox, "normal")]
@@ -63,19 +67,29 @@ class Inbox:
                     continue
                 settle = self.settings.settle_seconds
                 if now - seen.since >= settle and now - st.st_mtime_ns / 1e9 >= settle:
-                    ready.append((st.st_mtime_ns / 1e9, rank, path, priority))
+                    if is_sidecar(path.name):
+                        self._sidecars.add(path)
+                    else:
+                        ready.append((st.st_mtime_ns / 1e9, rank, path, priority))
         for gone in set(self._seen) - present:
             del self._seen[gone]
+        self._sidecars &= present
+        ready = [r for r in ready if not self._unsettled(sidecar_for(r[2]))]
         ready.sort(key=lambda r: (r[1] > 0, r[0]))
         return [(path, priority) for _, _, path, priority in ready]
 
+    def _unsettled(self, sidecar: Path) -> bool:
+        """A file's sidecar is there but still changing: the file waits for it."""
+        return (sidecar.exists() or sidecar.is_symlink()) and sidecar not in self._sidecars
+
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
+        self._sidecars.discard(path)
 
     @property
     def waiting(self) -> bool:
         """Files are being watched for settling: scan again soon."""
-        return bool(self._seen)
+        return bool(set(self._seen) - self._sidecars)
 
 
 class Wakeup:

@@ -33,7 +33,7 @@ TRANSITIONS: dict[JobStatus, set[JobStatus]] = {
     },
     JobStatus.PAUSED: {JobStatus.TRAINING, JobStatus.QUEUED, JobStatus.SKIPPED, JobStatus.FAILED},
     JobStatus.COMPLETED: set(),
-    JobStatus.FAILED: set(),
+    JobStatus.FAILED: {JobStatus.QUEUED},  # `finetuned retry`
     JobStatus.SKIPPED: set(),
 }
 
@@ -89,10 +89,13 @@ class Job(BaseModel):
     total_steps: int | None = None
     retries: int = 0
     reason: str = ""  # why it is in its current state, when that needs saying
+    warnings: list[str] = Field(default_factory=list)  # what its data loses or trains differently (data/losses.py)
     runs: list[Run] = Field(default_factory=list)
     history: list[Event] = Field(default_factory=list)
     pending: PendingMove | None = None
     summary: dict[str, Any] = Field(default_factory=dict)
+    # The file's own settings (a sidecar NAME.jsonl.config.json, or `add --set`), over the workspace's config.
+    overrides: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def validated(self) -> bool:

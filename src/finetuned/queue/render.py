@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from finetuned.overrides import flatten
 from finetuned.queue.job import Job, JobStatus
 
 
@@ -43,10 +44,13 @@ def size_text(job: Job) -> str:
 
 
 def queue_entry(job: Job) -> dict[str, Any]:
-    return {
+    entry: dict[str, Any] = {
         "id": job.id, "file": job.file, "priority": job.priority, "size": size_text(job),
         "added": job.added, "status": job.status.value,
     }
+    if job.overrides:
+        entry["settings"] = flatten(job.overrides)  # the file's own, over config.json
+    return entry
 
 
 def queue_document(active: list[Job], current: Job | None, progress: Progress | None) -> dict[str, Any]:

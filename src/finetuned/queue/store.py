@@ -94,18 +94,33 @@ class JobStore:
         orders = [j.order for j in self.active() if j.priority == priority]
         return min(orders, default=1.0) - 1.0
 
-    def admit(self, src: Path, priority: Priority, job_id: str | None = None) -> Job:
-        """Take a settled inbox file into `data/queued/` as a new queued job."""
+    def admit(self, src: Path, priority: Priority, job_id: str | None = None,
+              overrides: dict[str, Any] | None = None) -> Job:
+        """Take a settled inbox file into `data/queued/` as a new queued job (with its own settings, if any)."""
         job_id = job_id or self.new_id()
-        dst = self.ws.queued / f"{job_id}__{src.name}"
+        dst = self.queued_path(job_id, src.name)
         job = Job(
             id=job_id, file=src.name, priority=priority, order=self.back_order(priority),
-            path=str(dst.relative_to(self.ws.root)),
+            path=str(dst.relative_to(self.ws.root)), overrides=overrides or {},
         )
         job.pending = PendingMove(src=str(src), dst=str(dst), status=JobStatus.QUEUED, reason="arrived")
         self.save(job)
         self._finish_move(job)
         return job
+
+    def queued_path(self, job_id: str, name: str) -> Path:
+        return self.ws.queued / f"{job_id}__{name}"
+
+    def retry(self, job: Job) -> None:
+        """A failed job's file back to `data/queued/`, queued behind its class; checked again like a new file.
+        Its error report goes (the record's history keeps the reason); its checkpoints stay to resume from."""
+        src = self.file_path(job)
+        job.order, job.retries, job.examples = self.back_order(job.priority), 0, None
+        job.pending = PendingMove(src=str(src), dst=str(self.queued_path(job.id, job.file)),
+                                  status=JobStatus.QUEUED, reason="retried")
+        self.save(job)
+        self._finish_move(job)
+        error_path(src).unlink(missing_ok=True)
 
     def move(self, job: Job, status: JobStatus, reason: str = "", error: dict[str, Any] | None = None) -> None:
         """Change a job's status; a final status also moves its file to the matching folder.

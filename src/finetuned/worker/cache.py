@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 from finetuned.config import Config
-from finetuned.models.loading import add_lora, load_model, load_tokenizer, resolve_base, weights_hash
+from finetuned.models import memory
+from finetuned.models.check import check_base_model
+from finetuned.models.loading import add_lora, load_model, weights_hash
 from finetuned.worker.checkpoint import seed_all
 from finetuned.worker.world import World
 from finetuned.workspace import Workspace
@@ -45,9 +47,10 @@ class ModelCache:
         """The model `config` trains, reusing the loaded one when base, method and adapter shape match.
 
         A full fine-tune changes the base weights themselves, so once trained it is loaded again.
+        Settings that cannot train raise ModelError (one line) before anything is loaded.
         """
         key = (config.base_model, config.method, config.lora.model_dump_json(), config.training.seed,
-               config.training.activation_checkpointing, str(world.device))
+               config.training.activation_checkpointing, config.training.init_adapter, str(world.device))
         loaded = self.loaded
         if loaded is not None and loaded.key == key and not (config.method == "full" and loaded.dirty):
             return loaded
@@ -56,16 +59,18 @@ class ModelCache:
             raise ValueError("distributed.strategy fsdp does not shard a 4-bit (qlora) base: use ddp")
         on_load()
         # A built-in is written out once, by the main rank; the others read the folder it wrote.
-        base_path = world.from_main(lambda: resolve_base(config.base_model, self.ws.base_models))
+        checked = world.from_main(lambda: check_base_model(config, self.ws))
         started = time.time()
         seed_all(config.training.seed)  # LoRA's initial weights depend on it
-        model = load_model(base_path, config.method, world.device, config.training.activation_checkpointing,
+        model = load_model(checked.path, config.method, world.device, config.training.activation_checkpointing,
                            place=not world.sharded)
         if config.method in ("lora", "qlora"):
-            model = add_lora(model, config.lora)
+            model = add_lora(model, config.lora, checked.adapter)
+        if memory.injector() is not None:  # tests: out-of-memory at chosen forwards (FINETUNED_INJECT_OOM)
+            memory.hook(model)
         world.prepare(model)  # sharded worlds split the weights over the ranks here, before anything copies them
         fresh = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        self.loaded = Loaded(key, base_path, weights_hash(base_path), model, load_tokenizer(base_path), fresh)
+        self.loaded = Loaded(key, checked.path, weights_hash(checked.path), model, checked.tokenizer, fresh)
         log.info("loaded %s (%s) in %.1fs", config.base_model, config.method, time.time() - started)
         return self.loaded
 

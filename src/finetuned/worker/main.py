@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from finetuned.worker.protocol import Failed, FailKind, Order, Ready, Report, Shutdown, Train, Yield
+from finetuned.worker.protocol import Ask, Failed, FailKind, Order, Ready, Report, Shutdown, Train, Yield
 
 if TYPE_CHECKING:
     from finetuned.worker.world import World
@@ -52,7 +52,7 @@ def detach(parent_pid: int) -> bool:
 
 
 class Link:
-    """The worker's end of the pipe: a yield is read at a step boundary; other orders wait for the loop.
+    """The worker's end of the pipe: yields and asks are read at a step boundary; other orders wait for the loop.
 
     `parent_pid`: the process whose death ends this one (the daemon, or a group's agent); None where
     another supervisor ends it (Ray ends a run's actors with its driver).
@@ -62,6 +62,7 @@ class Link:
         self.conn = conn
         self.parent_pid = parent_pid
         self.held: list[Order] = []
+        self.boundary: list[Yield | Ask] = []  # read, for the loop's next step boundary
         gate = os.environ.get(GATE_ENV)
         self.gate = Path(gate) if gate else None
 
@@ -86,8 +87,9 @@ class Link:
         except (EOFError, OSError):
             return Shutdown()
 
-    def poll(self, step: int) -> Yield | None:
-        """A yield order, if one came; the step gate (tests) may hold the worker here first."""
+    def poll(self, step: int) -> Yield | Ask | None:
+        """A yield or an ask, if one came (in the order they came); the step gate (tests) may hold the
+        worker here first, still answering."""
         while True:
             order = self._read()
             if order is not None or not self._gated(step):
@@ -98,14 +100,15 @@ class Link:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             os._exit(0)  # the daemon is gone: never train unsupervised
 
-    def _read(self) -> Yield | None:
+    def _read(self) -> Yield | Ask | None:
         self.check_parent()
         while self.conn.poll():
             order = self.conn.recv()
-            if isinstance(order, Yield):
-                return order
-            self.held.append(order)  # a train or shutdown order waits for the loop
-        return None
+            if isinstance(order, Yield | Ask):
+                self.boundary.append(order)
+            else:
+                self.held.append(order)  # a train or shutdown order waits for the loop
+        return self.boundary.pop(0) if self.boundary else None
 
     def _gated(self, step: int) -> bool:
         if self.gate is None:
@@ -119,12 +122,13 @@ class Link:
 def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
     if not detach(parent_pid):
         return
-    from finetuned.logs import setup_logging
+    from finetuned.logs import route_library_output, setup_logging
     from finetuned.worker.world import Solo
     from finetuned.workspace import Workspace
 
     ws = Workspace(Path(ws_root))
     setup_logging(ws, "training", stream=False)
+    route_library_output()
     link = Link(conn, parent_pid)
     serve(ws, Solo(link.send, link.poll), link.next_order)
 

@@ -13,7 +13,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SCALARS = ("loss", "val_loss", "lr", "tokens_per_second")
+# Not curves: counters and clocks.
+NOT_SCALARS = ("step", "line_step", "tokens", "step_seconds", "time")
 
 
 class MetricsLog:
@@ -32,9 +33,9 @@ class MetricsLog:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:
-            for name in SCALARS:
-                if record.get(name) is not None:
-                    self._tb.add_scalar(f"train/{name}", record[name], record["line_step"])
+            for name, value in record.items():  # loss, val_loss, lr, tokens_per_second, an objective's metrics
+                if name not in NOT_SCALARS and isinstance(value, int | float):
+                    self._tb.add_scalar(f"train/{name}", value, record["line_step"])
 
     def close(self) -> None:
         self._file.close()

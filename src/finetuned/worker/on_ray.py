@@ -40,7 +40,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from finetuned.logs import setup_logging
+    from finetuned.logs import route_library_output, setup_logging
     from finetuned.worker.main import Link, serve
     from finetuned.worker.rank import quiet_unless_main
     from finetuned.worker.ranks import Ranks
@@ -50,6 +50,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if config.get("gate"):  # the tests' step gate (worker/main.py): workers get the driver's, not its environment
         os.environ[GATE_ENV] = config["gate"]
     setup_logging(ws, "training", stream=False)
+    route_library_output()
     quiet_unless_main(rank)
     link = None
     if rank == 0:  # Ray ends its workers with the driver: no parent to watch here

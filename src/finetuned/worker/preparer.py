@@ -24,12 +24,13 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
     if not detach(parent_pid):
         return
     from finetuned.data import DataError, is_current, prepare
-    from finetuned.logs import setup_logging
+    from finetuned.logs import route_library_output, setup_logging
     from finetuned.models.loading import load_tokenizer, resolve_base
     from finetuned.workspace import Workspace
 
     ws = Workspace(Path(ws_root))
     setup_logging(ws, "training", stream=False)
+    route_library_output()
     tokenizers: dict[str, Any] = {}
     conn.send(Ready(pid=os.getpid()))
     while True:
@@ -42,7 +43,7 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
         try:
             config = order.config
             if config.base_model not in tokenizers:
-                tokenizers[config.base_model] = load_tokenizer(resolve_base(config.base_model, ws.base_models))
+                tokenizers[config.base_model] = load_tokenizer(resolve_base(config.base_model, ws))
             tokenizer = tokenizers[config.base_model]
             out = ws.tokenized / order.job_id
             max_len = config.training.max_seq_len

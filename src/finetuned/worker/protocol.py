@@ -4,10 +4,14 @@ The daemon gives orders; the worker reports at optimizer-step boundaries. Each
 message is a frozen dataclass sent over a `multiprocessing` pipe, and readers
 match on the class, so a field renamed here is renamed everywhere.
 
-    daemon -> training worker   Train, Yield, Shutdown
+    daemon -> training worker   Train, Yield, Ask, Shutdown
     daemon -> preparer          Prepare, Shutdown
-    worker -> daemon            Ready, Phase, Started, Step, Checkpoint, Yielded, Completed, Failed
+    daemon -> model checker     CheckModel, Shutdown
+    daemon -> answerer          Ask, Shutdown
+    worker -> daemon            Ready, Phase, Started, Step, Checkpoint, Yielded, Completed, Failed, Answer
     preparer -> daemon          Ready, Prepared, Failed
+    model checker -> daemon     Ready, ModelChecked
+    answerer -> daemon          Ready, Answer
 
 No torch here: the daemon imports this module.
 """
@@ -42,6 +46,10 @@ class FailKind(str, Enum):
     DATA = "data"  # the file cannot train (refused, no step): it fails with its error report
     DIVERGED = "diverged"  # the loss became NaN or infinite at a step: it fails, the last good checkpoint kept
     CRASH = "crash"  # the worker raised or died: retried from the last checkpoint, a limited number of times
+    # The settings cannot train (base model, LoRA targets, starting adapter): never retried. The workspace's
+    # config holds the queue until it is fixed; a file's own settings fail that file.
+    CONFIG = "config"
+    MEMORY = "memory"  # a step ran out of memory even one row at a time: it fails, the last checkpoint kept
 
 
 # --- orders -----------------------------------------------------------------
@@ -68,12 +76,34 @@ class Shutdown:
 
 
 @dataclass(frozen=True)
+class Ask:
+    """A question for the model line (the monitor's "Try it"): greedy, so answering draws no random numbers.
+
+    The training worker answers it between steps, within the previews' budget, on the live model;
+    the answerer, while nothing trains, with the line's newest checkpoint or its current version.
+    """
+
+    id: str
+    messages: tuple[dict[str, str], ...]  # the conversation, the user's turn last
+    max_new_tokens: int
+    seconds: float  # the generation's hard time limit
+
+
+@dataclass(frozen=True)
 class Prepare:
     """Tokenise a queued file ahead of its turn."""
 
     job_id: str
     file: Path
     sha256: str | None
+    config: Config
+
+
+@dataclass(frozen=True)
+class CheckModel:
+    """Can `config` train? (models/check.py) `key` names the settings checked, for the answer."""
+
+    key: str
     config: Config
 
 
@@ -99,6 +129,7 @@ class Started:
     total_steps: int
     examples: int
     resumed_from: str | None  # the checkpoint the job's own progress came from
+    warnings: tuple[str, ...] = ()  # what preparing its data found worth saying (dropped examples, placeholders)
 
 
 @dataclass(frozen=True)
@@ -144,6 +175,13 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class ModelChecked:
+    key: str
+    error: str | None  # one line naming the setting, or None: it can train
+    summary: str = ""
+
+
+@dataclass(frozen=True)
 class Failed:
     job_id: str
     kind: FailKind
@@ -154,6 +192,21 @@ class Failed:
     worker_exits: bool = False  # a CRASH that ends the worker too (a group of ranks): the next job needs a new one
 
 
-Order = Train | Yield | Shutdown | Prepare
-Report = Ready | Phase | Started | Step | Checkpoint | Yielded | Completed | Prepared | Failed
+@dataclass(frozen=True)
+class Answer:
+    """What the model answered to an `Ask`, and which weights did: `source` says it in words."""
+
+    id: str
+    text: str
+    source: str  # "job 20251116_014530 at step 12", "checkpoint 40 of job ...", "tiny-v2"
+    job_id: str | None  # the job whose weights answered, when a job's did
+    step: int | None  # that job's step, when the training worker answered
+    line_step: int | None  # the model line's step count of those weights
+    seconds: float
+    error: str = ""  # why there is no answer, when there is none
+
+
+Order = Train | Yield | Shutdown | Prepare | CheckModel | Ask
+Report = (Ready | Phase | Started | Step | Checkpoint | Yielded | Completed | Prepared | ModelChecked | Failed
+          | Answer)
 Message = Order | Report

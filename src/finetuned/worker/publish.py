@@ -13,6 +13,7 @@ from finetuned.checkpoints import TrainingProgress
 from finetuned.config import Config
 from finetuned.data import JobData, load_meta
 from finetuned.fsio import publish_dir, remove_tree
+from finetuned.models.loading import save_tokenizer
 from finetuned.queue.endings import adapter_record
 from finetuned.queue.job import Job
 from finetuned.worker.cache import Loaded
@@ -20,7 +21,7 @@ from finetuned.workspace import ADAPTER_RECORD, Workspace
 
 # What tokenising did to the file (kept, dropped or cut examples), for the job's record.
 DATA_KEYS = ("format", "examples", "tokens", "loss_tokens", "dropped_overlong", "truncated", "dropped_no_loss",
-             "special_token_text", "skipped_lines", "longest", "max_seq_len", "warnings")
+             "special_token_text", "skipped_lines", "longest", "longest_seen", "max_seq_len", "warnings", "notes")
 
 
 def summary(ws: Workspace, config: Config, loaded: Loaded, data: JobData, progress: TrainingProgress,
@@ -34,6 +35,7 @@ def summary(ws: Workspace, config: Config, loaded: Loaded, data: JobData, progre
         "holdout_examples": data.n_holdout, "tokens": progress.tokens, "loss_tokens": progress.loss_tokens,
         "first_loss": first_loss, "final_loss": progress.last_loss, "val_loss": val_loss,
         "config": config.model_dump(mode="json"),
+        **({"preference": config.preference.model_dump(mode="json")} if objective != "sft" else {}),
         "data": None if meta is None else {k: meta[k] for k in DATA_KEYS if k in meta},
     }
 
@@ -49,7 +51,8 @@ def publish(ws: Workspace, job: Job, config: Config, loaded: Loaded, result: dic
     tmp = final.with_name(f".{final.name}.tmp")
     remove_tree(tmp)
     loaded.model.save_pretrained(tmp, state_dict=weights)
-    if config.method == "full":
-        loaded.tokenizer.save_pretrained(tmp)
+    # Every adapter carries the tokenizer and the chat template it was trained with: exports and
+    # versions made from it prompt the model as training did, whatever its base says.
+    save_tokenizer(loaded.tokenizer, tmp)
     (tmp / ADAPTER_RECORD).write_text(json.dumps(adapter_record(job, result), indent=2) + "\n")
     publish_dir(tmp, final)

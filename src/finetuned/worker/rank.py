@@ -19,7 +19,7 @@ from pathlib import Path
 import torch.distributed
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from finetuned.logs import FORMAT, setup_logging
+from finetuned.logs import FORMAT, route_library_output, setup_logging
 from finetuned.worker.main import Link, die_with_parent, serve
 
 # Set by the agent for its ranks: where rank 0 finds it, the key that proves the rank is its own, its pid.
@@ -48,6 +48,7 @@ def main(argv: list[str]) -> None:
     ws = Workspace(Path(argv[0]))
     rank = int(os.environ["RANK"])
     setup_logging(ws, "training", stream=False)
+    route_library_output()
     quiet_unless_main(rank)
     device = join_group()
     world = Ranks(connect(agent) if rank == 0 else None, device, os.environ[STRATEGY])

@@ -6,7 +6,7 @@ from their rendezvous, never from ours. Gloo on CPUs, NCCL on GPUs, one GPU per 
 
 Data parallel, the way DDP is: the weights and the optimizer state are the same on every rank
 (they start equal, from the same seed or checkpoint, and every rank applies the same summed
-gradient), each rank computes a fixed part of every micro-batch (worker/shard.py), and the
+gradient), each rank computes a fixed part of every micro-batch (data/loader.py `part`), and the
 gradients are summed once per optimizer step, after the last micro-batch (where DDP's `no_sync`
 accumulation ends), in buckets of about `BUCKET_BYTES`. The loss goes around the model's
 `forward` (logits only where loss is taken, worker/loss.py), which the DDP wrapper would not see.
@@ -14,7 +14,8 @@ With strategy fsdp each rank holds a part of the weights instead (worker/sharded
 sums the gradients itself in the backward pass.
 
 Per step the ranks exchange: the daemon's order (one int64, broadcast from rank 0), the gradients,
-and the step's loss and metrics (one small all-reduce). bench/scale.py measures each.
+and the step's loss, metric sums and out-of-memory verdict (one small gather, worker/fitting.py).
+bench/scale.py measures each.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from finetuned.worker.main import Link
 from finetuned.worker.objectives import Objective
-from finetuned.worker.protocol import Order, Report, Yield, YieldReason
-from finetuned.worker.shard import shard
+from finetuned.worker.protocol import Ask, Order, Report, Yield, YieldReason
 
 T = TypeVar("T")
 
@@ -90,9 +90,11 @@ class Ranks:
             if self._link is not None:
                 self._link.check_parent()
 
-    def order(self, step: int) -> Yield | None:
+    def order(self, step: int) -> Yield | Ask | None:
         if self._link is not None:
             order = self._link.poll(step)
+            if isinstance(order, Ask):
+                return order  # rank 0 answers it and asks again; the other ranks wait in the broadcast
             self._code.fill_(0 if order is None else REASONS.index(order.reason) + 1)
         dist.broadcast(self._code, src=0)
         code = int(self._code.item())
@@ -101,9 +103,6 @@ class Ranks:
     def report(self, message: Report) -> None:
         if self._link is not None:
             self._link.send(message)
-
-    def shard(self, batches: Sequence[Any]) -> list[Any]:
-        return shard(batches, self.rank, self.size)
 
     def sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         if self.sharded:

@@ -11,28 +11,33 @@ world's; the loop is the same for every objective and every world.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from finetuned import checkpoints, disk
+from finetuned import checkpoints
 from finetuned.checkpoints import TrainingProgress
-from finetuned.config import Config, ConfigError
+from finetuned.config import Config
 from finetuned.data import DataError, JobData, is_current, prepare
+from finetuned.data.examples import SFT
 from finetuned.fsio import sha256_file
+from finetuned.models.loading import ModelError
 from finetuned.worker import checkpoint
+from finetuned.worker.asks import Asks
 from finetuned.worker.cache import Loaded, ModelCache
+from finetuned.worker.fitting import Fitter
+from finetuned.worker.measure import Measurements
 from finetuned.worker.metrics import MetricsLog
 from finetuned.worker.objectives import Objective, objective_for
+from finetuned.worker.objectives.reference import REFERENCE, reference_logps
 from finetuned.worker.previews import Previewer
 from finetuned.worker.protocol import (
-    WAITING_FOR_DISK,
-    Checkpoint,
+    Ask,
     Completed,
     Failed,
     FailKind,
@@ -40,17 +45,18 @@ from finetuned.worker.protocol import (
     Started,
     Step,
     Train,
+    Yield,
     Yielded,
 )
 from finetuned.worker.publish import publish, summary
+from finetuned.worker.saver import Saver, copy_weights
 from finetuned.worker.schedule import lr_at
-from finetuned.worker.step import accumulate, update
+from finetuned.worker.step import update
+from finetuned.worker.stopping import observe
 from finetuned.worker.world import World, memory_gb
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-DISK_POLL_SECONDS = 5.0
 
 
 def run_job(ws: Workspace, order: Train, cache: ModelCache, world: World) -> None:
@@ -69,6 +75,7 @@ class Recipe:
     objective: Objective
     optimizer: torch.optim.Optimizer
     progress: TrainingProgress
+    warnings: list[str]  # what preparing the data found worth saying, as the daemon's record holds it
 
     def __init__(self, ws: Workspace, order: Train, cache: ModelCache, world: World) -> None:
         self.ws = ws
@@ -78,13 +85,18 @@ class Recipe:
         self.cache = cache
         self.world = world
         self.job_dir = ws.job_checkpoints(self.job_id)
-        self.writer = checkpoint.Writer()
+        self.saver = Saver(ws, self.job_id, world)
+        self._dropout: dict[torch.nn.Module, float] = {}  # rates set aside for this job, put back at its end
 
     # --- setup ----------------------------------------------------------
     def setup(self) -> bool:
         """Build what the job needs; False when it cannot train (the daemon has been told why)."""
         try:
             self.loaded = self.cache.get(self.config, self.world, lambda: self._phase("loading model"))
+        except ModelError as exc:  # the settings cannot train: no retry can change that
+            self.world.report(Failed(job_id=self.job_id, kind=FailKind.CONFIG, reason=str(exc), step=0))
+            return False
+        try:
             self.data = self._setup_data()
         except DataError as exc:
             self._refuse(str(exc), exc.report)
@@ -93,12 +105,21 @@ class Recipe:
             error = "the data gives no training step"
             self._refuse(error, {"file": self.order.job.file, "error": error, "problems": []})
             return False
-        self.objective = objective_for(self.data.meta)
-        self.step_model, self.step_objective = self.world.runner(self.loaded.model, self.objective)
+        if self.world.sharded and self.data.form != SFT:
+            reason = "preference objectives train with distributed.strategy ddp, not fsdp (docs/scaling.md)"
+            self.world.report(Failed(job_id=self.job_id, kind=FailKind.CONFIG, reason=reason, step=0))
+            return False
         self.optimizer = self._setup_optimizer()
         self.progress, resumed_from = self._setup_state()
+        self.objective = objective_for(self.data.form, self.config.preference, self._reference)
+        if self.objective.name != "sft":
+            self._quiet_dropout()
+        # What a step computes the loss with: the model, or (sharded) its root unit (worker/sharded.py).
+        self.step_model, self.step_objective = self.world.runner(self.loaded.model, self.objective)
+        self.warnings = [note["message"] for note in self.data.meta.get("notes") or []]
         self.world.report(Started(job_id=self.job_id, step=self.progress.step, total_steps=self.data.total_steps,
-                                  examples=self.data.n_train, resumed_from=resumed_from))
+                                  examples=self.data.n_train, resumed_from=resumed_from,
+                                  warnings=tuple(self.warnings)))
         return True
 
     def _setup_data(self) -> JobData:
@@ -108,7 +129,7 @@ class Recipe:
         sha256 = self.order.job.sha256 or sha256_file(self.order.file)
         # The main rank alone writes the token cache; every rank gets its verdict (world.py).
         if self.world.from_main(lambda: not is_current(out, sha256, tokenizer, config.data, max_len)):
-            self._phase("tokenizing")
+            self._phase("tokenising")
             refused = self.world.from_main(lambda: _prepare(self.order.file, out, tokenizer, config, max_len))
             if refused is not None:
                 raise DataError(refused)
@@ -118,6 +139,23 @@ class Recipe:
             max_seq_len=t.max_seq_len, packing=config.data.packing, holdout_fraction=config.data.holdout_fraction,
             max_holdout=config.data.max_holdout, seed=t.seed, pad_id=tokenizer.pad_token_id,
         )
+
+    def _reference(self) -> np.ndarray:
+        """Reference log-probabilities: the weights the job starts from (kept beside its tokens; the main rank
+        computes and writes them, every rank gets them)."""
+        folder = self.ws.tokenized / self.job_id
+        if self.progress.step and not (folder / REFERENCE).exists():
+            log.warning("job %s: its reference log-probabilities are gone (its data was prepared again); "
+                        "they are taken from the weights at step %d", self.job_id, self.progress.step)
+        self._phase("scoring with the reference")
+        return self.world.from_main(lambda: reference_logps(self.loaded.model, self.data, folder))
+
+    def _quiet_dropout(self) -> None:
+        """Preference losses compare log-probabilities: no dropout for this job, as TRL and LLaMA-Factory do."""
+        for module in self.loaded.model.modules():
+            if isinstance(module, torch.nn.Dropout) and module.p:
+                self._dropout[module] = module.p
+                module.p = 0.0
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:
         t = self.config.training
@@ -134,47 +172,29 @@ class Recipe:
         if config.training.mode == "continuous":
             # The line's newest state carries the weights; the job's own checkpoint its data position.
             source = checkpoints.line_head(self.ws.checkpoints, config.base_model, config.method,
-                                           set(self.order.line_exclude))
+                                           set(self.order.line_exclude), config.training.init_adapter)
         progress = TrainingProgress(
             job_id=self.job_id, step=0, total_steps=self.data.total_steps, line_step=0, seed=config.training.seed,
             base_model=config.base_model, base_hash=loaded.base_hash, method=config.method,
-            mode=config.training.mode,
+            mode=config.training.mode, init_adapter=config.training.init_adapter,
         )
         rank = self.world.rank
         if source is None:
-            self._copy_weights(loaded.fresh)
+            copy_weights(loaded, loaded.fresh)
             checkpoint.seed_rank(config.training.seed, rank)
         else:
-            self._restore(source[1])
+            self.saver.restore(source[1], loaded, self.optimizer)
             if not checkpoint.load_rng(source[1], rank):  # saved on fewer ranks than train now
                 checkpoint.seed_rank(config.training.seed, rank, source[0].line_step)
             progress.line_step = source[0].line_step
         if own is not None:
-            kept = own[0].model_dump(include={"step", "tokens", "loss_tokens", "examples", "last_loss"})
+            kept = own[0].model_dump(include={"step", "tokens", "loss_tokens", "examples", "last_loss", "first_loss",
+                                              "best_value", "best_step", "stale_measurements", "micro_batch_split"})
             progress = progress.model_copy(update=kept)
         if config.training.mode == "independent":
             progress.line_step = progress.step
         loaded.dirty = True
         return progress, str(own[1]) if own else None
-
-    def _restore(self, path: Path) -> None:
-        """Weights and optimizer state from a checkpoint, whichever world wrote it and however this one holds them."""
-        if checkpoints.is_sharded(path) or self.world.sharded:
-            from finetuned.worker import sharded
-
-            sharded.restore(path, self.loaded.model, self.optimizer)
-            return
-        self._copy_weights(checkpoint.load_weights(path))
-        checkpoint.load_optimizer(path, self.optimizer)
-
-    def _copy_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        params = self.loaded.trainable()
-        missing = set(params) - set(weights)
-        if missing:
-            raise checkpoint.CheckpointMismatch(f"checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[0]}")
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(weights[name])
 
     # --- the loop -------------------------------------------------------
     def train(self) -> None:
@@ -184,14 +204,19 @@ class Recipe:
         main = self.world.main  # the one rank that writes the job's files
         metrics = MetricsLog(self.ws.metrics_file(self.job_id), self.ws.tensorboard_dir(self.job_id)) if main else None
         previews = Previewer(config.previews, self.loaded.tokenizer, self.ws.previews_file(self.job_id))
-        train_seconds = 0.0  # this run's time in steps: the previews' budget is a share of it
-        first_loss = progress.last_loss
+        asks = Asks(self.loaded.tokenizer, previews, self.job_id, self.world.report)
+        fitter = Fitter(self.world, self.data, self.step_model, self.step_objective, self.optimizer, self.job_id,
+                        self.loaded.tokenizer)
+        train_seconds = 0.0  # this run's time in steps: the previews' and evaluations' budgets are shares of it
         record: dict[str, Any] = {}
+        stopped: dict[str, Any] | None = None
+        measure = Measurements(self.ws, self.job_id, config, self.loaded, self.data, self.step_objective, progress,
+                               self.world, self.step_model)
         model.train()
         try:
             while progress.step < progress.total_steps:
-                order = self.world.order(progress.step)
-                self._report_written()
+                order = self._order(asks, train_seconds)
+                self.saver.report_written()
                 if order is not None:
                     path = self._save(wait=True)
                     self.world.barrier()  # every rank has stopped at this step and the checkpoint is durable
@@ -199,17 +224,17 @@ class Recipe:
                                               checkpoint=str(path)))
                     return
                 started = time.time()
-                batches = self.data.step_batches(progress.step)
-                units = sum(self.objective.units(b) for b in batches)
-                loss, extra = accumulate(self.step_model, self.world.shard(batches), self.step_objective, units)
-                self.world.sync_gradients(params)
-                loss_sum, extra_values = self._totals(loss, extra)
+                fitted = fitter.step(progress)
+                if fitted is None:
+                    return
+                batches, loss_sum = fitted.batches, fitted.loss
                 if not math.isfinite(loss_sum):  # fail before the step: memory keeps the last good weights
                     self.optimizer.zero_grad(set_to_none=True)
                     self.world.report(Failed(job_id=self.job_id, kind=FailKind.DIVERGED, step=progress.step + 1,
                                              reason=f"loss became {loss_sum} at step {progress.step + 1}"))
                     return
-                lr = lr_at(progress.line_step, t)
+                self.world.sync_gradients(params)
+                lr = lr_at(progress.line_step, t, progress.step, progress.total_steps)
                 update(self.optimizer, params, lr, t.max_grad_norm)
                 progress.step += 1
                 progress.line_step += 1
@@ -217,7 +242,8 @@ class Recipe:
                 progress.loss_tokens += sum(b.n_loss_tokens for b in batches)
                 progress.examples += sum(b.n_examples for b in batches)
                 progress.last_loss = loss_sum
-                first_loss = loss_sum if first_loss is None else first_loss
+                if progress.step == 1:
+                    progress.first_loss = loss_sum  # kept in every checkpoint: a resumed run reports it too
                 elapsed = time.time() - started
                 train_seconds += elapsed
                 done = progress.step == progress.total_steps
@@ -225,14 +251,21 @@ class Recipe:
                     "step": progress.step, "line_step": progress.line_step, "loss": loss_sum, "lr": lr,
                     "tokens": progress.tokens, "step_seconds": round(elapsed, 4), "time": time.time(),
                     "tokens_per_second": round(sum(b.n_tokens for b in batches) / max(elapsed, 1e-9), 1),
-                    **extra_values,
+                    **fitted.metrics,
                 }
-                if done or progress.step % t.checkpoint_every_steps == 0:
-                    self._save(wait=done)
-                    val_loss = self._val_loss()
-                    if val_loss is not None:
-                        record["val_loss"] = val_loss
-                if done or progress.step == 1 or progress.step % t.log_every_steps == 0:
+                # Measure before the checkpoint of this step: the early-stopping state it updates is then in it.
+                checkpoint_due = done or progress.step % t.checkpoint_every_steps == 0
+                measure(record, checkpoint_due, done, train_seconds)
+                verdict = observe(t.early_stopping, progress, record.get(t.early_stopping.key)) \
+                    if t.early_stopping else None
+                stop = verdict is not None and verdict.stop
+                if checkpoint_due or stop or (verdict is not None and verdict.improved):
+                    self._save(wait=done or stop)
+                if stop:
+                    stopped = {"step": progress.step, "metric": t.early_stopping.metric, "reason": verdict.reason,
+                               "best_step": progress.best_step, "best_value": progress.best_value}
+                    log.info("job %s: early_stopped at step %d: %s", self.job_id, progress.step, verdict.reason)
+                if done or stop or progress.step == 1 or progress.step % t.log_every_steps == 0:
                     self._add_world(record)
                     if metrics is not None:
                         metrics.write(record)
@@ -246,9 +279,12 @@ class Recipe:
                 if main and not self.world.sharded and previews.due(progress.step):
                     previews.run(model, self.data.holdout_examples(config.previews.examples), progress.step,
                                  train_seconds)
+                if stop:
+                    break
         finally:
             if metrics is not None:
                 metrics.close()
+        published = self._weights_to_publish()
         weights = None
         if self.world.sharded:  # every rank hands over its shards; the main rank publishes the whole
             from finetuned.worker import sharded
@@ -256,20 +292,53 @@ class Recipe:
             weights = sharded.full_weights(self.loaded.model, trainable_only=config.method != "full")
         if not main:
             return
-        result = summary(self.ws, config, self.loaded, self.data, progress, self.objective.name, first_loss,
-                         record.get("val_loss"))
-        publish(self.ws, self.order.job, config, self.loaded, result, weights)
+        result = summary(self.ws, config, self.loaded, self.data, progress, self.objective.name,
+                         progress.first_loss, record.get("val_loss"))
+        result["published_step"] = published
+        if measure.scores or progress.best_step is not None:
+            best = None if progress.best_step is None else {
+                "metric": t.early_stopping.metric if t.early_stopping else None, "step": progress.best_step,
+                "value": progress.best_value}
+            result["evaluation"] = {"scores": measure.scores, "best": best}
+        if stopped is not None:
+            result["early_stopped"] = stopped
+        publish(self.ws, self.order.job.model_copy(update={"warnings": self.warnings}), config, self.loaded, result,
+                weights)
         self.world.report(Completed(job_id=self.job_id, summary=result))
 
-    def cleanup(self) -> None:
-        """Nothing in flight when the job hands back control: the last checkpoint is durable and reported."""
-        self.writer.join()
-        self._report_written()
+    def _order(self, asks: Asks, train_seconds: float) -> Yield | None:
+        """The daemon's order at this boundary; the questions that come with it are answered here."""
+        while isinstance(order := self.world.order(self.progress.step), Ask):  # on the main rank alone
+            asks.take(order)
+            if self.world.sharded:  # the main rank holds a part of the weights: it cannot answer alone
+                asks.refuse(f"the live model is sharded over {self.world.size} ranks (distributed.strategy fsdp)")
+            asks.answer(self.loaded.model, self.progress, train_seconds)
+        asks.answer(self.loaded.model, self.progress, train_seconds)  # those that waited for the budget
+        return order
 
-    def _totals(self, loss: torch.Tensor, extra: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
-        """The step's loss and metrics over every rank's part, with one collective and one device sync."""
-        values = self.world.total(torch.stack([loss, *extra.values()])).tolist()
-        return values[0], dict(zip(extra, values[1:], strict=True))
+    def _weights_to_publish(self) -> int:
+        """The step whose weights become the adapter: the last, or the best (`evaluation.publish: best`)."""
+        progress, best = self.progress, self.progress.best_step
+        if best is None:
+            return progress.step
+
+        def mark() -> Path | None:
+            self.saver.join()  # the best checkpoint is durable before it is marked or read
+            return checkpoints.mark_best(self.job_dir, best)
+
+        marked = self.world.from_main(mark)
+        if self.config.evaluation.publish != "best" or best == progress.step or marked is None:
+            return progress.step
+        self.saver.restore(marked, self.loaded, self.optimizer)
+        log.info("job %s: publishing the weights of step %d, its best", self.job_id, best)
+        return best
+
+    def cleanup(self) -> None:
+        """Nothing in flight when the job hands back control: the last checkpoint is durable and reported;
+        the cached model is as the next job expects it."""
+        for module, rate in self._dropout.items():
+            module.p = rate
+        self.saver.join()
 
     def _add_world(self, record: dict[str, Any]) -> None:
         """On several ranks, a logged step records their number and each one's memory (the monitor shows them)."""
@@ -277,70 +346,9 @@ class Recipe:
             record["world_size"] = self.world.size
             record["rank_memory_gb"] = self.world.gather(memory_gb(self.world.device))
 
-    @torch.no_grad()
-    def _val_loss(self) -> float | None:
-        model = self.step_model
-        batches = list(self.data.holdout_batches())
-        units = sum(self.objective.units(b) for b in batches)
-        if not units:
-            return None
-        total = torch.zeros((), dtype=torch.float64, device=self.world.device)
-        model.eval()
-        try:
-            for batch in self.world.shard(batches):
-                total += self.step_objective.loss(model, batch)[0].double()
-        finally:
-            model.train()
-        return self.world.total(total).item() / units
-
     # --- checkpoints ----------------------------------------------------
     def _save(self, wait: bool) -> str:
-        """Checkpoint; with `wait` it is durable on return, else it is written beside the next steps.
-
-        Every rank calls it (each one's random state goes into the file); the main rank writes: the weights
-        and the optimizer state are the same on every rank.
-        """
-        rngs = self.world.gather(checkpoint.rng_state()) if self.world.size > 1 else None
-        if self.world.sharded:
-            return self._save_sharded(rngs)
-        if not self.world.main:
-            return ""
-        snap = checkpoint.snapshot(self.progress, self.loaded.trainable(), self.optimizer, rngs)
-        self._wait_for_space(disk.checkpoint_bytes(snap.weight_bytes))
-        path = self.writer.save(self.job_dir, snap, self.config.lifecycle.keep_checkpoints, wait)
-        self._report_written()
-        return str(path)
-
-    def _save_sharded(self, rngs: list[dict[str, Any]] | None) -> str:
-        """Every rank writes its shards, at once (the write is a collective: it cannot run beside the steps)."""
-        from finetuned.worker import sharded
-
-        rng = checkpoint.rng_record(rngs) if self.world.main else None
-        if self.world.main:
-            params = self.loaded.trainable().values()
-            self._wait_for_space(disk.checkpoint_bytes(sum(p.numel() * p.element_size() for p in params)))
-        path = sharded.save(self.job_dir, self.progress.model_copy(), self.loaded.model, self.optimizer, rng,
-                            self.config.lifecycle.keep_checkpoints)
-        self.world.report(Checkpoint(job_id=self.job_id, step=self.progress.step, path=str(path)))
-        return str(path)
-
-    def _report_written(self) -> None:
-        for step, path in self.writer.written():
-            self.world.report(Checkpoint(job_id=self.job_id, step=step, path=str(path)))
-
-    def _wait_for_space(self, need: int) -> None:
-        """A full disk pauses the line (the daemon shows why) instead of failing a write half-way."""
-        minimum = self.config.lifecycle.min_free_gb
-        while not disk.enough_space(self.job_dir, need, minimum):
-            with contextlib.suppress(ConfigError):  # a user may lower the threshold instead of freeing space
-                minimum = self.ws.load_config().lifecycle.min_free_gb
-            if disk.enough_space(self.job_dir, need, minimum):
-                break
-            reason = (f"{WAITING_FOR_DISK}: {disk.free_gb(self.job_dir):.2f} GB free, a checkpoint needs "
-                      f"{need / 2**30:.2f} GB plus lifecycle.min_free_gb {minimum:g} GB")
-            log.warning("job %s: %s", self.job_id, reason)
-            self.world.report(Phase(job_id=self.job_id, phase=WAITING_FOR_DISK, reason=reason))
-            time.sleep(DISK_POLL_SECONDS)
+        return self.saver.save(self.progress, self.loaded, self.optimizer, self.config, wait)
 
     # --- reports --------------------------------------------------------
     def _phase(self, phase: str) -> None:

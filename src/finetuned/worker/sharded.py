@@ -4,7 +4,7 @@ For what does not fit one device: a full fine-tune, or LoRA on a large base. Eac
 `fully_shard` unit, and a root unit (`Root`) holds the rest (embeddings, final norm, output layer);
 its forward is the objective's loss, so FSDP gathers each unit's weights just before it computes and
 frees them after, and reduce-scatters the gradients in the backward pass. Gradients are summed, not
-averaged (each rank's loss is already its share of the whole step's mean, worker/shard.py), and every
+averaged (each rank's loss is already its share of the whole step's mean, data/loader.py `part`), and every
 rank runs the same passes: `shard` gives each rank a part of every micro-batch.
 
 Checkpoints are sharded: every rank writes its shards of the trainable weights and the optimizer

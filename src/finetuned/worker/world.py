@@ -6,7 +6,7 @@ gets the same order at the same step boundary, so all of them yield together.
 `Solo` is one process; `worker/ranks.py` is a group of processes under
 torch.distributed. Both answer the same calls, so the loop is the same:
 
-- `shard(batches)`: this rank's part of the step's micro-batches (all of them, alone);
+- `rank`, `size`: which part of each micro-batch this rank trains (data/loader.py `part`);
 - `sync_gradients(params)`: every rank ends with the gradient of the whole step;
 - `total(values)`: sums across ranks (the step's loss is a sum over its units);
 - `gather(value)`, `from_main(fn)`, `barrier()`: agreeing on what only one rank knows;
@@ -18,12 +18,12 @@ torch.distributed. Both answer the same calls, so the loop is the same:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 
 from finetuned.worker.objectives import Objective
-from finetuned.worker.protocol import Report, Yield
+from finetuned.worker.protocol import Ask, Report, Yield
 
 T = TypeVar("T")
 
@@ -54,16 +54,14 @@ class World(Protocol):
         """The rank that talks to the daemon and writes the job's files."""
         ...
 
-    def order(self, step: int) -> Yield | None:
-        """The daemon's order at this step boundary (after `step` steps), the same on every rank."""
+    def order(self, step: int) -> Yield | Ask | None:
+        """The daemon's order at this step boundary (after `step` steps), the same on every rank: a yield,
+        or None: train on; or, on the main rank alone, a question for the live model (the loop answers it
+        and asks again)."""
         ...
 
     def report(self, message: Report) -> None:
         """Tell the daemon (the main rank speaks; the others stay silent)."""
-        ...
-
-    def shard(self, batches: Sequence[Any]) -> list[Any]:
-        """This rank's share of a step's micro-batches: as many as there are, each a part of its rows."""
         ...
 
     def sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
@@ -102,7 +100,7 @@ class Solo:
     size = 1
     sharded = False
 
-    def __init__(self, send: Callable[[Report], None], poll: Callable[[int], Yield | None],
+    def __init__(self, send: Callable[[Report], None], poll: Callable[[int], Yield | Ask | None],
                  device: torch.device | None = None) -> None:
         self._send = send
         self._poll = poll
@@ -112,14 +110,11 @@ class Solo:
     def main(self) -> bool:
         return True
 
-    def order(self, step: int) -> Yield | None:
+    def order(self, step: int) -> Yield | Ask | None:
         return self._poll(step)
 
     def report(self, message: Report) -> None:
         self._send(message)
-
-    def shard(self, batches: Sequence[Any]) -> list[Any]:
-        return list(batches)
 
     def sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         return None

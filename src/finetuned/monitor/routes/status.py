@@ -48,7 +48,8 @@ async def previews(files: FilesDep, limit: Annotated[int, Query(ge=1, le=10_000)
 
 @router.get("/events", response_class=EventSourceResponse)
 async def events(request: Request, files: FilesDep, settings: SettingsDep) -> AsyncIterable[ServerSentEvent]:
-    """Server-sent events: `status`, `queue`, `metrics`, `previews`, `health`, `jobs`, each when its files change.
+    """Server-sent events: `status`, `queue`, `metrics`, `previews`, `health`, `jobs`, `asks`, each when its files
+    change.
 
     The first events after (re)connecting are a full snapshot, so a reconnecting page
     needs no `Last-Event-ID` replay.

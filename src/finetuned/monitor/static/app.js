@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const S = {
-  status: null, queue: null, health: null, jobs: [], previews: null,
+  status: null, queue: null, health: null, jobs: [], previews: null, asks: null, asking: false,
   job: { id: null, points: [], label: "" }, line: null, view: "job",
   offset: 0, connected: false, lastEvent: 0, lineFetched: 0,
 };
@@ -66,13 +66,15 @@ function daemonState() {
   if (age == null || age > staleAfter)
     return { key: "stale", text: "not responding", age, alert: `Daemon not responding, data is ${fmtDuration(age)} old.` };
   if (d.state === "training" && d.paused) return { key: "paused", text: "pausing…", age };
-  return { key: d.state || "unknown", text: d.state || "unknown", age };
+  if (d.state === "holding") return { key: "holding", text: "holding", age, alert: `Holding the queue: ${d.reason || d.hold}` };
+  const alert = d.config_error ? `config.json is invalid: ${d.config_error}; the daemon keeps its last good settings.` : null;
+  return { key: d.state || "unknown", text: d.state || "unknown", age, alert };
 }
 
 function renderLiveness() {
   const st = daemonState();
   const pill = $("state-pill");
-  pill.className = `pill pill-${["training", "paused", "idle", "stopped", "stale"].includes(st.key) ? st.key : "unknown"}`;
+  pill.className = `pill pill-${st.key === "holding" ? "paused" : ["training", "paused", "idle", "stopped", "stale"].includes(st.key) ? st.key : "unknown"}`;
   pill.textContent = st.text;
   $("heartbeat").textContent = num(st.age) ? `heartbeat ${st.age < 10 ? st.age.toFixed(1) : Math.round(st.age)} s ago` : "";
   $("h-beat").textContent = num(st.age) ? `${st.age.toFixed(1)} s ago` : "–";
@@ -92,6 +94,8 @@ function renderStatus() {
   $("h-daemon").textContent = d.pid ? `pid ${d.pid}${d.worker_pid ? ` · worker ${d.worker_pid}` : ""}` : "–";
   $("now-empty").hidden = !!t;
   $("now-body").hidden = !t;
+  $("now-empty").textContent = d.state === "holding" ? `Holding the queue: ${d.reason || d.hold}`
+    : d.phase ? `Nothing is training yet: ${d.phase}.` : "Nothing is training. Drop a JSONL file into the queue to start.";
   const paused = !!d.paused;
   $("btn-pause").hidden = paused;
   $("btn-resume").hidden = !paused;
@@ -174,6 +178,8 @@ function renderQueue() {
         e.priority === "high" ? h("span", { class: "badge badge-high" }, "priority") : null,
         current ? h("span", { class: `badge badge-${e.status}` }, e.status) : null),
       h("div", { class: "q-meta" }, `${size} · added ${shortTime(e.added)}${progress}`),
+      e.settings ? h("div", { class: "q-meta", title: "this file's own settings, over config.json" },
+        Object.entries(e.settings).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" · ")) : null,
       current ? null : h("div", { class: "q-actions" },
         h("button", { class: "btn btn-small", title: "Move to the front of its class", disabled: first, onclick: () => queueAction(e, "front") }, "↑ Front"),
         h("button", { class: "btn btn-small btn-danger", title: "Take it out of the queue (file goes to data/skipped/)", onclick: () => queueAction(e, "cancel") }, "Cancel")));
@@ -232,6 +238,8 @@ function setupDrop() {
 /* --- loss chart ----------------------------------------------------------- */
 const lossChart = new FTCharts.LossChart($("chart"), 300);
 const exactChart = new FTCharts.ExactChart($("prev-chart"));
+const rewardChart = new FTCharts.RewardChart($("pref-chart"));
+const evalChart = new FTCharts.EvalChart($("evals-chart"));
 
 async function loadJobMetrics(id, label) {
   S.job = { id, points: [], label: label || id };
@@ -277,6 +285,43 @@ function drawChart() {
   $("chart-note").textContent = note;
   $("chart-empty").hidden = xs.length > 0;
   lossChart.set(xs, loss, val, segments);
+  drawRewards();
+  drawEvals();
+}
+
+/* Suites in evals/ run at checkpoints: their scores under the loss while this job is in view. */
+function drawEvals() {
+  const points = S.view === "job" ? S.job.points.filter((p) => Object.keys(p).some((k) => k.startsWith("eval/"))) : [];
+  $("evals").hidden = points.length === 0;
+  if (!points.length) return;
+  const names = [...new Set(points.flatMap((p) => Object.keys(p).filter((k) => k.startsWith("eval/"))))].sort();
+  const suites = {};
+  for (const key of names) suites[key.slice(5)] = points.map((p) => (num(p[key]) ? p[key] : null));
+  evalChart.set(points.map((p) => p.step), suites);
+  const legend = $("evals-legend");
+  legend.replaceChildren(...Object.keys(suites).map((name, i) => {
+    const values = suites[name].filter((v) => v != null), latest = values[values.length - 1];
+    return h("span", { class: "suite" }, h("i", { class: "sw", style: `background:${FTCharts.SUITE_COLORS[i % FTCharts.SUITE_COLORS.length]}` }),
+      `${name} ${latest == null ? "–" : Math.round(100 * latest) + "%"}`);
+  }));
+  const last = points[points.length - 1];
+  $("evals-note").textContent = `evaluation · step ${fmtInt(last.step)}` + (num(last.eval_seconds) ? ` · ${last.eval_seconds.toFixed(1)} s` : "");
+}
+
+/* A preference job logs rewards (DPO, ORPO, SimPO, KTO): shown under the loss while this job is in view. */
+function drawRewards() {
+  const points = S.view === "job" ? S.job.points.filter((p) => num(p["rewards/chosen"]) || num(p["rewards/margins"])) : [];
+  $("pref").hidden = points.length === 0;
+  if (!points.length) return;
+  const get = (key) => points.map((p) => (num(p[key]) ? p[key] : null));
+  const margins = points.map((p) => num(p["rewards/margins"]) ? p["rewards/margins"]
+    : num(p["rewards/chosen"]) && num(p["rewards/rejected"]) ? p["rewards/chosen"] - p["rewards/rejected"] : null);
+  rewardChart.set(points.map((p) => p.step), get("rewards/chosen"), get("rewards/rejected"), margins);
+  const last = points[points.length - 1], parts = [];
+  if (num(last["rewards/accuracies"])) parts.push(`accuracy ${Math.round(100 * last["rewards/accuracies"])}%`);
+  if (num(last["rewards/margins"])) parts.push(`margin ${last["rewards/margins"].toFixed(3)}`);
+  if (num(last.kl)) parts.push(`KL ${last.kl.toFixed(3)}`);
+  $("pref-note").textContent = `step ${fmtInt(last.step)}` + (parts.length ? " · " + parts.join(" · ") : "");
 }
 
 function setupTabs() {
@@ -317,6 +362,66 @@ function clamped(label, text, tail) {
   return h("td", { class: "text", "data-label": label, title: text }, h("div", { class: "clamp" }, shown));
 }
 
+/* --- try it --------------------------------------------------------------- */
+/* A question goes to the daemon as a file; the worker (between steps) or a short-lived process answers it. */
+function trainingNow() { const t = S.status && S.status.training; return !!(t && t.status === "training"); }
+
+function renderAsks() {
+  const a = S.asks || { asks: [], pending: 0, max_pending: 8 };
+  const training = trainingNow(), down = ["stale", "stopped"].includes(daemonState().key);
+  $("try-who").textContent = down ? "the daemon is not responding: nobody can answer now"
+    : training ? "answered by the training worker, between two steps" : "answered by the newest checkpoint (nothing trains)";
+  const full = a.pending >= a.max_pending;
+  $("try-send").disabled = full || S.asking;
+  $("try-send").title = full ? `${a.pending} questions are waiting already` : "";
+  $("try-empty").hidden = a.asks.length > 0;
+  $("try-list").replaceChildren(...a.asks.map((q) => {
+    let body;
+    if (q.status === "pending") {
+      body = h("div", { class: "try-a pending" }, training ? "waiting for a step boundary…" : "loading the model and answering…");
+    } else if (q.error) {
+      body = h("div", { class: "try-a failed" }, `no answer: ${q.error}`);
+    } else {
+      body = h("div", { class: "try-a" + (q.text.trim() ? "" : " blank") }, q.text.trim() ? q.text : "(an empty answer)");
+    }
+    const meta = [];
+    if (q.status === "answered" && q.source) meta.push(h("span", { class: "src" }, q.source));
+    if (num(q.seconds) && q.by !== "daemon") meta.push(`${q.seconds.toFixed(1)} s`);
+    if (q.system) meta.push("with a system prompt");
+    meta.push(new Date(1000 * (q.answered || q.asked)).toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" }));
+    return h("li", { class: "try-item", "data-id": q.id, "data-status": q.status },
+      h("div", { class: "try-q" }, q.prompt), body,
+      h("div", { class: "try-meta", "data-testid": "try-meta" }, ...meta.flatMap((m, i) => (i ? [" · ", m] : [m]))));
+  }));
+}
+
+async function ask(event) {
+  event.preventDefault();
+  const prompt = $("try-prompt").value;
+  if (!prompt.trim() || S.asking) return;
+  const system = $("try-system").value.trim();
+  S.asking = true;
+  renderAsks();
+  try {
+    const question = await api("/api/asks", {
+      method: "POST", headers: { Accept: "application/json", "Content-Type": "application/json" },
+      body: JSON.stringify({ prompt, system: system || null }),
+    });
+    $("try-prompt").value = "";
+    const a = S.asks || { asks: [], pending: 0, max_pending: 8 };
+    if (!a.asks.some((q) => q.id === question.id)) S.asks = { ...a, asks: [question, ...a.asks], pending: a.pending + 1 };
+  } catch (err) { toast(err.message, true); }
+  S.asking = false;
+  renderAsks();
+}
+
+function setupAsk() {
+  $("try-form").addEventListener("submit", ask);
+  $("try-prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("try-form").requestSubmit(); }
+  });
+}
+
 /* --- history -------------------------------------------------------------- */
 let historyTimer = null;
 function scheduleHistory() { clearTimeout(historyTimer); historyTimer = setTimeout(loadHistory, 400); }
@@ -342,7 +447,10 @@ function renderHistory() {
     const detail = [];
     if (j.adapter) detail.push(h("div", { class: "h-id" }, "adapter ", h("a", { href: `/api/jobs/${j.id}`, target: "_blank" }, j.adapter)));
     if (j.status !== "completed" && j.reason) detail.push(h("div", { class: j.status === "failed" ? "h-error" : "muted small" }, j.reason));
+    const own = Object.entries(j.settings || {});
+    if (own.length) detail.push(h("div", { class: "muted small", title: "this file's own settings, over config.json" }, own.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" · ")));
     if (j.error) detail.push(h("details", {}, h("summary", {}, "error report"), h("pre", {}, JSON.stringify(j.error, null, 2))));
+    for (const warning of j.warnings || []) detail.push(h("div", { class: "h-warning small" }, "⚠ " + warning));
     return h("tr", { "data-id": j.id },
       h("td", {}, h("div", { class: "h-file" }, j.file), h("div", { class: "h-id" }, j.id), detail),
       h("td", { "data-label": "State" }, h("span", { class: `badge badge-${j.status}` }, j.status)),
@@ -394,11 +502,12 @@ function connect() {
   es.onopen = () => { S.connected = true; };
   es.onerror = () => { S.connected = false; renderLiveness(); };
   on("hello", (d) => { S.offset = d.now - Date.now() / 1000; });
-  on("status", (d) => { const first = !S.status; S.status = d; S.offset = d.now - Date.now() / 1000; renderStatus(); if (first) renderPreviews(); });
+  on("status", (d) => { const first = !S.status; S.status = d; S.offset = d.now - Date.now() / 1000; renderStatus(); renderAsks(); if (first) renderPreviews(); });
   on("queue", (d) => { S.queue = d; renderQueue(); });
   on("metrics", onMetrics);
   on("previews", (d) => { S.previews = d; renderPreviews(); });
   on("health", (d) => { S.health = d; renderHealth(); });
+  on("asks", (d) => { S.asks = d; renderAsks(); });
   on("jobs", scheduleHistory);
 }
 
@@ -406,8 +515,10 @@ async function start() {
   for (const b of document.querySelectorAll("[data-action]")) b.addEventListener("click", () => control(b.dataset.action));
   setupDrop();
   setupTabs();
-  const [previews] = await Promise.all([api("/api/previews").catch(() => null), loadHistory()]);
+  setupAsk();
+  const [previews, asked] = await Promise.all([api("/api/previews").catch(() => null), api("/api/asks").catch(() => null), loadHistory()]);
   if (previews && !S.previews) { S.previews = previews; renderPreviews(); }
+  if (asked && !S.asks) { S.asks = asked; renderAsks(); }
   connect();
   setInterval(renderLiveness, 1000);
 }

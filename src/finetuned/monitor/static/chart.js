@@ -4,6 +4,7 @@
 const COLORS = {
   raw: "rgba(87,181,255,0.45)", smooth: "#57b5ff", val: "#e0a84a", grid: "rgba(255,255,255,0.06)",
   axis: "#8a96a6", boundary: "rgba(181,156,255,0.55)", label: "#b59cff", exact: "#3fb97a",
+  chosen: "#3fb97a", rejected: "#f0706a", margin: "#57b5ff",
 };
 
 /* Debiased exponential moving average, as TensorBoard smooths: the first points are not dragged to zero. */
@@ -145,4 +146,56 @@ class ExactChart {
   }
 }
 
-window.FTCharts = { LossChart, ExactChart, smooth };
+/* Preference jobs: the implicit rewards of the chosen and the rejected answers, and their margin. */
+class RewardChart {
+  constructor(el) {
+    this.el = el;
+    this.plot = null;
+    new ResizeObserver(() => { if (this.plot) this.plot.setSize({ width: Math.max(200, el.clientWidth), height: 140 }); }).observe(el);
+  }
+
+  set(steps, chosen, rejected, margins) {
+    const weight = steps.length > 60 ? 0.9 : 0.6;
+    const data = [steps, smooth(chosen, weight), smooth(rejected, weight), smooth(margins, weight)];
+    if (this.plot) { this.plot.setData(data); return; }
+    if (!steps.length) return;
+    const line = (label, stroke) => ({ label, stroke, width: 2, spanGaps: true, points: { show: false } });
+    this.plot = new uPlot({
+      width: Math.max(200, this.el.clientWidth), height: 140, legend: { show: false },
+      scales: { x: { time: false } },
+      axes: [axis({ values: (u, vals) => vals.map(fmtAxis) }), axis({ size: 52, values: (u, vals) => vals.map(fmtAxis) })],
+      series: [{}, line("chosen", COLORS.chosen), line("rejected", COLORS.rejected), line("margin", COLORS.margin)],
+    }, data, this.el);
+  }
+}
+
+/* Evaluation suites (evals/): each suite's share of cases passed, at the steps it was measured. */
+const SUITE_COLORS = ["#3fb97a", "#57b5ff", "#e0a84a", "#b59cff", "#f0706a", "#4fd1c5", "#f6c177", "#9aa5b1"];
+
+class EvalChart {
+  constructor(el) {
+    this.el = el;
+    this.plot = null;
+    this.names = "";
+    new ResizeObserver(() => { if (this.plot) this.plot.setSize({ width: Math.max(200, el.clientWidth), height: 140 }); }).observe(el);
+  }
+
+  set(steps, suites) {
+    const names = Object.keys(suites);
+    const data = [steps, ...names.map((n) => suites[n].map((r) => (r == null ? null : 100 * r)))];
+    if (this.plot && this.names === names.join("\n")) { this.plot.setData(data); return; }
+    if (this.plot) { this.plot.destroy(); this.plot = null; }
+    this.names = names.join("\n");
+    if (!steps.length) return;
+    const line = (label, i) => ({ label, stroke: SUITE_COLORS[i % SUITE_COLORS.length], width: 2, spanGaps: true,
+      points: { show: true, size: 5, fill: SUITE_COLORS[i % SUITE_COLORS.length] } });
+    this.plot = new uPlot({
+      width: Math.max(200, this.el.clientWidth), height: 140, legend: { show: false },
+      scales: { x: { time: false }, y: { range: [0, 100] } },
+      axes: [axis({ values: (u, vals) => vals.map(fmtAxis) }), axis({ size: 44, values: (u, vals) => vals.map((v) => v + "%") })],
+      series: [{}, ...names.map(line)],
+    }, data, this.el);
+  }
+}
+
+window.FTCharts = { LossChart, ExactChart, RewardChart, EvalChart, SUITE_COLORS, smooth };

@@ -8,6 +8,7 @@ import torch
 
 from finetuned.data.batches import Batch
 from finetuned.worker.loss import token_loss_sum
+from finetuned.worker.objectives.base import Metrics
 
 
 class SFT:
@@ -16,5 +17,5 @@ class SFT:
     def units(self, batch: Batch) -> int:
         return batch.n_loss_tokens
 
-    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         return token_loss_sum(model, batch), {}

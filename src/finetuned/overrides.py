@@ -1,0 +1,150 @@
+"""Settings by dotted key: per-file overrides (sidecars, `add --set`) and `finetuned config set`.
+
+A file's own settings are a nested dict, like config.json's, that is merged over the
+workspace's config for that job alone. It is validated the way config.json is (unknown
+keys and bad values refused, naming the key), and may not touch what belongs to the
+workspace rather than to a job (the monitor, the inbox, notifications...).
+
+    NAME.jsonl.config.json   dropped beside NAME.jsonl (before it or with it): that file's settings
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from finetuned.config import Config, ConfigError, parse_config
+
+SIDECAR_SUFFIX = ".config.json"
+DATA_SUFFIXES = (".jsonl", ".json")
+# Sections that configure the daemon, not a job: a file cannot change them.
+WORKSPACE_SECTIONS = ("control", "inbox", "monitor", "lifecycle", "notify")
+SECRETS = (("monitor", "token"), ("notify", "webhook"), ("notify", "command"))
+REDACTED = "***"
+
+
+def is_sidecar(name: str) -> bool:
+    """`NAME.jsonl.config.json` or `NAME.json.config.json`: settings for a data file, never data itself."""
+    return name.endswith(SIDECAR_SUFFIX) and name.removesuffix(SIDECAR_SUFFIX).endswith(DATA_SUFFIXES)
+
+
+def sidecar_for(data_file: Path) -> Path:
+    return data_file.with_name(data_file.name + SIDECAR_SUFFIX)
+
+
+def parse_value(text: str) -> Any:
+    """A value as typed on a command line: JSON when it parses (2, 0.2, true, null, ["q_proj"]), else a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set `training.epochs`-style `key` in a nested dict, creating sections on the way."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"'{key}' is not a setting name (e.g. training.epochs)")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])} is a value, not a section: cannot set {key}")
+        node = child
+    node[parts[-1]] = value
+
+
+def assignments(pairs: list[str]) -> dict[str, Any]:
+    """`["training.epochs=2", "data.packing=false"]` as a nested dict."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {pair}: expected KEY=VALUE, e.g. training.epochs=2")
+        set_key(out, key.strip(), parse_value(value.strip()))
+    return out
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` merged into a copy of `base`, section by section."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"training": {"epochs": 2}}` as `{"training.epochs": 2}`."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def redacted(tree: dict[str, Any]) -> dict[str, Any]:
+    """A config dump with its secrets as "***" (unset ones stay null)."""
+    out = json.loads(json.dumps(tree))
+    for section, key in SECRETS:
+        if isinstance(out.get(section), dict) and out[section].get(key) is not None:
+            out[section][key] = REDACTED
+    return out
+
+
+def diff(before: Config, after: Config) -> list[str]:
+    """One line per changed key, `training.epochs: 1 -> 2`, secrets redacted."""
+    old = flatten(redacted(before.model_dump(mode="json")))
+    new = flatten(redacted(after.model_dump(mode="json")))
+    return [f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+def check_overrides(overrides: Any, source: str) -> dict[str, Any]:
+    """A file's settings as given, or ConfigError naming the key it cannot take."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: must hold a JSON object, e.g. {{\"training\": {{\"epochs\": 2}}}}")
+    for section in WORKSPACE_SECTIONS:
+        if section in overrides:
+            raise ConfigError(f"{source}: '{section}' is a workspace setting (config.json), not a file's")
+    return overrides
+
+
+def job_config(config: Config, overrides: dict[str, Any], source: str = "the file's settings") -> Config:
+    """The config one job trains with: the workspace's, with the file's own settings over it."""
+    if not overrides:
+        return config
+    raw = merged(config.model_dump(mode="json"), check_overrides(overrides, source))
+    return parse_config(raw, source, warn=False)
+
+
+def read_sidecar(path: Path, config: Config | None = None) -> dict[str, Any]:
+    """A sidecar's settings, checked over `config` (default: the defaults); ConfigError naming the key."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path.name}: not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path.name}: cannot be read: {exc.strerror or exc}") from None
+    overrides = check_overrides(raw, path.name)
+    job_config(config or Config(), overrides, path.name)
+    return overrides
+
+
+def listed(overrides: dict[str, Any]) -> str:
+    """`training.epochs=2, data.packing=false`: a file's settings on one line."""
+    return ", ".join(f"{key}={json.dumps(value)}" for key, value in flatten(overrides).items())
+
+
+# The settings the model check reads: a file that changes them is checked when it trains, and fails alone.
+MODEL_KEYS = ("base_model", "method", "lora", "training.init_adapter")
+
+
+def touches_model(overrides: dict[str, Any]) -> bool:
+    return any(key == m or key.startswith(m + ".") for key in flatten(overrides) for m in MODEL_KEYS)
