@@ -9,7 +9,7 @@ training     the real daemon trains the same file, alternating (--rounds): one p
              computes with (one process: every core; torchrun: the agent's share, cores / ranks).
 collectives  --nproc ranks under torchrun (gloo on CPUs, NCCL on GPUs) time what the recipe exchanges
              per optimizer step (median over --iters): the daemon's order (broadcast of one int64 from
-             rank 0), the step's loss and metrics (all-reduce of a few floats), and the model's LoRA
+             rank 0), the step's loss and metrics (a gather of a few floats per rank), and the model's LoRA
              gradients (all-reduce in buckets; their size is printed).
 
 Prints a table and writes bench/results/scale.json. On a multi-GPU machine `--nproc 4` measures four.

@@ -29,6 +29,7 @@ from helpers import (
 
 from finetuned import checkpoints
 from finetuned.config import Config, save_config
+from finetuned.models import memory
 
 
 def on_ranks(n: int = 2, **training) -> Config:
@@ -201,17 +202,17 @@ def test_a_hung_rank_is_killed_with_its_group(tmp_path, tiny_model_dir, start_da
     daemon = start_daemon(ws)
     drop(ws, "warm.jsonl", chat_lines(4))  # the group starts (and loads the model) under the default timeout
     wait_for(lambda: status_of(ws, "warm.jsonl") == "completed", 300, "the first job", daemon=daemon)
-    config.control.step_timeout_seconds = 5  # read when the next job starts
+    config.control.step_timeout_seconds = 15  # the daemon reads it at once; the group's model is loaded already
     save_config(ws.config_path, config)
     gate.hold(2)
     drop(ws, "job.jsonl", chat_lines(40))
     held_at(ws, "job.jsonl", 2, daemon)
-    config.control.step_timeout_seconds = 1800  # for the retry, which starts a new group
-    save_config(ws.config_path, config)
     group = group_pids(daemon)
     os.kill(rank_pid(group[0], 1), signal.SIGSTOP)
     gate.release()
-    wait_for(lambda: len(jobs_by_file(ws)["job.jsonl"]["runs"]) >= 2, 60, "the hung job to be retried", daemon=daemon)
+    wait_for(lambda: len(jobs_by_file(ws)["job.jsonl"]["runs"]) >= 2, 90, "the hung job to be retried", daemon=daemon)
+    config.control.step_timeout_seconds = 1800  # the retry starts a new group, which loads the model again
+    save_config(ws.config_path, config)
     assert jobs_by_file(ws)["job.jsonl"]["runs"][0]["reason"].startswith("hung")
     wait_for(lambda: not any(pid_alive(p) for p in group), 20, "every process of the hung group to die")
     wait_for(lambda: status_of(ws, "job.jsonl") == "completed", 300, "the retried job", daemon=daemon)
@@ -240,3 +241,28 @@ def test_a_job_stopped_and_resumed_on_two_ranks_with_dropout_logs_the_uninterrup
     plain, again = logged_losses(ws, jobs["plain.jsonl"]["id"]), logged_losses(ws, jobs["again.jsonl"]["id"])
     assert jobs["again.jsonl"]["runs"][1]["from_step"] == 3
     assert [again[s] for s in sorted(again)] == pytest.approx([plain[s] for s in sorted(plain)], abs=1e-6)
+
+
+def test_a_preference_job_on_two_ranks_keeps_pairs_whole_and_an_oom_on_one_rank_splits_both(
+        tmp_path, tiny_model_dir, start_daemon, monkeypatch):
+    """DPO on two ranks: a pair is never cut between them, so the losses are one process's. At step 3 a forward
+    over more than two sequences runs out of memory (injected): only rank 0 holds two pairs there, yet both split
+    their micro-batches and do the step again, and its loss stays the same."""
+    config = on_ranks(epochs=1, grad_accum=1)
+    config.data.packing = False  # a row is one pair: its two sequences, side by side in the forward
+    records = [{"prompt": f"Item {i}?", "chosen": f"Item {i}. Done" + " well" * (i % 4), "rejected": f"No {i}."}
+               for i in range(30)]
+    monkeypatch.setenv(memory.INJECT_ENV, "train:3=2")  # rank 0's two pairs are four sequences; rank 1's two
+    ws = make_workspace(tmp_path / "ws", config)
+    daemon = start_daemon(ws)
+    drop(ws, "prefs.jsonl", records)
+    wait_for(lambda: status_of(ws, "prefs.jsonl") == "completed", 300, "the DPO job on two ranks", daemon=daemon)
+    monkeypatch.delenv(memory.INJECT_ENV)
+    job = jobs_by_file(ws)["prefs.jsonl"]
+    two = logged_losses(ws, job["id"])
+    solo = solo_losses(tmp_path, config, records)
+    assert len(two) == len(solo) > 3
+    assert [two[s] for s in sorted(two)] == pytest.approx(solo, abs=1e-5)
+    assert "rewards/margins" in read_json_lines(ws.metrics_file(job["id"]))[-1]
+    training_log = ws.log_file("training", time.strftime("%Y%m%d")).read_text()
+    assert "out of memory at step 3 with 2 rows a micro-batch a rank; 1 from now on" in training_log
