@@ -67,12 +67,14 @@ class Measurements:
         every, step = self.config.evaluation.every_steps, self.progress.step
         if not (done or (checkpoint_due if every is None else bool(every) and step % every == 0)):
             return
-        if not done and self.spent >= self.config.evaluation.budget * train_seconds:
-            log.info("evaluation at step %d skipped: it is ahead of its %.0f%% budget", step,
-                     100 * self.config.evaluation.budget)
-            return
         if self.world.sharded:  # generation needs the whole model: a rank holds a part of it
             log.info("evaluation at step %d skipped: the model is sharded over the ranks", step)
+            return
+        # The main rank's clock decides for every rank: they must all take part in its evaluation, or none.
+        budget = self.config.evaluation.budget * train_seconds
+        if not done and self.world.from_main(lambda: self.spent >= budget):
+            log.info("evaluation at step %d skipped: it is ahead of its %.0f%% budget", step,
+                     100 * self.config.evaluation.budget)
             return
         started = time.monotonic()
         evaluator, suites = self.evaluator, self.suites
