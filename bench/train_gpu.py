@@ -1,6 +1,6 @@
 """GPU training throughput, Qwen3-8B shape: finetuned's training step beside the plain HF + PEFT loop.
 
-    python bench/train_gpu.py [--shape qwen3-8b] [--steps 8] [--seq 4096] [--quick] [--dpo]
+    python bench/train_gpu.py [--shape qwen3-8b] [--steps 8] [--seq 4096] [--quick] [--dpo] [--nproc N]
 
 One script for the GPU machine; it prints the table last and writes bench/results/train_gpu.json.
 Random weights (nothing to download), LoRA r16 on all linear layers, bf16.
@@ -17,6 +17,9 @@ Random weights (nothing to download), LoRA r16 on all linear layers, bf16.
   ckpt_stall     how long a LoRA checkpoint holds the training thread (the write itself runs beside it)
   finetuned-dpo  (--dpo) our DPO step on pairs of random tokens packed into rows, the reference pass timed apart
   trl-dpo        (--dpo) TRL's DPOTrainer on the same shape and LoRA, 2 pairs a step, as a user runs it
+  finetuned/Ngpu with --nproc N (N > 1): our step on N GPUs under torchrun (worker/ranks.py: each rank a row
+                 of the step, gradients summed with NCCL), N rows a step; real tokens/s of the whole group
+                 and its scaling over one GPU's (docs/scaling.md). Only this phase runs then.
 
 Each method's model is built once and reused by all its measurements, and the JSON is rewritten
 after every phase, so the whole run fits one call on the GPU machine and a run cut short keeps
@@ -131,22 +134,28 @@ def mixed_rows(seq: int, rows: int, vocab: int, seed: int) -> tuple[list[Any], f
 
 
 def run_ours(model: torch.nn.Module, cfg: Any, seq: int, steps: int, warmup: int, peak: float,
-             stall: bool = False) -> dict[str, Any]:
+             stall: bool = False, world: Any = None) -> dict[str, Any]:
+    """`world` (worker/ranks.py): the step is one row per rank, each rank training its own, gradients summed."""
     if DEV == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=DEV == "cuda")
-    batches, span = mixed_rows(seq, warmup + steps, cfg.vocab_size, seed=1)
+    n = world.size if world is not None else 1
+    rows, span = mixed_rows(seq, (warmup + steps) * n, cfg.vocab_size, seed=1)
     tokens, t0 = 0, 0.0
     try:
-        for i, batch in enumerate(batches):
+        for i in range(warmup + steps):
+            step = rows[i * n:(i + 1) * n]
             if i == warmup:
                 sync()
                 t0 = time.perf_counter()
             if i >= warmup:
-                tokens += batch.n_tokens
-            loss, _ = accumulate(model, [batch], SFT())
+                tokens += sum(b.n_tokens for b in step)
+            mine = step if world is None else [step[world.rank]]
+            loss, _ = accumulate(model, mine, SFT(), units=sum(b.n_loss_tokens for b in step))
+            if world is not None:
+                world.sync_gradients(params)
             update(opt, params, 1e-4, 1.0)
         loss_value = loss.item()
         sync()
@@ -161,7 +170,7 @@ def run_ours(model: torch.nn.Module, cfg: Any, seq: int, steps: int, warmup: int
             result["ckpt_stall_s"] = checkpoint_stall(model, opt)
         return result
     finally:
-        del opt, batches
+        del opt, rows
         for p in params:
             p.grad = None
         if DEV == "cuda":
@@ -302,6 +311,29 @@ def longest(model: torch.nn.Module, cfg: Any, budget_gb: float) -> int:
     return best
 
 
+def on_ranks(a: argparse.Namespace) -> None:
+    """One rank of `--nproc`: our LoRA step on a row per rank; rank 0 adds the group's figures to the JSON."""
+    from finetuned.worker.ranks import Ranks, join_group
+
+    global DEV
+    device = join_group()
+    DEV = device.type  # "cuda" is this rank's GPU: join_group made it the current device
+    world = Ranks(None, device)
+    model, cfg = build(a.shape, a.seq, qlora=False)
+    result = run_ours(model, cfg, a.seq, a.steps, a.warmup, a.peak_tflops * world.size, world=world)
+    if world.main:
+        out = RESULTS if device.type == "cuda" else RESULTS.with_name("train_gpu_smoke.json")
+        results = json.loads(out.read_text()) if out.exists() else {}
+        one = results.get("finetuned", {}).get("tokens_per_s")
+        result["scaling_over_one_gpu"] = result["tokens_per_s"] / one if one else None
+        results[f"finetuned/{world.size}gpu"] = result
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"finetuned on {world.size} ranks: {json.dumps(result)}")
+    world.barrier()  # no rank tears the group down while another still uses it
+    torch.distributed.destroy_process_group()
+
+
 def reference(args: list[str]) -> dict[str, Any]:
     out = subprocess.run([sys.executable, str(SHARED / "bench" / "hf_peft_baseline.py"), *args],
                          capture_output=True, text=True)
@@ -320,11 +352,20 @@ def main() -> None:
     parser.add_argument("--dpo", action="store_true", help="also DPO: our step beside TRL's DPOTrainer (batch 2 pairs)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cpu: a smoke test of the script itself (use --shape tiny --quick)")
+    parser.add_argument("--nproc", type=int, default=1, help="measure our step on N GPUs of this machine")
     a = parser.parse_args()
     global DEV
     DEV = a.device
     if DEV == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/train_gpu.py needs a CUDA GPU; on the CPU run bench/train_cpu.py")
+    if "RANK" in os.environ:  # one of the ranks torchrun started for --nproc
+        on_ranks(a)
+        return
+    if a.nproc > 1:  # this script again under torchrun, without --nproc (torchrun would take it for its own)
+        i = sys.argv.index("--nproc") if "--nproc" in sys.argv else None
+        rest = sys.argv[1:i] + sys.argv[i + 2:] if i else [x for x in sys.argv[1:] if not x.startswith("--nproc=")]
+        sys.exit(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 f"--nproc-per-node={a.nproc}", __file__, *rest]).returncode)
     common = ["--shape", a.shape, "--seq", str(a.seq), "--steps", str(a.steps), "--warmup", str(a.warmup),
               "--peak-tflops", str(a.peak_tflops), "--mixed-min", str(min(256, a.seq // 2)), "--device", DEV]
     device = torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu"

@@ -50,3 +50,16 @@ def start_daemon(tmp_path: Path, gate: Gate):
     yield start
     for daemon in started:
         daemon.stop(timeout=20)
+
+
+@pytest.fixture
+def ray_cluster():
+    """Two Ray nodes of one CPU each, on this machine (`ray.cluster_utils.Cluster`); skipped without Ray."""
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes.add_node(num_cpus=1)
+    nodes.wait_for_nodes()
+    yield nodes
+    nodes.shutdown()

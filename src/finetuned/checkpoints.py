@@ -28,6 +28,8 @@ WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.pt"
 RNG = "rng.pt"
 FILES = (WEIGHTS, OPTIMIZER, RNG)
+# strategy fsdp: weights and optimizer state as torch.distributed.checkpoint shards, in place of WEIGHTS and OPTIMIZER
+SHARDED = "sharded"
 KEEP = "KEEP"  # a user's marker: retention never removes this checkpoint
 BEST = "BEST"  # the job's best checkpoint by its early-stopping metric: kept too
 NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -71,9 +73,17 @@ def read_progress(path: Path) -> TrainingProgress | None:
         return None
 
 
+def is_sharded(path: Path) -> bool:
+    """Written by the ranks of strategy fsdp, each its own shards (worker/sharded.py)."""
+    return (path / SHARDED).is_dir()
+
+
 def _files_whole(path: Path) -> bool:
-    """Every tensor file present and not empty (an empty one is a write cut short, or outside damage)."""
+    """Every tensor file present and not empty (an empty one is a write cut short, or outside damage);
+    for sharded ones, DCP's metadata (written last) and the random state."""
     try:
+        if is_sharded(path):
+            return (path / SHARDED / ".metadata").stat().st_size > 0 and (path / RNG).stat().st_size > 0
         return all((path / name).stat().st_size > 0 for name in FILES)
     except OSError:
         return False

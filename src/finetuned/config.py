@@ -198,6 +198,31 @@ class NotifySettings(_Section):
     timeout_seconds: float = Field(10, gt=0)
 
 
+class RaySettings(_Section):
+    """Ray Train on an existing cluster (docs/scaling.md)."""
+
+    address: str = "auto"  # "auto": the cluster this machine joined with `ray start`
+    num_workers: int = Field(2, gt=0)
+    use_gpu: bool = False  # as in Ray's ScalingConfig: a GPU cluster says so
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)  # e.g. {"CPU": 4, "GPU": 1}
+
+
+class DistributedSettings(_Section):
+    """Training past one device (docs/scaling.md): the daemon still owns the queue, files and controls."""
+
+    launcher: Literal["none", "torchrun", "ray"] = "none"
+    nproc_per_node: int = Field(1, gt=0)  # torchrun: ranks on this machine (one per GPU)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks a job trains on."""
+        if self.launcher == "torchrun":
+            return self.nproc_per_node
+        return self.ray.num_workers if self.launcher == "ray" else 1
+
+
 class Config(_Section):
     base_model: str = "builtin:smollm2-135m-instruct"
     method: Literal["lora", "qlora", "full"] = "lora"
@@ -212,6 +237,7 @@ class Config(_Section):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    distributed: DistributedSettings = Field(default_factory=DistributedSettings)
 
     @model_validator(mode="after")
     def _adapter_needs_lora(self) -> Config:

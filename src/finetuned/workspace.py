@@ -205,6 +205,11 @@ class Workspace:
     def previews_file(self, job_id: str) -> Path:
         return self.logs / "previews" / f"{job_id}.jsonl"
 
+    @property
+    def ray_storage(self) -> Path:
+        """Ray Train's own run state (`distributed.launcher` ray); checkpoints stay in models/checkpoints."""
+        return self.logs / "ray"
+
     def tensorboard_dir(self, job_id: str) -> Path:
         return self.logs / "tensorboard" / job_id
 

@@ -97,7 +97,7 @@ def test_settings_the_worker_refuses_hold_the_queue_but_a_file_s_own_settings_fa
     config.data.prepare_ahead = False
     ws = make_workspace(tmp_path / "ws", config)
     daemon = Daemon(ws, ws.load_config(), monitor=False)
-    daemon.session.worker_factory = lambda _root: RefusingWorker()
+    daemon.session.worker_factory = lambda _root, _distributed: RefusingWorker()
     daemon.settings.checker_factory = lambda _root: InlineChecker(ws)
     daemon.store.load().recover()
 

@@ -158,7 +158,7 @@ class QueueMachine(RuleBasedStateMachine):
         daemon.store.load().recover()
         return daemon
 
-    def _new_worker(self, _root: str) -> SimWorker:
+    def _new_worker(self, _root: str, _distributed: object) -> SimWorker:
         worker = SimWorker(self.disk, self.trained, self.ws.adapters)
         self.workers.append(worker)
         return worker

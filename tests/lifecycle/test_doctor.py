@@ -24,8 +24,8 @@ def test_doctor_on_a_good_workspace_says_ok_and_exits_0(trained):
     done = cli("doctor", "--root", str(trained.root))
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    names = ["workspace", "config", "daemon", "lock", "base model", "disk", "monitor", "accelerator", "last failure",
-             "daemon log", "gguf export"]
+    names = ["workspace", "config", "daemon", "lock", "base model", "disk", "monitor", "accelerator", "distributed",
+             "last failure", "daemon log", "gguf export"]
     assert [line[5:18].strip() for line in lines] == names
     assert all(line.split()[0] in (OK, WARN) for line in lines)
     checks = by_name(run_checks(trained, deep=True))

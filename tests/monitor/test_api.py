@@ -249,3 +249,14 @@ def test_one_job_s_record_and_adapter_never_show_a_secret(client, state: StateWo
     record = json.loads(body)["record"]
     assert record["summary"]["config"]["monitor"]["token"] == "***"
     assert record["summary"]["config"]["notify"] == {"webhook": "***", "command": None}
+
+
+def test_status_shows_the_ranks_and_their_memory_of_a_job_on_several(client, state: StateWorkspace):
+    t = client.get("/api/status").json()["training"]
+    assert (t["world_size"], t["rank_memory_gb"]) == (1, None), "one process: nothing more to show"
+    ranks = [{"ram": 1.25}, {"ram": 1.5, "device_peak": 7.0}]
+    with open(state.ws.metrics_file(state.current.id), "a") as f:
+        f.write(json.dumps({"step": 7, "line_step": 17, "loss": 0.4, "lr": 1e-3, "tokens": 700, "step_seconds": 0.5,
+                            "time": time.time(), "world_size": 2, "rank_memory_gb": ranks}) + "\n")
+    t = client.get("/api/status").json()["training"]
+    assert (t["world_size"], t["rank_memory_gb"]) == (2, ranks)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import urllib.request
 from pathlib import Path
@@ -181,6 +182,25 @@ def test_skip_asks_for_confirmation(page, daemon: MonitoredDaemon, expect):
     expect(page.locator("#hist-table")).to_contain_text("skipped", timeout=10_000)
     expect(page.get_by_test_id("now-file")).not_to_have_text("arithmetic_20k.jsonl", timeout=20_000)
 
+
+
+@pytest.mark.daemon  # a real daemon of its own, on two torchrun ranks
+def test_a_job_on_two_ranks_shows_them_and_each_ones_memory(browser, expect, tmp_path: Path, tiny_model_dir: Path):
+    config = monitor_config(epochs=3)
+    config.distributed.launcher, config.distributed.nproc_per_node = "torchrun", 2
+    ws = make_workspace(tmp_path / "ws", config)
+    drop(ws, "long.jsonl", chat_lines(4000, "hi"))
+    daemon = MonitoredDaemon(ws, tmp_path / "daemon.out")
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    try:
+        page = context.new_page()
+        page.goto(daemon.wait_url())
+        ranks = page.get_by_test_id("world")
+        expect(ranks).to_have_text(re.compile(r"^2 · \d+\.\d / \d+\.\d GB$"), timeout=120_000)
+        assert "rank 1: " in (ranks.get_attribute("title") or ""), "each rank's memory in the tooltip"
+    finally:
+        context.close()
+        daemon.stop()
 
 
 @pytest.fixture(scope="module")

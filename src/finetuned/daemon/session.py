@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from finetuned import controls
-from finetuned.config import Config, without_secrets
+from finetuned.config import Config, DistributedSettings, without_secrets
 from finetuned.controls import Control
-from finetuned.daemon.supervisor import WorkerHandle
+from finetuned.daemon.supervisor import WorkerHandle, training_worker
 from finetuned.fsio import remove_file
 from finetuned.overrides import touches_model
 from finetuned.queue.endings import Endings, Notify
@@ -50,13 +50,14 @@ RATE_WINDOW = 20  # steps the ETA averages over
 
 class Session:
     def __init__(self, ws: Workspace, store: JobStore, endings: Endings, notify: Notify,
-                 worker_factory: Callable[[str], WorkerHandle] = WorkerHandle) -> None:
+                 worker_factory: Callable[[str, DistributedSettings], WorkerHandle] = training_worker) -> None:
         self.ws = ws
         self.store = store
         self.endings = endings
         self.notify = notify
         self.worker_factory = worker_factory
         self.worker: WorkerHandle | None = None
+        self.launched: DistributedSettings | None = None  # how the worker was started (one rank or several)
         self.job: Job | None = None
         self.config: Config | None = None  # the settings the job started with
         self.progress: Progress | None = None
@@ -84,8 +85,12 @@ class Session:
     # --- what the daemon asks -------------------------------------------
     def start(self, job: Job, config: Config, exclude: list[str]) -> None:
         """Hand `job` to the worker (started now, or kept from the last job with its model loaded)."""
+        if self.worker is not None and self.launched != config.distributed:
+            log.info("distributed settings changed: restarting the training worker")
+            self.release_model()
         if self.worker is None:
-            self.worker = self.worker_factory(str(self.ws.root))
+            self.worker = self.worker_factory(str(self.ws.root), config.distributed)
+            self.launched = config.distributed
         self.job, self.config = job, config
         self.progress = Progress(job.id, job.step, job.total_steps)
         self.phase, self.reason, self.yielding, self.paused_since = "starting", "", None, None
@@ -231,7 +236,10 @@ class Session:
                 raise OSError(errno.ENOSPC, f"job {job.id}: {report.reason}")
             case Failed(kind=FailKind.CRASH):
                 assert self.config is not None
-                self.endings.crashed(self._take(), report.reason, self.config.control.max_retries)
+                retries = self.config.control.max_retries  # read before _take() forgets the job's settings
+                self.endings.crashed(self._take(), report.reason, retries)
+                if report.worker_exits:  # it is going down: the retry must not be handed to it
+                    self.release_model()
             case Failed(kind=FailKind.CONFIG) if not touches_model(job.overrides):
                 self.endings.requeued(self._take(), f"held: {report.reason}", front=True)
                 self.refused = report.reason

@@ -2,6 +2,9 @@
 
 The worker is a spawned child in its own process group; the daemon records
 how it died (exit code or signal) and tells a deliberate stop from a crash.
+On several ranks the child is the group's agent (worker/group.py): the
+daemon starts, talks to, watches and kills it exactly as a single worker,
+and the ranks die with it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import signal
 import time
 from collections.abc import Callable
 
+from finetuned.config import DistributedSettings
+from finetuned.worker.group import main as group_main
 from finetuned.worker.main import main as worker_main
 from finetuned.worker.protocol import Order, Report, Shutdown
 
@@ -21,10 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class WorkerHandle:
-    def __init__(self, ws_root: str, target: Callable[..., None] = worker_main, name: str = "training worker") -> None:
+    def __init__(self, ws_root: str, target: Callable[..., None] = worker_main, name: str = "training worker",
+                 extra: tuple[str, ...] = ()) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that runs threads
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=target, args=(child, ws_root, os.getpid()), name=f"finetuned {name}")
+        self.process = ctx.Process(target=target, args=(child, ws_root, os.getpid(), *extra), name=f"finetuned {name}")
         self.process.start()
         child.close()
         self.pid = self.process.pid
@@ -87,3 +93,11 @@ class WorkerHandle:
             log.warning("%s %s did not exit in %.0fs; killing it", self.name, self.pid, timeout)
             self.kill()
         self._conn.close()
+
+
+def training_worker(ws_root: str, settings: DistributedSettings) -> WorkerHandle:
+    """The worker `distributed` asks for: one process, or the agent of a group of ranks."""
+    if settings.launcher == "none":
+        return WorkerHandle(ws_root)
+    name = f"training group ({settings.launcher}, {settings.world_size} ranks)"
+    return WorkerHandle(ws_root, target=group_main, name=name, extra=(settings.model_dump_json(),))

@@ -9,7 +9,7 @@ end-of-turn token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -202,3 +202,10 @@ def _finish(
         n_tokens,
         n_examples,
     )
+
+
+def idle(batch: Batch | PreferenceBatch) -> Batch | PreferenceBatch:
+    """The same rows, counting nothing: a pass the step weighs by zero (a rank without rows there)."""
+    if isinstance(batch, PreferenceBatch):
+        return replace(batch, n_examples=0)
+    return replace(batch, n_loss_tokens=0, n_tokens=0, n_examples=0)

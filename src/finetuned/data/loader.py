@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from finetuned.data.batches import Batch, ExampleStore, PreferenceBatch, pack_rows, packed_batch, padded_batch
+from finetuned.data.batches import Batch, ExampleStore, PreferenceBatch, idle, pack_rows, packed_batch, padded_batch
 from finetuned.data.examples import PREFERENCE, SFT, UNPAIRED
 from finetuned.data.tokenize import LABELS, MASK, OFFSETS, TOKENS, load_meta
 
@@ -204,20 +204,40 @@ class JobData:
             plan = _Plan(ids[start : start + self.batch_size], self._rows(ids[start : start + self.batch_size]))
             yield self._preference_batch([plan.row(r) for r in range(plan.n_rows)], together=True)
 
-    def step_batches(self, step: int, split: int = 1) -> list[Batch | PreferenceBatch]:
+    def step_batches(self, step: int, split: int = 1, part: tuple[int, int] = (0, 1)) -> list[Batch | PreferenceBatch]:
         """The grad_accum micro-batches of optimizer step `step` (0-based).
 
         The last step of an epoch may hold fewer micro-batches, and its last one
         fewer rows: weight the loss by `n_loss_tokens`, not by batch count.
         `split` > 1 cuts each micro-batch into that many smaller ones (after an out-of-memory):
-        the step's rows, and so its loss, stay the same.
+        the step's rows, and so its loss, stay the same. `part` (rank, ranks): that rank's share (`_cut`).
         """
         plan, start, end = self._step_rows(step)
-        size = self.rows_per_batch(split)
-        return [self._batch(plan, r, min(r + size, end)) for r in range(start, end, size)]
+        return self._cut(plan, start, end, split, part)
 
-    def rows_per_batch(self, split: int) -> int:
-        return -(-self.batch_size // split)
+    def rows_per_batch(self, split: int, ranks: int = 1) -> int:
+        """Rows a micro-batch (of one rank's share, on `ranks`) holds after `split`."""
+        share = -(-self.batch_size // ranks)
+        return -(-share // split)
+
+    def _cut(self, plan: _Plan, start: int, end: int, split: int, part: tuple[int, int]
+             ) -> list[Batch | PreferenceBatch]:
+        """Rows start..end in micro-batches. On several ranks (worker/ranks.py) rank r of R takes the r-th of R
+        near-equal runs of each micro-batch's rows; a row holds whole examples, so a pair is never cut between
+        ranks. `split` then cuts each rank's run, and every rank makes as many passes: one without rows of its
+        own there gets an `idle` copy of another's (sharded weights are gathered in every pass, by every rank)."""
+        rank, ranks = part
+        size = self.rows_per_batch(split, ranks)
+        if ranks == 1:
+            return [self._batch(plan, r, min(r + size, end)) for r in range(start, end, size)]
+        out: list[Batch | PreferenceBatch] = []
+        for first in range(start, end, self.batch_size):
+            runs = np.array_split(np.arange(first, min(first + self.batch_size, end)), ranks)
+            for k in range(0, len(runs[0]), size):  # runs[0] is the longest
+                rows = runs[rank][k : k + size]
+                out.append(self._batch(plan, int(rows[0]), int(rows[-1]) + 1) if len(rows)
+                           else idle(self._batch(plan, first, first + 1)))
+        return out
 
     def _step_rows(self, step: int) -> tuple[_Plan, int, int]:
         if not 0 <= step < self.total_steps:
@@ -238,14 +258,13 @@ class JobData:
     def epoch_of(self, step: int) -> int:
         return int(np.searchsorted(self.epoch_first_step, step, side="right")) - 1
 
-    def holdout_batches(self, split: int = 1) -> Iterator[Batch | PreferenceBatch]:
-        """The holdout examples, in a fixed order, batched the way training is (`split`: as `step_batches`)."""
+    def holdout_batches(self, split: int = 1, part: tuple[int, int] = (0, 1)) -> list[Batch | PreferenceBatch]:
+        """The holdout examples, in a fixed order, batched the way training is (`split`, `part`: as
+        `step_batches`)."""
         if not self.n_holdout:
-            return
+            return []
         plan = _Plan(self.holdout_ids, self._rows(self.holdout_ids))
-        size = self.rows_per_batch(split)
-        for start in range(0, plan.n_rows, size):
-            yield self._batch(plan, start, min(start + size, plan.n_rows))
+        return self._cut(plan, 0, plan.n_rows, split, part)
 
     def holdout_examples(self, n: int) -> list[tuple[list[int], list[int]]]:
         """(prompt ids, expected answer ids) of up to n holdout examples, for previews.

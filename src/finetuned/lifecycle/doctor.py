@@ -15,6 +15,7 @@ from typing import Any
 from finetuned.config import Config, ConfigError, is_loopback, load_config
 from finetuned.disk import free_gb
 from finetuned.fsio import read_json
+from finetuned.lifecycle import scaling
 from finetuned.lifecycle.versions import base_folder, describe
 from finetuned.lock import holder
 from finetuned.models import builtin
@@ -198,6 +199,19 @@ def check_accelerator() -> Check:
     return Check("accelerator", OK, "; ".join(parts))
 
 
+def check_distributed(ws: Workspace, config: Config) -> Check:
+    settings = config.distributed
+    if settings.launcher == "none":
+        return Check("distributed", OK, "one process (distributed.launcher none)")
+    if settings.strategy == "fsdp" and config.method == "qlora":
+        return Check("distributed", FAIL, "distributed.strategy fsdp does not shard a 4-bit (qlora) base: use ddp")
+    if settings.launcher == "ray":
+        level, message = scaling.ray_problems(ws, settings.ray)
+        return Check("distributed", level, message)
+    level, message = scaling.torchrun_problems(settings)
+    return Check("distributed", level, message)
+
+
 def check_last_failure(ws: Workspace) -> Check:
     reports = sorted(ws.failed.glob("*.error.json"), key=lambda p: p.stat().st_mtime) if ws.failed.is_dir() else []
     if not reports:
@@ -257,7 +271,12 @@ def run_checks(ws: Workspace, deep: bool = False) -> list[Check]:
     checks.append(_guard("disk", lambda: check_disk(ws, config or Config())))
     if config is not None:
         checks.append(_guard("monitor", lambda: check_monitor(config, login_users())))
-    checks += [_guard("accelerator", check_accelerator), _guard("last failure", lambda: check_last_failure(ws)),
+    checks.append(_guard("accelerator", check_accelerator))
+    if config is not None:
+        checks.append(_guard("distributed", lambda: check_distributed(ws, config)))
+    else:
+        checks.append(Check("distributed", WARN, "not checked: the config is invalid"))
+    checks += [_guard("last failure", lambda: check_last_failure(ws)),
                _guard("daemon log", lambda: check_log_errors(ws)), _guard("gguf export", check_gguf_converter)]
     return checks
 

@@ -97,9 +97,10 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
 
 
 def load_model(folder: Path, method: str = "lora", device: torch.device | str = "cpu",
-               activation_checkpointing: bool = False) -> nn.Module:
+               activation_checkpointing: bool = False, place: bool = True) -> nn.Module:
     """The base model on `device` (the caller's world chooses it): bf16 on a GPU, float32 on the CPU;
-    4-bit NF4 for qlora."""
+    4-bit NF4 for qlora. `place=False` leaves it on the CPU in `device`'s dtype: a sharded world moves
+    each unit's part of it to the device as it shards it (worker/sharded.py), never the whole model."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -119,7 +120,9 @@ def load_model(folder: Path, method: str = "lora", device: torch.device | str = 
         use_packed_attention(model)
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing,
                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    if place:
+        model = model.to(device)
     use_packed_attention(model)  # packed rows attend per example, with SDPA's fast kernels
     if activation_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it

@@ -73,6 +73,8 @@ def training_view(files: Files) -> dict[str, Any] | None:
     if points:
         last = points[-1]
         view["tokens"], view["line_step"] = last.get("tokens"), last.get("line_step")
+        # Logged steps of a job on several ranks carry their number and each rank's memory (worker/recipe.py).
+        view["world_size"], view["rank_memory_gb"] = last.get("world_size", 1), last.get("rank_memory_gb")
         view.setdefault("loss", last.get("loss"))
         vals = [p for p in points if _number(p.get("val_loss")) is not None]
         view["val_loss"] = vals[-1]["val_loss"] if vals else None

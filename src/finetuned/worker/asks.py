@@ -38,6 +38,13 @@ class Asks:
     def take(self, ask: Ask) -> None:
         self.waiting.append(ask)
 
+    def refuse(self, why: str) -> None:
+        """Answer what waits with why this worker cannot: the daemon shows it where the answer would be."""
+        for ask in self.waiting:
+            self.report(Answer(id=ask.id, text="", source=f"job {self.job_id}", job_id=self.job_id, step=None,
+                               line_step=None, seconds=0.0, error=f"not answered: {why}"))
+        self.waiting.clear()
+
     def answer(self, model: torch.nn.Module, progress: TrainingProgress, train_seconds: float) -> None:
         """Answer what waits, oldest first, while the budget allows."""
         while self.waiting and not self.previews.ahead(train_seconds):

@@ -55,15 +55,20 @@ class ModelCache:
         if loaded is not None and loaded.key == key and not (config.method == "full" and loaded.dirty):
             return loaded
         self.drop()  # free the old model before loading the next
+        if world.sharded and config.method == "qlora":
+            raise ValueError("distributed.strategy fsdp does not shard a 4-bit (qlora) base: use ddp")
         on_load()
-        checked = check_base_model(config, self.ws)  # a built-in is written out once, here
+        # A built-in is written out once, by the main rank; the others read the folder it wrote.
+        checked = world.from_main(lambda: check_base_model(config, self.ws))
         started = time.time()
         seed_all(config.training.seed)  # LoRA's initial weights depend on it
-        model = load_model(checked.path, config.method, world.device, config.training.activation_checkpointing)
+        model = load_model(checked.path, config.method, world.device, config.training.activation_checkpointing,
+                           place=not world.sharded)
         if config.method in ("lora", "qlora"):
             model = add_lora(model, config.lora, checked.adapter)
         if memory.injector() is not None:  # tests: out-of-memory at chosen forwards (FINETUNED_INJECT_OOM)
             memory.hook(model)
+        world.prepare(model)  # sharded worlds split the weights over the ranks here, before anything copies them
         fresh = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         self.loaded = Loaded(key, checked.path, weights_hash(checked.path), model, checked.tokenizer, fresh)
         log.info("loaded %s (%s) in %.1fs", config.base_model, config.method, time.time() - started)

@@ -25,10 +25,24 @@ class CheckpointMismatch(Exception):
     """A checkpoint that does not fit the model it is loaded into."""
 
 
+# In rng.pt of a job trained on N ranks: the states of ranks 1..N-1 (rank 0's are the file's own keys,
+# so a single process resumes from it as from its own).
+RANKS = "ranks"
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_rank(seed: int, rank: int, step: int = 0) -> None:
+    """Seed a rank that has no saved state: rank 0 of a fresh job exactly as a single process, every other
+    rank (or a rank added on resume, at `step`) from a stream of its own, so ranks draw different dropout."""
+    if rank == 0 and step == 0:
+        seed_all(seed)
+    else:
+        seed_all(int(np.random.SeedSequence([seed & (2**64 - 1), rank, step]).generate_state(1)[0]))
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,11 +77,17 @@ class Snapshot:
 
 
 def snapshot(progress: TrainingProgress, weights: dict[str, torch.Tensor],
-             optimizer: torch.optim.Optimizer) -> Snapshot:
+             optimizer: torch.optim.Optimizer, rngs: list[dict[str, Any]] | None = None) -> Snapshot:
+    """`rngs`: every rank's random state, rank 0 first, when the job trains on several."""
     # The optimizer updates its state tensors in place: copy them, or the file would get later steps' values.
     state = copy.deepcopy(optimizer.state_dict())
     cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
-    return Snapshot(progress.model_copy(), cpu, state, rng_state())
+    return Snapshot(progress.model_copy(), cpu, state, rng_record(rngs))
+
+
+def rng_record(rngs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """What rng.pt holds: this process's random state, or rank 0's with the other ranks' beside it."""
+    return rng_state() if not rngs else {**rngs[0], RANKS: rngs[1:]}
 
 
 def write(job_dir: Path, snap: Snapshot, keep: int) -> Path:
@@ -150,5 +170,13 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     optimizer.load_state_dict(torch.load(path / OPTIMIZER, weights_only=False))
 
 
-def load_rng(path: Path) -> None:
-    set_rng_state(torch.load(path / RNG, weights_only=False))
+def load_rng(path: Path, rank: int = 0) -> bool:
+    """Restore `rank`'s random state; False when the checkpoint holds none for it (saved on fewer ranks)."""
+    state = torch.load(path / RNG, weights_only=False)
+    if rank:
+        others = state.get(RANKS, [])
+        if rank > len(others):
+            return False
+        state = others[rank - 1]
+    set_rng_state(state)
+    return True

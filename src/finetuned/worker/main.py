@@ -16,13 +16,17 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from finetuned.fsio import is_disk_full
 from finetuned.worker.protocol import Ask, Failed, FailKind, Order, Ready, Report, Shutdown, Train, Yield
+
+if TYPE_CHECKING:
+    from finetuned.worker.world import World
+    from finetuned.workspace import Workspace
 
 log = logging.getLogger("finetuned.worker")
 
@@ -65,9 +69,13 @@ def orders(conn: Connection, kind: type[OrderT]) -> Iterator[OrderT]:
 
 
 class Link:
-    """The worker's end of the pipe: yields and asks are read at a step boundary; other orders wait for the loop."""
+    """The worker's end of the pipe: yields and asks are read at a step boundary; other orders wait for the loop.
 
-    def __init__(self, conn: Connection, parent_pid: int) -> None:
+    `parent_pid`: the process whose death ends this one (the daemon, or a group's agent); None where
+    another supervisor ends it (Ray ends a run's actors with its driver).
+    """
+
+    def __init__(self, conn: Connection, parent_pid: int | None) -> None:
         self.conn = conn
         self.parent_pid = parent_pid
         self.held: list[Order] = []
@@ -80,9 +88,18 @@ class Link:
 
     def next_order(self) -> Order:
         """The next order, waiting for one; a closed pipe reads as Shutdown."""
+        order = None
+        while order is None:
+            order = self.order_within(None)
+        return order
+
+    def order_within(self, seconds: float | None) -> Order | None:
+        """The next order if one comes within `seconds` (None: however long it takes)."""
         if self.held:
             return self.held.pop(0)
         try:
+            if seconds is not None and not self.conn.poll(seconds):
+                return None
             return self.conn.recv()
         except (EOFError, OSError):
             return Shutdown()
@@ -96,9 +113,12 @@ class Link:
                 return order
             time.sleep(GATE_POLL_SECONDS)
 
-    def _read(self) -> Yield | Ask | None:
-        if os.getppid() != self.parent_pid:
+    def check_parent(self) -> None:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
             os._exit(0)  # the daemon is gone: never train unsupervised
+
+    def _read(self) -> Yield | Ask | None:
+        self.check_parent()
         while self.conn.poll():
             order = self.conn.recv()
             if isinstance(order, Yield | Ask):
@@ -120,8 +140,6 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
     if not detach(parent_pid):
         return
     from finetuned.logs import route_library_output, setup_logging
-    from finetuned.worker.cache import ModelCache
-    from finetuned.worker.recipe import run_job
     from finetuned.worker.world import Solo
     from finetuned.workspace import Workspace
 
@@ -129,11 +147,23 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
     setup_logging(ws, "training", stream=False)
     route_library_output()
     link = Link(conn, parent_pid)
-    world = Solo(link.send, link.poll)
+    serve(ws, Solo(link.send, link.poll), link.next_order)
+
+
+def serve(ws: Workspace, world: World, next_order: Callable[[], Order]) -> None:
+    """Train what the daemon orders, one job at a time, until it says shut down.
+
+    A job that crashes reaches the daemon as that job's failure. On several ranks the process then
+    exits with the error: its partners may be waiting for it in a collective, so the whole group goes
+    down, and the daemon retries the job on a new one from its last checkpoint.
+    """
+    from finetuned.worker.cache import ModelCache
+    from finetuned.worker.recipe import run_job
+
     cache = ModelCache(ws)
-    link.send(Ready(pid=os.getpid()))
+    world.report(Ready(pid=os.getpid()))
     while True:
-        order = link.next_order()
+        order = next_order()
         if isinstance(order, Shutdown):
             return
         if not isinstance(order, Train):
@@ -144,5 +174,8 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
             log.exception("job %s crashed", order.job.id)
             cache.drop()  # its state is unknown now: reload before the next job
             kind = FailKind.DISK if is_disk_full(exc) else FailKind.CRASH
-            link.send(Failed(job_id=order.job.id, kind=kind, reason=f"{type(exc).__name__}: {exc}",
-                             traceback=traceback.format_exc()))
+            group = world.size > 1
+            world.report(Failed(job_id=order.job.id, kind=kind, reason=f"{type(exc).__name__}: {exc}",
+                                traceback=traceback.format_exc(), worker_exits=group))
+            if group:
+                raise

@@ -22,6 +22,7 @@ from finetuned.evaluation.suites import EvalError, Suite, load_suites
 from finetuned.models import memory
 from finetuned.worker.cache import Loaded
 from finetuned.worker.objectives import Objective
+from finetuned.worker.world import World
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,12 @@ log = logging.getLogger(__name__)
 
 class Measurements:
     def __init__(self, ws: Workspace, job_id: str, config: Config, loaded: Loaded, data: JobData,
-                 objective: Objective, progress: TrainingProgress) -> None:
+                 objective: Objective, progress: TrainingProgress, world: World,
+                 model: torch.nn.Module | None = None) -> None:
+        """`model`, `objective`: what a step computes the loss with (world.runner)."""
         self.config, self.loaded, self.data, self.objective, self.progress = config, loaded, data, objective, progress
+        self.world = world
+        self.model = model if model is not None else loaded.model
         self.scores: dict[str, float] = {}  # the last suite scores
         self.spent = 0.0  # seconds evaluation took in this run
         self.split = 1  # holdout batches cut into this many after an out-of-memory
@@ -62,44 +67,61 @@ class Measurements:
         every, step = self.config.evaluation.every_steps, self.progress.step
         if not (done or (checkpoint_due if every is None else bool(every) and step % every == 0)):
             return
-        if not done and self.spent >= self.config.evaluation.budget * train_seconds:
+        if self.world.sharded:  # generation needs the whole model: a rank holds a part of it
+            log.info("evaluation at step %d skipped: the model is sharded over the ranks", step)
+            return
+        # The main rank's clock decides for every rank: they must all take part in its evaluation, or none.
+        budget = self.config.evaluation.budget * train_seconds
+        if not done and self.world.from_main(lambda: self.spent >= budget):
             log.info("evaluation at step %d skipped: it is ahead of its %.0f%% budget", step,
                      100 * self.config.evaluation.budget)
             return
         started = time.monotonic()
-        self.scores = self.evaluator.run(self.loaded.model, self.suites)
+        evaluator, suites = self.evaluator, self.suites
+        self.scores = self.world.from_main(lambda: evaluator.run(self.loaded.model, suites))
         seconds = time.monotonic() - started
         self.spent += seconds
         record.update({f"eval/{name}": score for name, score in self.scores.items()})
         record["eval_seconds"] = round(seconds, 3)
 
     def val_loss(self) -> float | None:
-        """The held-out loss; its batches are cut in two after each out-of-memory, like training's."""
+        """The held-out loss, each rank computing its share; its batches are cut in two after an out-of-memory
+        on any rank, like training's."""
+        ranks = self.world.size
         while True:
+            total, units, error = 0.0, 0, ""
             try:
                 with memory.phase(memory.EVAL):
-                    return self._val_loss()
+                    total, units = self._val_loss()
             except Exception as exc:
                 if not memory.is_out_of_memory(exc):
                     raise
                 error = str(exc).splitlines()[0][:200]
+            shares = [(total, units, error)] if ranks == 1 else self.world.gather((total, units, error))
+            errors = [e for _, _, e in shares if e]
+            if not errors:
+                units = sum(u for _, u, _ in shares)
+                return sum(t for t, _, _ in shares) / units if units else None
             memory.free()
-            if self.data.rows_per_batch(self.split) <= 1:
-                log.warning("validation loss not measured: out of memory one row at a time (%s)", error)
+            if self.data.rows_per_batch(self.split, ranks) <= 1:
+                log.warning("validation loss not measured: out of memory one row at a time (%s)", errors[0])
                 return None
             self.split *= 2
             log.warning("validation: out of memory; %d rows a batch from now on (%s)",
-                        self.data.rows_per_batch(self.split), error)
+                        self.data.rows_per_batch(self.split, ranks), errors[0])
 
     @torch.no_grad()
-    def _val_loss(self) -> float | None:
-        model = self.loaded.model
+    def _val_loss(self) -> tuple[float, int]:
+        """This rank's share of the held-out loss sum, and of its units."""
+        model, objective = self.model, self.objective
         total, units = 0.0, 0
         model.eval()
         try:
-            for batch in self.data.holdout_batches(self.split):
-                total += self.objective.loss(model, batch)[0].item()
-                units += self.objective.units(batch)
+            for batch in self.data.holdout_batches(self.split, (self.world.rank, self.world.size)):
+                loss = objective.loss(model, batch)[0]
+                if objective.units(batch):  # an idle pass (data/batches.py) counts nothing
+                    total += loss.item()
+                    units += objective.units(batch)
         finally:
             model.train()
-        return total / units if units else None
+        return total, units

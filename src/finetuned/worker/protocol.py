@@ -190,6 +190,7 @@ class Failed:
     step: int | None = None  # the step that failed, when one did
     report: dict[str, Any] | None = None  # the NAME.error.json body, for DATA
     traceback: str = field(default="", repr=False)
+    worker_exits: bool = False  # a CRASH that ends the worker too (a group of ranks): the next job needs a new one
 
 
 @dataclass(frozen=True)

@@ -40,16 +40,18 @@ def summary(ws: Workspace, config: Config, loaded: Loaded, data: JobData, progre
     }
 
 
-def publish(ws: Workspace, job: Job, config: Config, loaded: Loaded, result: dict[str, Any]) -> None:
+def publish(ws: Workspace, job: Job, config: Config, loaded: Loaded, result: dict[str, Any],
+            weights: dict[str, Any] | None = None) -> None:
     """Write the adapter (a whole model for `full`) and its job.json; a folder already there was published
-    before a crash cut the report short, and stays as it is."""
+    before a crash cut the report short, and stays as it is. `weights`: the whole weights, gathered, where
+    the model holds only this rank's shards (strategy fsdp)."""
     final = ws.adapter_dir(job.id)
     if final.exists():
         return
     tmp = final.with_name(f".{final.name}.tmp")
     remove_tree(tmp)
     try:
-        loaded.model.save_pretrained(tmp)
+        loaded.model.save_pretrained(tmp, state_dict=weights)
         # Every adapter carries the tokenizer and the chat template it was trained with: exports and
         # versions made from it prompt the model as training did, whatever its base says.
         save_tokenizer(loaded.tokenizer, tmp)

@@ -11,34 +11,33 @@ world's; the loop is the same for every objective and every world.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from finetuned import checkpoints, disk
+from finetuned import checkpoints
 from finetuned.checkpoints import TrainingProgress
-from finetuned.config import ConfigError
+from finetuned.config import Config
 from finetuned.data import DataError, JobData, is_current, prepare
+from finetuned.data.examples import SFT
 from finetuned.fsio import sha256_file
-from finetuned.models import memory
 from finetuned.models.loading import ModelError
 from finetuned.worker import checkpoint
 from finetuned.worker.asks import Asks
 from finetuned.worker.cache import Loaded, ModelCache
+from finetuned.worker.fitting import Fitter
 from finetuned.worker.measure import Measurements
 from finetuned.worker.metrics import MetricsLog
 from finetuned.worker.objectives import Objective, objective_for
 from finetuned.worker.objectives.reference import REFERENCE, reference_logps
 from finetuned.worker.previews import Previewer
 from finetuned.worker.protocol import (
-    WAITING_FOR_DISK,
     Ask,
-    Checkpoint,
     Completed,
     Failed,
     FailKind,
@@ -50,15 +49,14 @@ from finetuned.worker.protocol import (
     Yielded,
 )
 from finetuned.worker.publish import publish, summary
+from finetuned.worker.saver import Saver, copy_weights
 from finetuned.worker.schedule import lr_at
-from finetuned.worker.step import accumulate, update
+from finetuned.worker.step import update
 from finetuned.worker.stopping import observe
-from finetuned.worker.world import World
+from finetuned.worker.world import World, memory_gb
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-DISK_POLL_SECONDS = 5.0
 
 
 def run_job(ws: Workspace, order: Train, cache: ModelCache, world: World) -> None:
@@ -87,7 +85,7 @@ class Recipe:
         self.cache = cache
         self.world = world
         self.job_dir = ws.job_checkpoints(self.job_id)
-        self.writer = checkpoint.Writer()
+        self.saver = Saver(ws, self.job_id, world)
         self._dropout: dict[torch.nn.Module, float] = {}  # rates set aside for this job, put back at its end
 
     # --- setup ----------------------------------------------------------
@@ -107,11 +105,17 @@ class Recipe:
             error = "the data gives no training step"
             self._refuse(error, {"file": self.order.job.file, "error": error, "problems": []})
             return False
+        if self.world.sharded and self.data.form != SFT:
+            reason = "preference objectives train with distributed.strategy ddp, not fsdp (docs/scaling.md)"
+            self.world.report(Failed(job_id=self.job_id, kind=FailKind.CONFIG, reason=reason, step=0))
+            return False
         self.optimizer = self._setup_optimizer()
         self.progress, resumed_from = self._setup_state()
         self.objective = objective_for(self.data.form, self.config.preference, self._reference)
         if self.objective.name != "sft":
             self._quiet_dropout()
+        # What a step computes the loss with: the model, or (sharded) its root unit (worker/sharded.py).
+        self.step_model, self.step_objective = self.world.runner(self.loaded.model, self.objective)
         self.warnings = [note["message"] for note in self.data.meta.get("notes") or []]
         self.world.report(Started(job_id=self.job_id, step=self.progress.step, total_steps=self.data.total_steps,
                                   examples=self.data.n_train, resumed_from=resumed_from,
@@ -123,9 +127,12 @@ class Recipe:
         out = self.ws.tokenized / self.job_id
         max_len = config.training.max_seq_len
         sha256 = self.order.job.sha256 or sha256_file(self.order.file)
-        if not is_current(out, sha256, tokenizer, config.data, max_len):
+        # The main rank alone writes the token cache; every rank gets its verdict (world.py).
+        if self.world.from_main(lambda: not is_current(out, sha256, tokenizer, config.data, max_len)):
             self._phase("tokenising")
-            prepare(self.order.file, out, tokenizer, config.data, max_len)
+            refused = self.world.from_main(lambda: _prepare(self.order.file, out, tokenizer, config, max_len))
+            if refused is not None:
+                raise DataError(refused)
         t = config.training
         return JobData.open(
             out, batch_size=t.batch_size, grad_accum=t.grad_accum, epochs=t.epochs, max_steps=t.max_steps,
@@ -134,13 +141,14 @@ class Recipe:
         )
 
     def _reference(self) -> np.ndarray:
-        """Reference log-probabilities: the weights the job starts from (kept beside its tokens)."""
+        """Reference log-probabilities: the weights the job starts from (kept beside its tokens; the main rank
+        computes and writes them, every rank gets them)."""
         folder = self.ws.tokenized / self.job_id
         if self.progress.step and not (folder / REFERENCE).exists():
             log.warning("job %s: its reference log-probabilities are gone (its data was prepared again); "
                         "they are taken from the weights at step %d", self.job_id, self.progress.step)
         self._phase("scoring with the reference")
-        return reference_logps(self.loaded.model, self.data, folder)
+        return self.world.from_main(lambda: reference_logps(self.loaded.model, self.data, folder))
 
     def _quiet_dropout(self) -> None:
         """Preference losses compare log-probabilities: no dropout for this job, as TRL and LLaMA-Factory do."""
@@ -170,13 +178,14 @@ class Recipe:
             base_model=config.base_model, base_hash=loaded.base_hash, method=config.method,
             mode=config.training.mode, init_adapter=config.training.init_adapter,
         )
+        rank = self.world.rank
         if source is None:
-            self._copy_weights(loaded.fresh)
-            checkpoint.seed_all(config.training.seed)
+            copy_weights(loaded, loaded.fresh)
+            checkpoint.seed_rank(config.training.seed, rank)
         else:
-            self._copy_weights(checkpoint.load_weights(source[1]))
-            checkpoint.load_optimizer(source[1], self.optimizer)
-            checkpoint.load_rng(source[1])
+            self.saver.restore(source[1], loaded, self.optimizer)
+            if not checkpoint.load_rng(source[1], rank):  # saved on fewer ranks than train now
+                checkpoint.seed_rank(config.training.seed, rank, source[0].line_step)
             progress.line_step = source[0].line_step
         if own is not None:
             kept = own[0].model_dump(include={"step", "tokens", "loss_tokens", "examples", "last_loss", "first_loss",
@@ -187,48 +196,44 @@ class Recipe:
         loaded.dirty = True
         return progress, str(own[1]) if own else None
 
-    def _copy_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        params = self.loaded.trainable()
-        missing = set(params) - set(weights)
-        if missing:
-            raise checkpoint.CheckpointMismatch(f"checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[0]}")
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(weights[name])
-
     # --- the loop -------------------------------------------------------
     def train(self) -> None:
         config, t, progress = self.config, self.config.training, self.progress
         model = self.loaded.model
         params = list(self.loaded.trainable().values())
-        metrics = MetricsLog(self.ws.metrics_file(self.job_id), self.ws.tensorboard_dir(self.job_id))
+        main = self.world.main  # the one rank that writes the job's files
+        metrics = MetricsLog(self.ws.metrics_file(self.job_id), self.ws.tensorboard_dir(self.job_id)) if main else None
         previews = Previewer(config.previews, self.loaded.tokenizer, self.ws.previews_file(self.job_id))
         asks = Asks(self.loaded.tokenizer, previews, self.job_id, self.world.report)
+        fitter = Fitter(self.world, self.data, self.step_model, self.step_objective, self.optimizer, self.job_id,
+                        self.loaded.tokenizer)
         train_seconds = 0.0  # this run's time in steps: the previews' and evaluations' budgets are shares of it
         record: dict[str, Any] = {}
         stopped: dict[str, Any] | None = None
-        measure = Measurements(self.ws, self.job_id, config, self.loaded, self.data, self.objective, progress)
+        measure = Measurements(self.ws, self.job_id, config, self.loaded, self.data, self.step_objective, progress,
+                               self.world, self.step_model)
         model.train()
         try:
             while progress.step < progress.total_steps:
                 order = self._order(asks, train_seconds)
-                self._report_written()
+                self.saver.report_written()
                 if order is not None:
                     path = self._save(wait=True)
+                    self.world.barrier()  # every rank has stopped at this step and the checkpoint is durable
                     self.world.report(Yielded(job_id=self.job_id, reason=order.reason, step=progress.step,
                                               checkpoint=str(path)))
                     return
                 started = time.time()
-                fitted = self._fitted_step()
+                fitted = fitter.step(progress)
                 if fitted is None:
                     return
-                batches, loss, extra = fitted
-                loss_sum = loss.item()
+                batches, loss_sum = fitted.batches, fitted.loss
                 if not math.isfinite(loss_sum):  # fail before the step: memory keeps the last good weights
                     self.optimizer.zero_grad(set_to_none=True)
                     self.world.report(Failed(job_id=self.job_id, kind=FailKind.DIVERGED, step=progress.step + 1,
                                              reason=f"loss became {loss_sum} at step {progress.step + 1}"))
                     return
+                self.world.sync_gradients(params)
                 lr = lr_at(progress.line_step, t, progress.step, progress.total_steps)
                 update(self.optimizer, params, lr, t.max_grad_norm)
                 progress.step += 1
@@ -246,7 +251,7 @@ class Recipe:
                     "step": progress.step, "line_step": progress.line_step, "loss": loss_sum, "lr": lr,
                     "tokens": progress.tokens, "step_seconds": round(elapsed, 4), "time": time.time(),
                     "tokens_per_second": round(sum(b.n_tokens for b in batches) / max(elapsed, 1e-9), 1),
-                    **{name: value.item() for name, value in extra.items()},
+                    **fitted.metrics,
                 }
                 # Measure before the checkpoint of this step: the early-stopping state it updates is then in it.
                 checkpoint_due = done or progress.step % t.checkpoint_every_steps == 0
@@ -261,21 +266,32 @@ class Recipe:
                                "best_step": progress.best_step, "best_value": progress.best_value}
                     log.info("job %s: early_stopped at step %d: %s", self.job_id, progress.step, verdict.reason)
                 if done or stop or progress.step == 1 or progress.step % t.log_every_steps == 0:
-                    metrics.write(record)
-                    log.info("job %s step %d/%d loss %.4f lr %.2e%s", self.job_id, progress.step,
-                             progress.total_steps, loss_sum, lr,
-                             f" val_loss {record['val_loss']:.4f}" if "val_loss" in record else "")
+                    self._add_world(record)
+                    if metrics is not None:
+                        metrics.write(record)
+                        log.info("job %s step %d/%d loss %.4f lr %.2e%s", self.job_id, progress.step,
+                                 progress.total_steps, loss_sum, lr,
+                                 f" val_loss {record['val_loss']:.4f}" if "val_loss" in record else "")
                 self.world.report(Step(job_id=self.job_id, step=progress.step, total_steps=progress.total_steps,
                                        loss=loss_sum, lr=lr, tokens=progress.tokens, examples=progress.examples,
                                        step_seconds=elapsed))
-                if previews.due(progress.step):
+                # Previews run on the main rank's whole model; a sharded one runs only on every rank at once.
+                if main and not self.world.sharded and previews.due(progress.step):
                     previews.run(model, self.data.holdout_examples(config.previews.examples), progress.step,
                                  train_seconds)
                 if stop:
                     break
         finally:
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
         published = self._weights_to_publish()
+        weights = None
+        if self.world.sharded:  # every rank hands over its shards; the main rank publishes the whole
+            from finetuned.worker import sharded
+
+            weights = sharded.full_weights(self.loaded.model, trainable_only=config.method != "full")
+        if not main:
+            return
         result = summary(self.ws, config, self.loaded, self.data, progress, self.objective.name,
                          progress.first_loss, record.get("val_loss"))
         result["published_step"] = published
@@ -286,50 +302,16 @@ class Recipe:
             result["evaluation"] = {"scores": measure.scores, "best": best}
         if stopped is not None:
             result["early_stopped"] = stopped
-        publish(self.ws, self.order.job.model_copy(update={"warnings": self.warnings}), config, self.loaded, result)
+        publish(self.ws, self.order.job.model_copy(update={"warnings": self.warnings}), config, self.loaded, result,
+                weights)
         self.world.report(Completed(job_id=self.job_id, summary=result))
 
-    def _fitted_step(self) -> tuple[list[Any], torch.Tensor, dict[str, torch.Tensor]] | None:
-        """The next step's batches, loss and metrics, its micro-batches halved (and doubled in number) as often as
-        memory needs; None when even one row at a time does not fit (the daemon has been told)."""
-        progress, model = self.progress, self.loaded.model
-        while True:
-            batches = self.data.step_batches(progress.step, progress.micro_batch_split)
-            try:
-                with memory.phase(memory.TRAIN, progress.step + 1):
-                    return batches, *accumulate(model, batches, self.objective)
-            except Exception as exc:  # only an out-of-memory is survived; its traceback is dropped here
-                if not memory.is_out_of_memory(exc):
-                    raise
-                error = str(exc).splitlines()[0][:200]
-            del batches
-            self.optimizer.zero_grad(set_to_none=True)  # the micro-batches done before it are done again
-            memory.free()
-            rows = self.data.rows_per_batch(progress.micro_batch_split)
-            if rows <= 1:
-                self._out_of_memory(error)
-                return None
-            progress.micro_batch_split *= 2
-            smaller = self.data.rows_per_batch(progress.micro_batch_split)
-            reason = (f"out of memory at step {progress.step + 1} with {rows} rows a micro-batch; {smaller} from now "
-                      f"on, {progress.micro_batch_split}x as many (same loss) ({error})")
-            log.warning("job %s: %s", self.job_id, reason)
-            self.world.report(Phase(job_id=self.job_id, phase="training", reason=reason))
-
-    def _out_of_memory(self, error: str) -> None:
-        step = self.progress.step + 1
-        example, tokens = self.data.longest_in_step(self.progress.step)
-        ids, mask = self.data.store.example(example * self.data.per_example)
-        begins = self.loaded.tokenizer.decode(ids[mask.astype(bool)][:24], skip_special_tokens=True)
-        reason = (f"out of memory at step {step} even with one row a micro-batch; its longest sequence is example "
-                  f"{example} ({tokens} tokens; its answer begins {begins!r}). Lower training.max_seq_len, or use "
-                  f"training.activation_checkpointing or method qlora ({error})")
-        log.error("job %s: %s", self.job_id, reason)
-        self.world.report(Failed(job_id=self.job_id, kind=FailKind.MEMORY, step=step, reason=reason))
     def _order(self, asks: Asks, train_seconds: float) -> Yield | None:
         """The daemon's order at this boundary; the questions that come with it are answered here."""
-        while isinstance(order := self.world.order(self.progress.step), Ask):
+        while isinstance(order := self.world.order(self.progress.step), Ask):  # on the main rank alone
             asks.take(order)
+            if self.world.sharded:  # the main rank holds a part of the weights: it cannot answer alone
+                asks.refuse(f"the live model is sharded over {self.world.size} ranks (distributed.strategy fsdp)")
             asks.answer(self.loaded.model, self.progress, train_seconds)
         asks.answer(self.loaded.model, self.progress, train_seconds)  # those that waited for the budget
         return order
@@ -339,12 +321,15 @@ class Recipe:
         progress, best = self.progress, self.progress.best_step
         if best is None:
             return progress.step
-        self.writer.join()  # the best checkpoint is durable before it is marked or read
-        self._report_written()
-        marked = checkpoints.mark_best(self.job_dir, best)
+
+        def mark() -> Path | None:
+            self.saver.join()  # the best checkpoint is durable before it is marked or read
+            return checkpoints.mark_best(self.job_dir, best)
+
+        marked = self.world.from_main(mark)
         if self.config.evaluation.publish != "best" or best == progress.step or marked is None:
             return progress.step
-        self._copy_weights(checkpoint.load_weights(marked))
+        self.saver.restore(marked, self.loaded, self.optimizer)
         log.info("job %s: publishing the weights of step %d, its best", self.job_id, best)
         return best
 
@@ -353,35 +338,17 @@ class Recipe:
         the cached model is as the next job expects it."""
         for module, rate in self._dropout.items():
             module.p = rate
-        self.writer.join()
-        self._report_written()
+        self.saver.join()
+
+    def _add_world(self, record: dict[str, Any]) -> None:
+        """On several ranks, a logged step records their number and each one's memory (the monitor shows them)."""
+        if self.world.size > 1:
+            record["world_size"] = self.world.size
+            record["rank_memory_gb"] = self.world.gather(memory_gb(self.world.device))
 
     # --- checkpoints ----------------------------------------------------
     def _save(self, wait: bool) -> str:
-        """Checkpoint; with `wait` it is durable on return, else it is written beside the next steps."""
-        snap = checkpoint.snapshot(self.progress, self.loaded.trainable(), self.optimizer)
-        self._wait_for_space(disk.checkpoint_bytes(snap.weight_bytes))
-        path = self.writer.save(self.job_dir, snap, self.config.lifecycle.keep_checkpoints, wait)
-        self._report_written()
-        return str(path)
-
-    def _report_written(self) -> None:
-        for step, path in self.writer.written():
-            self.world.report(Checkpoint(job_id=self.job_id, step=step, path=str(path)))
-
-    def _wait_for_space(self, need: int) -> None:
-        """A full disk pauses the line (the daemon shows why) instead of failing a write half-way."""
-        minimum = self.config.lifecycle.min_free_gb
-        while not disk.enough_space(self.job_dir, need, minimum):
-            with contextlib.suppress(ConfigError):  # a user may lower the threshold instead of freeing space
-                minimum = self.ws.load_config().lifecycle.min_free_gb
-            if disk.enough_space(self.job_dir, need, minimum):
-                break
-            reason = (f"{WAITING_FOR_DISK}: {disk.free_gb(self.job_dir):.2f} GB free, a checkpoint needs "
-                      f"{need / 2**30:.2f} GB plus lifecycle.min_free_gb {minimum:g} GB")
-            log.warning("job %s: %s", self.job_id, reason)
-            self.world.report(Phase(job_id=self.job_id, phase=WAITING_FOR_DISK, reason=reason))
-            time.sleep(DISK_POLL_SECONDS)
+        return self.saver.save(self.progress, self.loaded, self.optimizer, self.config, wait)
 
     # --- reports --------------------------------------------------------
     def _phase(self, phase: str) -> None:
@@ -389,3 +356,13 @@ class Recipe:
 
     def _refuse(self, reason: str, report: dict[str, Any] | None) -> None:
         self.world.report(Failed(job_id=self.job_id, kind=FailKind.DATA, reason=reason, step=0, report=report))
+
+
+def _prepare(file: Path, out: Path, tokenizer: Any, config: Config, max_len: int) -> dict[str, Any] | None:
+    """Tokenise the job's file; the refusal's report, or None (a report crosses to other ranks, an error
+    would not)."""
+    try:
+        prepare(file, out, tokenizer, config.data, max_len)
+    except DataError as exc:
+        return exc.report
+    return None

@@ -117,10 +117,23 @@ function renderStatus() {
   $("st-tps").textContent = fmtRate(t.tokens_per_second);
   $("st-eps").textContent = num(t.examples_per_second) ? "≈ " + fmtRate(t.examples_per_second) : "–";
   $("st-sps").textContent = fmtRate(t.steps_per_second);
+  renderWorld(t);
   const running = t.status === "training";
   $("st-eta").textContent = running ? fmtDuration(t.eta_seconds) : t.status || "–";
   $("st-etaq").textContent = running && num(s.eta_queue_seconds) ? (s.eta_queue_partial ? "> " : "") + fmtDuration(s.eta_queue_seconds) : "–";
   if (S.job.id !== t.id) loadJobMetrics(t.id, t.file);
+}
+
+// A job on several ranks: how many, and each rank's memory as its last logged step measured it.
+function renderWorld(t) {
+  const size = num(t.world_size) ? t.world_size : 1;
+  $("st-world-box").hidden = size < 2;
+  if (size < 2) return;
+  const ranks = Array.isArray(t.rank_memory_gb) ? t.rank_memory_gb : [];
+  const used = ranks.map((m) => (m && num(m.device_peak) ? m.device_peak : m && m.ram)).filter(num);
+  $("st-world").textContent = used.length ? `${size} · ${used.map((gb) => gb.toFixed(1)).join(" / ")} GB` : `${size}`;
+  $("st-world").title = ranks.map((m, i) => `rank ${i}: ${num(m && m.ram) ? m.ram.toFixed(2) + " GB RAM" : "?"}` +
+    (m && num(m.device_peak) ? `, ${m.device_peak.toFixed(2)} GB GPU peak` : "")).join("\n");
 }
 
 function setBadge(el, text, kind) {
