@@ -217,7 +217,7 @@ class Gate:
 class DaemonProcess:
     """`finetuned run` as a real process, its output kept in a file for failure messages."""
 
-    def __init__(self, ws: Workspace, log_path: Path, gate: Gate | None = None) -> None:
+    def __init__(self, ws: Workspace, log_path: Path, gate: Gate | None = None, monitor: bool = False) -> None:
         from finetuned.worker.main import GATE_ENV
 
         self.ws = ws
@@ -227,10 +227,19 @@ class DaemonProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if gate is not None:
             env[GATE_ENV] = str(gate.path)
+        command = [sys.executable, "-m", "finetuned", "run", "--root", str(ws.root)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "finetuned", "run", "--root", str(ws.root), "--no-monitor"],
+            command if monitor else [*command, "--no-monitor"],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
+
+    def monitor_url(self, timeout: float = 60) -> str:
+        """The monitor's URL once it listens (a daemon started with `monitor=True`)."""
+        def ready() -> str | None:
+            status = read_json(self.ws.status_json) or {}
+            return status.get("monitor_url") if status.get("pid") == self.proc.pid else None
+
+        return wait_for(ready, timeout, "the monitor's URL in control/status.json", daemon=self)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -272,10 +281,13 @@ def where_is(ws: Workspace, job: dict[str, Any]) -> list[Path]:
     places = []
     for folder in (ws.inbox, ws.inbox_normal, ws.inbox_priority):
         places += [p for p in folder.iterdir() if p.is_file() and p.name == job["file"]]
-    places += [p for p in ws.queued.iterdir() if p.name.endswith("__" + job["file"])]
+    stored = Path(job["path"]).name  # a long name is stored shortened (fsio.fit_name)
+    places += [p for p in ws.queued.iterdir() if p.name.endswith("__" + job["file"]) or p.name == stored]
     renamed = job["file"].split(".")[0] + "." + job["id"]  # fsio.unique_path's name on a collision
     for folder in (ws.completed, ws.failed, ws.skipped):
-        places += [p for p in folder.iterdir() if p.name == job["file"] or p.name.startswith(renamed)]
+        places += [p for p in folder.iterdir()
+                   if p.name in (job["file"], stored)
+                   or (p.name.startswith(renamed) and not p.name.endswith(".error.json"))]
     return places
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import stat
 import subprocess
 import sys
 
 import pytest
 
-from finetuned.config import Config, ConfigError, load_config
+from finetuned.config import Config, ConfigError, load_config, redacted, save_config, without_secrets
+from finetuned.workspace import Workspace
 
 
 def test_missing_config_gets_the_defaults_written(tmp_path):
@@ -58,3 +60,29 @@ def test_preview_keys_in_their_old_place_are_read_with_a_warning(tmp_path, caplo
     both = {"monitor": {"preview_every_steps": 7}, "previews": {"every_steps": 3}}
     path.write_text(json.dumps(both))
     assert load_config(path).previews.every_steps == 3, "the new place wins"
+
+
+def test_config_json_is_written_for_its_owner_alone(tmp_path):
+    path = tmp_path / "config.json"
+    save_config(path, Config())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)  # an older version wrote it so
+    config = Config()
+    config.monitor.token = "a-token-of-sixteen+"
+    path.write_text(json.dumps(config.model_dump(mode="json")))
+    path.chmod(0o644)
+    Workspace.at(tmp_path).create()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600, "a config holding a secret is made private at start"
+
+
+def test_secrets_are_redacted_wherever_a_config_is_copied():
+    config = Config()
+    config.monitor.token, config.notify.webhook = "a-token-of-sixteen+", "https://hooks.example/x"
+    dumped = redacted({"summary": {"config": config.model_dump(mode="json")}, "other": [config.model_dump()]})
+    for copy in (dumped["summary"]["config"], dumped["other"][0]):
+        assert copy["monitor"]["token"] == "***" and copy["notify"]["webhook"] == "***"
+        assert copy["notify"]["command"] is None, "an unset secret stays unset"
+        assert copy["training"] == config.training.model_dump(mode="json")
+    worker = without_secrets(config)
+    assert worker.monitor.token == "***" and worker.notify.webhook == "***" and worker.training == config.training
+    assert config.monitor.token == "a-token-of-sixteen+", "the daemon's own config is untouched"

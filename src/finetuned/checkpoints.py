@@ -78,10 +78,20 @@ def is_sharded(path: Path) -> bool:
     return (path / SHARDED).is_dir()
 
 
-def _whole(path: Path) -> bool:
-    if is_sharded(path):
-        return (path / SHARDED / ".metadata").exists() and (path / RNG).exists()  # DCP writes .metadata last
-    return all((path / name).exists() for name in FILES)
+def _files_whole(path: Path) -> bool:
+    """Every tensor file present and not empty (an empty one is a write cut short, or outside damage);
+    for sharded ones, DCP's metadata (written last) and the random state."""
+    try:
+        if is_sharded(path):
+            return (path / SHARDED / ".metadata").stat().st_size > 0 and (path / RNG).stat().st_size > 0
+        return all((path / name).stat().st_size > 0 for name in FILES)
+    except OSError:
+        return False
+
+
+def is_whole(path: Path) -> bool:
+    """A checkpoint a job can resume from: its state.json readable and every tensor file there."""
+    return read_progress(path) is not None and _files_whole(path)
 
 
 def complete(job_dir: Path) -> list[tuple[TrainingProgress, Path]]:
@@ -93,7 +103,7 @@ def complete(job_dir: Path) -> list[tuple[TrainingProgress, Path]]:
         if not NAME.match(path.name):
             continue
         progress = read_progress(path)
-        if progress is None or not _whole(path):
+        if progress is None or not _files_whole(path):
             log.warning("passing over incomplete checkpoint %s", path)
             continue
         found.append((progress, path))
@@ -126,12 +136,24 @@ def line_head(
 
 
 def prune(job_dir: Path, keep: int) -> None:
-    """Remove all but the newest `keep` checkpoints; one holding a KEEP or BEST file, or the best so far
-    by early stopping (the newest checkpoint's `best_step`), is never removed."""
-    found = complete(job_dir)
-    best = found[-1][0].best_step if found else None
-    for progress, path in found[:-keep]:
-        if not ((path / KEEP).exists() or (path / BEST).exists() or progress.step == best):
+    """Remove all but the newest `keep` whole checkpoints, and every checkpoint folder that is not whole.
+
+    One holding a KEEP or BEST file, or the best so far by early stopping (the newest checkpoint's
+    `best_step`), is never removed. A whole checkpoint appears in one rename, so a `checkpoint-STEP`
+    that is not whole (state.json without its weights, say) is damage no job can resume from: it goes
+    too, unless it holds KEEP or BEST.
+    """
+    whole = complete(job_dir)
+    best = whole[-1][0].best_step if whole else None
+    doomed = [path for progress, path in whole[: max(len(whole) - keep, 0)] if progress.step != best]
+    kept = {path for _progress, path in whole}
+    if job_dir.is_dir():
+        broken = [p for p in job_dir.iterdir() if NAME.match(p.name) and p.is_dir() and p not in kept]
+        for path in broken:
+            log.warning("removing %s: not a whole checkpoint", path)
+        doomed += broken
+    for path in doomed:
+        if not ((path / KEEP).exists() or (path / BEST).exists()):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -7,12 +7,15 @@ silently fall back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from finetuned.fsio import atomic_write_json
 
@@ -136,6 +139,21 @@ class EvaluationSettings(_Section):
     batch_size: int = Field(8, gt=0)
 
 
+MIN_TOKEN_LENGTH = 16
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """A name or address that only this machine reaches."""
+    name = host.strip().strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class MonitorSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -143,6 +161,19 @@ class MonitorSettings(_Section):
     max_upload_mb: float = Field(512, gt=0)
     # Heartbeats come every second; this many seconds without one means the daemon is stuck or gone.
     stale_after_seconds: float = Field(10, gt=0)
+    # Open connections the monitor keeps (pages, scripts); it shares the daemon's file descriptors, so it
+    # never takes more than a quarter of the process's limit, whatever this says.
+    max_connections: int = Field(256, ge=4)
+    # A client that has not sent a whole request head by then is disconnected (half-open sockets).
+    header_timeout_seconds: float = Field(10, gt=0)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: str | None) -> str | None:
+        if token is not None and len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters, so it cannot be guessed "
+                             "(python3 -c 'import secrets; print(secrets.token_urlsafe(24))' makes one)")
+        return token
 
     @property
     def max_upload_bytes(self) -> int:
@@ -245,8 +276,9 @@ def _describe(err: ValidationError, path: Path | str) -> str:
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{path}: unknown key '{key}'"
-    if first["type"] == "value_error":
-        return f"{path}: {first['msg'].removeprefix('Value error, ')}"
+    if first["type"] == "value_error":  # a validator's own words; a model validator's name their keys
+        where = f"{key}: " if first["loc"] else ""
+        return f"{path}: {where}{first['msg'].removeprefix('Value error, ')}"
     got = first.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {json.dumps(got)})"
     more = len(err.errors()) - 1
@@ -282,4 +314,45 @@ def parse_config(raw: Any, path: Path | str, warn: bool = True) -> Config:
 
 
 def save_config(path: Path, config: Config) -> None:
-    atomic_write_json(path, config.model_dump(mode="json"))
+    # Only the user may read it: it holds the monitor's token and the notification endpoints.
+    atomic_write_json(path, config.model_dump(mode="json"), mode=0o600)
+
+
+# The settings that open doors (the monitor's token, where notifications go): they live in config.json
+# alone, and every copy of the config written elsewhere (job records, job.json, exports, the API) says this.
+REDACTED = "***"
+SECRETS = {"monitor": ("token",), "notify": ("webhook", "command")}
+
+
+def redacted(value: Any) -> Any:
+    """A copy of `value` (a config dump, or any JSON holding one) with every secret setting replaced by ***."""
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {key: redacted(v) for key, v in value.items()}
+    for section, keys in SECRETS.items():
+        part = out.get(section)
+        if isinstance(part, dict):
+            out[section] = {k: REDACTED if k in keys and v is not None else v for k, v in part.items()}
+    return out
+
+
+def protect(path: Path, config: Config) -> None:
+    """A config.json that holds a secret and that others may read is made the owner's alone."""
+    has_secret = config.monitor.token or config.notify.webhook or config.notify.command
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if has_secret and mode & 0o077:
+            os.chmod(path, 0o600)
+            log.warning("%s holds secrets (monitor.token, notify.*) and was readable by others (%o): now 600",
+                        path, mode)
+    except OSError as exc:
+        log.warning("%s: could not check who may read it: %s", path, exc)
+
+
+def without_secrets(config: Config) -> Config:
+    """The config a worker gets: the same training, none of the secrets (validation skipped: *** is no token)."""
+    monitor = config.monitor.model_copy(update={"token": REDACTED if config.monitor.token else None})
+    notify = config.notify.model_copy(update={k: REDACTED for k in SECRETS["notify"] if getattr(config.notify, k)})
+    return config.model_copy(update={"monitor": monitor, "notify": notify})

@@ -9,6 +9,7 @@ durable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,58 @@ from typing import Any
 
 # fsync makes a write survive a power cut. Only a test about logic, not durability, turns it off.
 DURABLE = True
+# Bytes in one file name on the file systems Linux users keep data on (ext4, xfs, btrfs, tmpfs):
+# a name built from a user's name (a prefix, a suffix, a temporary) must fit it, counted in bytes.
+NAME_MAX = 255
+_HASH_CHARS = 12
+_MAX_EXTENSION = 16
+
+
+def name_bytes(name: str) -> int:
+    """The length of a file name as the file system counts it (UTF-8 bytes; undecodable bytes as they were)."""
+    return len(os.fsencode(name))
+
+
+def text_name(name: str) -> str:
+    """A name fit to show and to write into JSON: bytes that are not UTF-8 become U+FFFD."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
+def _cut(text: str, limit: int) -> str:
+    """The longest start of `text` within `limit` bytes, never half a character."""
+    out, used = [], 0
+    for char in text:
+        size = name_bytes(char)
+        if used + size > limit:
+            break
+        out.append(char)
+        used += size
+    return "".join(out)
+
+
+def fit_name(name: str, limit: int = NAME_MAX) -> str:
+    """`name` when it fits in `limit` bytes; else its start, `~`, a hash of the whole name, and its extension.
+
+    The hash keeps two long names that share a start apart; the extension keeps the file's kind.
+    """
+    if name_bytes(name) <= limit:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:_HASH_CHARS]
+    dot = name.rfind(".")
+    ext = name[dot:] if dot > 0 and name_bytes(name[dot:]) <= _MAX_EXTENSION else ""
+    head = _cut(name[: len(name) - len(ext)], limit - name_bytes(ext) - 1 - len(digest))
+    return f"{head}~{digest}{ext}"
+
+
+def temp_path(path: Path, tag: str = "tmp") -> Path:
+    """A hidden temporary beside `path`, `.NAME.PID.TAG`, shortened to fit when NAME is long."""
+    suffix = f".{os.getpid()}.{tag}"
+    return path.with_name(fit_name(f".{path.name}", NAME_MAX - len(suffix)) + suffix)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """The file system (or the user's quota) has no room left: wait for space, never fail the work."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_dir(path: Path) -> None:
@@ -30,20 +83,41 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Replace `path` with `data` in one step; `mode` (e.g. 0o600) is set before any byte is written.
+
+    A write that fails (a full disk, a folder where the file should be) leaves the old file
+    and no temporary behind.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        if DURABLE:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+        with open(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)  # a temporary left by a dead writer kept its own mode
+            f.write(data)
+            f.flush()
+            if DURABLE:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+def json_bytes(obj: Any) -> bytes:
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a file name that is not UTF-8 (kept as surrogates): escaped, still valid JSON
+        return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+def atomic_write_json(path: Path, obj: Any, mode: int | None = None) -> None:
+    atomic_write_bytes(path, json_bytes(obj), mode)
 
 
 def read_json(path: Path) -> Any:
@@ -95,16 +169,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def unique_path(folder: Path, name: str, tag: str) -> Path:
-    """`folder/name`, or `folder/stem.TAG.ext` when that name is taken, never overwriting."""
-    candidate = folder / name
+def unique_path(folder: Path, name: str, tag: str, limit: int = NAME_MAX) -> Path:
+    """`folder/name`, or `folder/stem.TAG.ext` when that name is taken, never overwriting; within `limit` bytes."""
+    candidate = folder / fit_name(name, limit)
     if not candidate.exists() and not candidate.is_symlink():
         return candidate
-    stem, dot, ext = name.partition(".")
+    stem, dot, ext = candidate.name.partition(".")
     n = 1
     while True:
         suffix = tag if n == 1 else f"{tag}-{n}"
-        candidate = folder / (f"{stem}.{suffix}{dot}{ext}")
+        candidate = folder / fit_name(f"{stem}.{suffix}{dot}{ext}", limit)
         if not candidate.exists() and not candidate.is_symlink():
             return candidate
         n += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 
@@ -16,18 +17,26 @@ class WorkspaceLock:
         self.path = path
         self._fd: int | None = None
 
-    def acquire(self) -> WorkspaceLock:
+    def acquire(self, wait: float = 0.0) -> WorkspaceLock:
+        """Take the lock, trying for up to `wait` seconds. A child process forked while the lock was held
+        shares it until it execs, so a lock just released in this process can stay taken a moment."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            pid = holder(self.path)
-            who = f" (pid {pid})" if pid else ""
-            raise AlreadyRunning(
-                f"another finetuned daemon{who} is running on {self.path.parent.parent}; stop it first"
-            ) from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                pid = holder(self.path)
+                who = f" (pid {pid})" if pid else ""
+                raise AlreadyRunning(
+                    f"another finetuned daemon{who} is running on {self.path.parent.parent}; stop it first"
+                ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         os.fsync(fd)

@@ -66,6 +66,13 @@ class DailyFileHandler(logging.FileHandler):
         super().emit(record)
         self.flush()
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        # A full disk must not turn every later log line into a traceback on stderr: the line is lost, the
+        # daemon says why in control/status.json.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handleError(record)
+
 
 def setup_logging(ws: Workspace, prefix: str, stream: bool = True) -> None:
     handlers: list[logging.Handler] = [DailyFileHandler(ws, prefix)]

@@ -60,15 +60,20 @@ def deliver(settings: NotifySettings, event: str, payload: dict[str, Any]) -> li
         try:
             post(settings.webhook, body, settings.timeout_seconds)
         except (OSError, urllib.error.URLError, ValueError) as exc:
-            failures.append(f"webhook {settings.webhook}: {exc}")
+            failures.append(f"notify.webhook: {_without(exc, settings.webhook)}")  # the URL may hold a secret
     if settings.command:
         try:
             run_command(settings.command, body, settings.timeout_seconds, event)
         except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as exc:
-            failures.append(f"command {settings.command!r}: {exc}")
+            failures.append(f"notify.command: {_without(exc, settings.command)}")
     for failure in failures:
         log.warning("notification %s not delivered: %s", event, failure)
     return failures
+
+
+def _without(exc: Exception, secret: str) -> str:
+    """An error's text without the setting it names: the log is read by more people than config.json."""
+    return str(exc).replace(secret, "***")
 
 
 def notify(settings: NotifySettings, event: str, payload: dict[str, Any]) -> None:

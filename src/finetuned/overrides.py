@@ -14,14 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from finetuned.config import Config, ConfigError, parse_config
+from finetuned.config import Config, ConfigError, parse_config, redacted
+from finetuned.fsio import NAME_MAX, name_bytes
 
 SIDECAR_SUFFIX = ".config.json"
 DATA_SUFFIXES = (".jsonl", ".json")
 # Sections that configure the daemon, not a job: a file cannot change them.
 WORKSPACE_SECTIONS = ("control", "inbox", "monitor", "lifecycle", "notify")
-SECRETS = (("monitor", "token"), ("notify", "webhook"), ("notify", "command"))
-REDACTED = "***"
 
 
 def is_sidecar(name: str) -> bool:
@@ -31,6 +30,15 @@ def is_sidecar(name: str) -> bool:
 
 def sidecar_for(data_file: Path) -> Path:
     return data_file.with_name(data_file.name + SIDECAR_SUFFIX)
+
+
+def sidecar_of(data_file: Path) -> Path | None:
+    """The sidecar beside `data_file` when one is there (a link counts); None when not, or when its name
+    cannot exist (a data file's name within 12 bytes of the file system's limit has no room for one)."""
+    sidecar = sidecar_for(data_file)
+    if name_bytes(sidecar.name) > NAME_MAX:
+        return None
+    return sidecar if sidecar.exists() or sidecar.is_symlink() else None
 
 
 def parse_value(text: str) -> Any:
@@ -86,15 +94,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             out.update(flatten(value, name + "."))
         else:
             out[name] = value
-    return out
-
-
-def redacted(tree: dict[str, Any]) -> dict[str, Any]:
-    """A config dump with its secrets as "***" (unset ones stay null)."""
-    out = json.loads(json.dumps(tree))
-    for section, key in SECRETS:
-        if isinstance(out.get(section), dict) and out[section].get(key) is not None:
-            out[section][key] = REDACTED
     return out
 
 

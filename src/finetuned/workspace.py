@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from finetuned.config import Config, load_config
+from finetuned.config import Config, load_config, protect
 
 # A file in the inbox with one of these is still being written by someone.
 IGNORED_SUFFIXES = (".tmp", ".part", ".crdownload")
@@ -75,6 +75,11 @@ class Workspace:
     @property
     def lock_file(self) -> Path:
         return self.control / ".daemon.lock"
+
+    @property
+    def disk_reserve(self) -> Path:
+        """Space the daemon keeps aside, so that on a full disk its status can still say why it holds."""
+        return self.control / ".disk-reserve"
 
     @property
     def quiet_lock(self) -> Path:
@@ -229,7 +234,9 @@ class Workspace:
         """Create whatever is missing (never touching what exists) and return the config."""
         for folder in self.folders():
             folder.mkdir(parents=True, exist_ok=True)
-        return load_config(self.config_path)
+        config = load_config(self.config_path)
+        protect(self.config_path, config)
+        return config
 
     def load_config(self) -> Config:
         return load_config(self.config_path)

@@ -80,6 +80,19 @@ def test_add_checks_the_file_first_and_writes_its_own_settings_beside_it(tmp_pat
     ).st_mtime, "the settings are there before the file"
 
 
+def test_add_takes_a_file_whose_name_fills_the_file_system_s_limit(tmp_path):
+    """A 250-byte name: its temporary and its settings beside it must fit 255 bytes too."""
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    data = write_jsonl(tmp_path / ("漢" * 81 + "a.jsonl"), chat_lines(3))  # 250 bytes
+    finetuned("add", str(data), "--root", str(root))
+    assert [p.name for p in (root / "inbox/normal").iterdir()] == [data.name]
+    finetuned("add", str(data), "--priority", "--set", "training.epochs=2", "--root", str(root))
+    (added,) = [p for p in (root / "inbox/priority").iterdir() if not p.name.endswith(".config.json")]
+    assert added.read_bytes() == data.read_bytes() and added.name.startswith("漢" * 20) and added.suffix == ".jsonl"
+    assert json.loads((added.parent / (added.name + ".config.json")).read_text()) == {"training": {"epochs": 2}}
+
+
 def test_config_show_hides_secrets_and_set_validates_and_prints_the_change(tmp_path):
     root = tmp_path / "ws"
     finetuned("init", str(root))

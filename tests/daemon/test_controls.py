@@ -59,7 +59,7 @@ def test_pause_checkpoints_holds_priority_work_and_resume_continues(long_ws, sta
         "after the pause, priority work goes first"
     assert [e["status"] for e in jobs["long.jsonl"]["history"]].count("paused") == 1
     log = ws.daemon_log().read_text()
-    for line in ("pause requested at step 2", "paused at step 2", "resuming from step 2"):
+    for line in ("pause requested at step 2", "paused at step 2", "resuming from checkpoint-2 (step 2)"):
         assert log.count(line) == 1, (line, log)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -164,8 +166,13 @@ def test_sigterm_checkpoints_and_requeues(ws, start_daemon, gate):
     assert first["step"] == 1
     record = read_json(ws.adapter_record(job["id"]))
     assert record["first_loss"] == first["loss"], "first_loss is step 1's, not the resume step's"
-    log = ws.daemon_log().read_text()
-    assert log.count("resuming from step 3") == 1
+    # The completion line follows the record's move: wait for it rather than read the log at once.
+    def completed_log() -> str | None:
+        text = ws.daemon_log().read_text()
+        return text if ": completed," in text else None
+
+    log = wait_for(completed_log, 30, "the completion line in the log")
+    assert log.count("resuming from checkpoint-3 (step 3)") == 1
     assert f"loss {first['loss']:.4f} ->" in log
 
 
@@ -189,6 +196,28 @@ def test_queued_files_are_tokenised_while_another_trains(ws, start_daemon, gate)
     report = read_json(ws.failed / "overlong.jsonl.error.json")
     assert "max_seq_len" in json.dumps(report), report
     wait_for(lambda: status_of(ws, "next.jsonl") == "completed", 240, "next to train", daemon=daemon)
+
+
+def test_a_worker_killed_mid_step_resumes_from_its_checkpoint_and_says_which(ws, start_daemon, gate):
+    """After a crash the record and the log name the checkpoint the job resumes from, not the step it reached."""
+    daemon = start_daemon(ws)
+    gate.hold(7)  # checkpoints every 5 steps: the last one at 5
+    drop(ws, "a.jsonl", chat_lines(60))
+    held_at(ws, "a.jsonl", 7, daemon)
+    job_id = jobs_by_file(ws)["a.jsonl"]["id"]
+    wait_for(lambda: (checkpoints.latest(ws.job_checkpoints(job_id)) or (None,))[0] is not None, 30,
+             "the checkpoint at step 5", daemon=daemon)
+    os.kill(daemon.worker_pid(), signal.SIGKILL)
+    wait_for(lambda: len(jobs_by_file(ws)["a.jsonl"]["runs"]) == 2 and jobs_by_file(ws)["a.jsonl"]["runs"][1]
+             ["from_step"] == 5, 120, "the job to resume from step 5", daemon=daemon)
+    gate.release()
+    wait_for(lambda: status_of(ws, "a.jsonl") == "completed", 180, "the job to finish", daemon=daemon)
+    job = jobs_by_file(ws)["a.jsonl"]
+    assert job["runs"][0]["to_step"] == 7 and job["runs"][1]["from_step"] == 5
+    assert any("from checkpoint-5 (step 5)" in event["reason"] for event in job["history"]), job["history"]
+    log = ws.daemon_log().read_text()
+    assert f"job {job_id}: worker died from SIGKILL" in log and "retrying from checkpoint-5 (step 5)" in log
+    assert "resuming from checkpoint-5 (step 5)" in log
 
 
 def test_a_job_that_loses_examples_says_so_in_its_record_the_log_and_job_json(ws, start_daemon):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import time
 
 from lifecycle_helpers import cli
 
-from finetuned.config import save_config
+from finetuned.config import Config, save_config
 from finetuned.fsio import atomic_write_json
-from finetuned.lifecycle.doctor import FAIL, OK, WARN, as_json, run_checks
+from finetuned.lifecycle.doctor import FAIL, OK, WARN, as_json, check_monitor, login_users, run_checks
 from finetuned.lifecycle.line import log_event
 from finetuned.lock import WorkspaceLock
 
@@ -23,7 +24,7 @@ def test_doctor_on_a_good_workspace_says_ok_and_exits_0(trained):
     done = cli("doctor", "--root", str(trained.root))
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    names = ["workspace", "config", "daemon", "lock", "base model", "disk", "accelerator", "distributed",
+    names = ["workspace", "config", "daemon", "lock", "base model", "disk", "monitor", "accelerator", "distributed",
              "last failure", "daemon log", "gguf export"]
     assert [line[5:18].strip() for line in lines] == names
     assert all(line.split()[0] in (OK, WARN) for line in lines)
@@ -67,3 +68,17 @@ def test_doctor_reports_daemon_lock_disk_model_and_errors(trained):
     assert checks["daemon log"].level == WARN and "out of memory" in checks["daemon log"].message
     assert checks["disk"].level == FAIL and "min_free_gb" in checks["disk"].message
     assert checks["base model"].level == FAIL and "no such folder" in checks["base model"].message
+
+
+def test_doctor_says_who_can_press_the_monitor_s_buttons():
+    """On loopback with no token, every account of the machine can pause, skip, cancel and upload."""
+    config = Config()
+    shared = check_monitor(config, ["alice", "bob"])
+    assert shared.level == WARN and "alice, bob" in shared.message and "monitor.token" in shared.message
+    assert check_monitor(config, []).level == OK
+    config.monitor.token = "a-token-of-sixteen+"
+    assert check_monitor(config, ["alice"]).level == OK
+    config.monitor.host, config.monitor.token = "0.0.0.0", None
+    assert check_monitor(config, []).level == FAIL
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert not {me, "root", "daemon", "nobody"} & set(login_users()), "neither this account nor system ones"

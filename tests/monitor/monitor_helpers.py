@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -100,16 +101,21 @@ class StateWorkspace:
 class MonitoredDaemon:
     """`finetuned run` with its monitor (helpers.DaemonProcess runs without one)."""
 
-    def __init__(self, ws: Workspace, log_path: Path, gate: Gate | None = None) -> None:
+    def __init__(self, ws: Workspace, log_path: Path, gate: Gate | None = None, nofile: int | None = None) -> None:
         from finetuned.worker.main import GATE_ENV
 
         self.ws = ws
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115
+
+        def limits() -> None:  # in the child: the descriptor limit a user's machine may have
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **({GATE_ENV: str(gate.path)} if gate else {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "finetuned", "run", "--root", str(ws.root)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=limits,
         )
         self.url = ""
 

@@ -216,6 +216,41 @@ def test_the_page_and_its_assets_are_served_from_the_package(client):
         assert client.get(f"/static/{asset}").status_code == 200, asset
 
 
+WRONG_SHAPES = [{"queue": 5}, {"queue": [5, "x", None], "current": 3}, [], "text", 7, None,
+                {"job": 5}, {"job": {"id": 5, "step": "x"}}, {"gpu": [1, "a"]}, {"gpu": "x"},
+                {"id": 5, "runs": 3, "summary": "x"}]
+GETS = ["/api/status", "/api/queue", "/api/jobs", "/api/health", "/api/previews", "/api/metrics/line", "/metrics"]
+
+
+def test_state_files_of_the_wrong_shape_read_as_missing_never_a_server_error(client, state: StateWorkspace):
+    """Valid JSON, wrong shape (`{"queue": 5}` in control/queue.json): outside damage, read as no file."""
+    ws = state.ws
+    files = [ws.queue_json, ws.status_json, ws.training_status_json, ws.queue_status_json, ws.system_health_json,
+             ws.job_record(state.done.id), ws.adapter_record(state.done.id), ws.config_path]
+    for doc in WRONG_SHAPES:
+        for path in files:
+            path.write_text(json.dumps(doc))
+        for url in [*GETS, f"/api/jobs/{state.done.id}", f"/api/jobs/{state.current.id}"]:
+            response = client.get(url)
+            assert response.status_code < 500, (doc, url, response.text[:300])
+    assert client.get(f"/api/jobs/{state.done.id}").status_code == 404, "a damaged record is no record"
+    assert client.get("/api/queue").json()["queue"] == []
+
+
+def test_one_job_s_record_and_adapter_never_show_a_secret(client, state: StateWorkspace):
+    """Records written before secrets were redacted hold the monitor's token: the API never sends it."""
+    secret = "token-from-an-older-version"
+    config = {"monitor": {"token": secret}, "notify": {"webhook": "https://hooks.example/SECRET", "command": None}}
+    state.done.summary = {**state.done.summary, "config": config}
+    state.store.save(state.done)
+    atomic_write_json(state.ws.adapter_record(state.done.id), {"job_id": state.done.id, "config": config})
+    body = client.get(f"/api/jobs/{state.done.id}").text
+    assert secret not in body and "SECRET" not in body
+    record = json.loads(body)["record"]
+    assert record["summary"]["config"]["monitor"]["token"] == "***"
+    assert record["summary"]["config"]["notify"] == {"webhook": "***", "command": None}
+
+
 def test_status_shows_the_ranks_and_their_memory_of_a_job_on_several(client, state: StateWorkspace):
     t = client.get("/api/status").json()["training"]
     assert (t["world_size"], t["rank_memory_gb"]) == (1, None), "one process: nothing more to show"

@@ -44,7 +44,7 @@ def test_events_carry_new_steps_live(live_daemon: MonitoredDaemon):
     wait_for(lambda: _training_step(live_daemon) >= 1, 90, "training", daemon=live_daemon)
     events = EventReader(live_daemon.url + "api/events")
     _, _, snapshot = events.wait(lambda e: e[1] == "metrics" and e[2]["reset"], 10)
-    last = snapshot["points"][-1]["step"]
+    last = snapshot["columns"]["step"][-1]
     _, _, update = events.wait(lambda e: e[1] == "metrics" and not e[2]["reset"], 10)
     assert update["points"][0]["step"] > last
     events.close()

@@ -5,24 +5,35 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 from monitor_helpers import LOCAL, StateWorkspace
 
-from finetuned.config import MonitorSettings
+from finetuned.config import ConfigError, MonitorSettings, load_config
 from finetuned.monitor.app import create_app
 from finetuned.monitor.deps import get_settings
-from finetuned.monitor.security import COOKIE
+from finetuned.monitor.security import (
+    COOKIE,
+    FREE_FAILURES,
+    SESSION_SECONDS,
+    Throttle,
+    TooManyAttempts,
+    new_session,
+    session_value,
+)
 from finetuned.monitor.server import MonitorRefused, MonitorServer
 from finetuned.monitor.upload import UploadError, safe_name
+
+TOKEN = "correct-horse-battery"  # 21 characters: monitor.token takes 16 or more
 
 
 def test_beyond_loopback_without_a_token_refuses_to_start(state: StateWorkspace):
     for host in ("0.0.0.0", "192.168.1.20", "::", "myhost.lan"):
         with pytest.raises(MonitorRefused, match=r"monitor\.token"):
             MonitorServer(state.ws, MonitorSettings(host=host, port=0))
-    MonitorServer(state.ws, MonitorSettings(host="0.0.0.0", port=0, token="s3cret"))  # allowed, not started
+    MonitorServer(state.ws, MonitorSettings(host="0.0.0.0", port=0, token=TOKEN))  # allowed, not started
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         MonitorServer(state.ws, MonitorSettings(host=host, port=0))
 
@@ -61,7 +72,7 @@ def test_a_rebound_host_name_is_refused_on_a_loopback_monitor(client: TestClient
 
 @pytest.fixture
 def token_client(state: StateWorkspace):
-    settings = MonitorSettings(host="0.0.0.0", port=0, token="s3cret")
+    settings = MonitorSettings(host="0.0.0.0", port=0, token=TOKEN)
     app = create_app(state.ws, settings)
     app.dependency_overrides[get_settings] = lambda: settings
     with TestClient(app, base_url="http://192.168.1.20:8080", follow_redirects=False) as c:
@@ -73,7 +84,7 @@ def test_beyond_loopback_every_request_needs_the_token(token_client: TestClient)
     assert token_client.post("/api/control/pause").status_code == 401
     assert token_client.get("/metrics").status_code == 401
     assert token_client.get("/api/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert token_client.get("/api/status", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert token_client.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert token_client.get("/").headers["location"] == "/login"
 
 
@@ -82,17 +93,17 @@ def test_login_sets_an_http_only_cookie_that_opens_the_page(token_client: TestCl
     wrong = token_client.post("/login", content=b"token=nope",
                               headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert wrong.status_code == 401 and COOKIE not in wrong.cookies
-    right = token_client.post("/login", content=b"token=s3cret",
+    right = token_client.post("/login", content=f"token={TOKEN}".encode(),
                               headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert right.status_code == 303 and right.headers["location"] == "/"
     cookie = right.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "s3cret" not in cookie
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
     assert token_client.get("/api/status").status_code == 200, "the cookie now authorises the API"
     assert token_client.get("/").status_code == 200
 
 
 def test_login_from_another_site_is_refused(token_client: TestClient):
-    response = token_client.post("/login", content=b"token=s3cret", headers={
+    response = token_client.post("/login", content=f"token={TOKEN}".encode(), headers={
         "Content-Type": "application/x-www-form-urlencoded", "Origin": "http://evil.example"})
     assert response.status_code == 403
 
@@ -137,3 +148,84 @@ def test_an_oversize_upload_is_refused_and_leaves_nothing(client: TestClient, st
     streamed = client.post("/api/upload", params={"name": "big.jsonl"}, content=chunks())
     assert streamed.status_code == 413, streamed.text
     assert list(state.ws.inbox_normal.iterdir()) == []
+
+
+def test_a_short_token_is_a_clear_config_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"monitor": {"host": "0.0.0.0", "token": "s3cret"}}))
+    with pytest.raises(ConfigError, match=r"monitor\.token: .*at least 16 characters"):
+        load_config(tmp_path / "config.json")
+    MonitorSettings(token="x" * 16)
+
+
+def test_wrong_tokens_are_throttled_per_address(token_client: TestClient):
+    """~1,000 guesses a second were possible; now a few typos are free, then the address waits, longer each time."""
+    wrong = {"Authorization": "Bearer not-the-token-at-all"}
+    for _ in range(FREE_FAILURES):
+        assert token_client.get("/api/status", headers=wrong).status_code == 401
+    refused = token_client.get("/api/status", headers=wrong)
+    assert refused.status_code == 401, "the first failure past the free ones locks the address"
+    locked = token_client.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert locked.status_code == 429 and int(locked.headers["retry-after"]) >= 1, "even the right token waits"
+    form = token_client.post("/login", content=f"token={TOKEN}".encode(),
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 429, "the login form shares the count"
+
+
+def test_the_throttle_doubles_the_wait_and_forgets_a_success():
+    now = [0.0]
+    throttle = Throttle(clock=lambda: now[0])
+    for _ in range(FREE_FAILURES):
+        assert not throttle.attempt("a", "guess", TOKEN)
+    assert throttle.wait_seconds("a") == 0
+    waits = []
+    for _ in range(4):
+        assert not throttle.attempt("a", "guess", TOKEN)
+        waits.append(throttle.wait_seconds("a"))
+        with pytest.raises(TooManyAttempts):
+            throttle.attempt("a", TOKEN, TOKEN)
+        now[0] += waits[-1]
+    assert waits == [1, 2, 4, 8]
+    assert throttle.wait_seconds("b") == 0, "another address is not held up"
+    assert throttle.attempt("a", TOKEN, TOKEN) and throttle.wait_seconds("a") == 0
+
+
+def test_the_session_cookie_expires_and_cannot_be_forged(token_client: TestClient):
+    now = time.time()
+    for value, ok in ((new_session(TOKEN, now), True),
+                      (new_session(TOKEN, now - SESSION_SECONDS - 1), False),  # a day old: expired
+                      (session_value(TOKEN, int(now) + 10**9).replace(".", ".0", 1), False),  # tampered
+                      (f"{int(now) + 10**9}.{'0' * 64}", False),  # a far expiry, unsigned
+                      (new_session("another-token-entirely", now), False)):  # signed with another token
+        token_client.cookies.set(COOKIE, value)
+        assert (token_client.get("/api/status").status_code == 200) is ok, value
+    right = token_client.post("/login", content=f"token={TOKEN}".encode(),
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert f"Max-Age={SESSION_SECONDS}" in right.headers["set-cookie"]
+
+
+def test_the_schema_and_the_assets_are_behind_the_host_and_token_checks(token_client: TestClient,
+                                                                         client: TestClient):
+    assert token_client.get("/openapi.json").status_code == 401
+    assert token_client.get("/static/app.js").status_code == 401
+    assert token_client.get("/static/app.css").status_code == 200, "the login page needs its stylesheet"
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert token_client.get("/openapi.json", headers=bearer).json()["info"]["title"] == "finetuned monitor"
+    assert token_client.get("/static/app.js", headers=bearer).status_code == 401, "the page's assets: its cookie"
+    token_client.post("/login", content=f"token={TOKEN}".encode(),
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert token_client.get("/static/app.js").status_code == 200
+    rebound = {"Host": "evil.example:8080"}
+    for path in ("/openapi.json", "/static/app.js", "/static/app.css"):
+        assert client.get(path, headers=rebound).status_code == 403, path
+        assert client.get(path).status_code == 200, path
+
+
+def test_upload_names_are_limited_in_bytes_not_characters(client: TestClient, state: StateWorkspace):
+    fits = "漢" * 78 + ".jsonl"  # 240 bytes, 84 characters
+    response = client.post("/api/upload", params={"name": fits}, content=b'{"text": "x"}\n')
+    assert response.status_code == 201 and response.json()["file"] == fits
+    again = client.post("/api/upload", params={"name": fits}, content=b'{"text": "y"}\n')
+    assert again.status_code == 201, "a second upload of it gets `_2` and still fits"
+    over = client.post("/api/upload", params={"name": "漢" * 90 + ".jsonl"}, content=b'{"text": "x"}\n')
+    assert over.status_code == 400 and "bytes" in over.json()["detail"]
+    assert sorted(len(p.name.encode()) for p in state.ws.inbox_normal.iterdir())[-1] <= 255

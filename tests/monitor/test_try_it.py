@@ -13,7 +13,7 @@ from monitor_helpers import MonitoredDaemon, StateWorkspace, http, monitor_confi
 
 from finetuned import asks
 from finetuned.fsio import atomic_write_json
-from finetuned.monitor.events import EventWatcher
+from finetuned.monitor.events import Changes
 from finetuned.monitor.files import Files
 
 QUESTION = "Say hi number 2."
@@ -48,13 +48,13 @@ def test_no_question_is_taken_while_the_daemon_is_not_responding(client, state: 
 
 
 def test_the_event_stream_carries_questions_and_answers(state: StateWorkspace):
-    watcher = EventWatcher(Files(state.ws), state.ws.load_config().monitor)
-    watcher.changes()
+    changes = Changes(Files(state.ws), state.ws.load_config().monitor)
+    changes.poll()
     question = asks.submit(state.ws, QUESTION)
-    (event,) = [payload for name, payload in watcher.changes() if name == "asks"]
+    (event,) = [payload for name, payload in changes.poll() if name == "asks"]
     assert event["asks"][0]["status"] == "pending"
     asks.answer(state.ws, question, "worker", text="hi", source="job J at step 3", step=3)
-    (event,) = [payload for name, payload in watcher.changes() if name == "asks"]
+    (event,) = [payload for name, payload in changes.poll() if name == "asks"]
     assert (event["asks"][0]["status"], event["asks"][0]["text"], event["pending"]) == ("answered", "hi", 0)
 
 

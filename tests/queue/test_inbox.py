@@ -52,6 +52,21 @@ def test_hidden_temporary_and_folders_are_ignored_and_priority_comes_first(tmp_p
     assert {p.name for p, _ in found} == {"p.jsonl", "n.jsonl", "root.jsonl"}
 
 
+def test_a_refused_file_waits_until_it_changes(tmp_path):
+    """A file the daemon could not take is not tried (and logged) again every tick, only once it changes."""
+    ws, inbox = make(tmp_path, settle=0)
+    path = ws.inbox_normal / "a.jsonl"
+    path.write_text("x")
+    t0 = time.time() + 10
+    inbox.scan(t0)
+    assert inbox.scan(t0 + 1) == [(path, "normal")]
+    inbox.refuse(path)
+    assert inbox.scan(t0 + 2) == [] and inbox.scan(t0 + 3) == []
+    path.write_text("xy")
+    inbox.scan(t0 + 4)
+    assert inbox.scan(t0 + 5) == [(path, "normal")]
+
+
 def test_a_sidecar_is_never_data_and_its_file_waits_until_the_sidecar_settles(tmp_path):
     ws, inbox = make(tmp_path)
     data, sidecar = ws.inbox_normal / "a.jsonl", ws.inbox_normal / "a.jsonl.config.json"
@@ -67,3 +82,13 @@ def test_a_sidecar_is_never_data_and_its_file_waits_until_the_sidecar_settles(tm
     inbox.forget(data)
     data.unlink()
     assert inbox.scan(t0 + 3.3) == [] and not inbox.waiting, "a settled sidecar alone waits quietly for its file"
+
+
+def test_a_name_with_no_room_for_a_sidecar_is_still_taken(tmp_path):
+    """250 bytes: NAME.config.json cannot exist beside it, and looking for one must not fail."""
+    ws, inbox = make(tmp_path, settle=0)
+    path = ws.inbox_normal / ("漢" * 81 + "a.jsonl")
+    path.write_text("x")
+    t0 = time.time() + 10
+    inbox.scan(t0)
+    assert inbox.scan(t0 + 1) == [(path, "normal")]

@@ -10,8 +10,8 @@ import typer
 
 from finetuned.cli.common import RootOption, console, fail, workspace
 from finetuned.config import ConfigError
-from finetuned.fsio import atomic_write_json, unique_path
-from finetuned.overrides import assignments, job_config, listed, sidecar_for
+from finetuned.fsio import NAME_MAX, atomic_write_json, fit_name, unique_path
+from finetuned.overrides import SIDECAR_SUFFIX, assignments, job_config, listed, sidecar_for
 
 HELP = """Check a JSONL file, then copy it into the inbox (inbox/priority/ with --priority).
 
@@ -56,10 +56,11 @@ def add(
             fail(f"{file}: {result.error['error']} (not added; --no-check adds it anyway)")
     folder = ws.inbox_priority if priority else ws.inbox_normal
     folder.mkdir(parents=True, exist_ok=True)
-    target = unique_path(folder, file.name, "copy")
+    # Every name here fits the file system's 255 bytes, the settings' name beside the file's included.
+    target = unique_path(folder, file.name, "copy", NAME_MAX - len(SIDECAR_SUFFIX) if overrides else NAME_MAX)
     if overrides:  # before the file: the inbox never takes a file whose sidecar is still to come
         atomic_write_json(sidecar_for(target), overrides)
-    tmp = folder / f".{target.name}.part"
+    tmp = folder / fit_name(f".{target.name}.part")
     shutil.copyfile(file, tmp)
     tmp.rename(target)
     console.print(f"added {target.relative_to(ws.root)}" + (f" with {listed(overrides)}" if overrides else ""),

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import typer
 
 from finetuned.cli.common import RootOption, console, examples_kept, fail, workspace
-from finetuned.config import ConfigError, parse_config, save_config
+from finetuned.config import ConfigError, parse_config, redacted, save_config
 from finetuned.fsio import read_json
-from finetuned.overrides import diff, parse_value, redacted, set_key
+from finetuned.overrides import diff, parse_value, set_key
 
 app = typer.Typer(
     name="config", no_args_is_help=True, rich_markup_mode=None,

@@ -22,28 +22,30 @@ from finetuned.config import Config, ConfigError
 from finetuned.controls import Control
 from finetuned.daemon.asks import AskDesk
 from finetuned.daemon.consolidation import ScheduledConsolidation
+from finetuned.daemon.diskhold import DiskHold
 from finetuned.daemon.prefetch import Prefetcher
 from finetuned.daemon.session import Session
 from finetuned.daemon.settings import Settings
 from finetuned.daemon.statefiles import StateWriter
 from finetuned.daemon.validation import Validator
 from finetuned.data.report import file_report
-from finetuned.fsio import durable_rename, remove_file
+from finetuned.fsio import durable_rename, is_disk_full, remove_file
 from finetuned.lifecycle.line import line_exclusions
 from finetuned.lock import WorkspaceLock
-from finetuned.overrides import job_config, listed, read_sidecar, sidecar_for
+from finetuned.overrides import job_config, listed, read_sidecar, sidecar_for, sidecar_of
 from finetuned.queue import actions
 from finetuned.queue.endings import Endings
 from finetuned.queue.inbox import Inbox, Wakeup
 from finetuned.queue.job import Job, JobStatus, Priority
 from finetuned.queue.store import JobStore
-from finetuned.worker.protocol import YieldReason
+from finetuned.worker.protocol import WAITING_FOR_DISK, YieldReason
 from finetuned.workspace import Workspace
 
 if TYPE_CHECKING:
     from finetuned.monitor.server import MonitorServer
 
 log = logging.getLogger("finetuned.daemon")
+
 
 
 class Daemon:
@@ -64,6 +66,8 @@ class Daemon:
         self.shutdown_requested = 0
         self._dirty = True
         self._written_revision = -1
+        self.disk = DiskHold(ws, self.store, self.inbox, self.state_writer, self._abandon_work, self.write_state,
+                             self.notify)
 
     @property
     def config(self) -> Config:
@@ -86,7 +90,8 @@ class Daemon:
     # --- lifecycle ------------------------------------------------------
     def run(self) -> None:
         with WorkspaceLock(self.ws.lock_file):
-            self.store.load().recover()
+            self.state_writer.reserve()
+            self.disk.guarded(self.disk.recover)
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
             server = self._start_monitor()
@@ -96,7 +101,10 @@ class Daemon:
             self.notify("daemon_started", pid=os.getpid(), base_model=self.config.base_model)
             try:
                 while not self._finished():
-                    self.tick()
+                    if self.disk.reason:
+                        self.disk.wait()
+                    else:
+                        self.disk.guarded(self.tick)
                     wakeup.wait(self._sleep_seconds())
             finally:
                 wakeup.close()
@@ -139,15 +147,35 @@ class Daemon:
 
     def _close(self) -> None:
         self.asks.close()
-        self.session.close()
+        try:
+            self.session.close()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            log.error("the disk is full: the job's stop is not recorded; the next start resumes it from its "
+                      "last checkpoint")
         self.prefetch.close()
         self.validator.close()
         self.settings.close()
         self.consolidation.wait()
         self.state_writer.monitor_url = None  # the monitor stops with the daemon
-        self.write_state(force=True, state="stopped")
+        try:
+            self.write_state(force=True, state="stopped")
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.state_writer.release_reserve()  # its purpose: the last word still gets written
+            try:
+                self.write_state(force=True, state="stopped")
+            except OSError:
+                log.error("the disk is full: control/status.json keeps the last heartbeat")
         log.info("daemon stopped")
         self.notify("daemon_stopped", pid=os.getpid())
+
+    def _abandon_work(self) -> None:
+        """The disk is full: the worker and the preparer go, their jobs resume from what the disk says."""
+        self.session.abandon()
+        self.prefetch.abandon()
 
     def _sleep_seconds(self) -> float:
         if self.session.worker is not None or self.prefetch.busy or self.inbox.waiting or self.validator.busy \
@@ -193,11 +221,10 @@ class Daemon:
     def _admit(self, path: Path, priority: Priority) -> None:
         """Take a settled file into the queue, with its own settings when a sidecar came with it."""
         self.inbox.forget(path)
-        sidecar = sidecar_for(path)
-        present = sidecar.exists() or sidecar.is_symlink()
+        sidecar = sidecar_of(path)
         overrides: dict[str, Any] = {}
         refused = None
-        if present:
+        if sidecar is not None:
             self.inbox.forget(sidecar)
             try:
                 if sidecar.is_symlink():
@@ -208,16 +235,19 @@ class Daemon:
         try:
             job = self.store.admit(path, priority, overrides=overrides)
         except OSError as exc:
-            log.error("could not take %s: %s", path, exc)
+            if is_disk_full(exc):
+                raise
+            log.error("could not take %s: %s; it stays in the inbox until it changes", path, exc)
+            self.inbox.refuse(path)
             return
         self._dirty = True
         own = f", its own settings: {listed(overrides)}" if overrides else ""
         log.info("job %s: %s queued (%s priority%s)", job.id, job.file, priority, own)
-        if refused is not None:
+        if sidecar is not None and refused is not None:
             self.endings.failed(job, refused, file_report(job.file, "bad_settings", refused))
             durable_rename(sidecar, sidecar_for(self.store.file_path(job)))  # kept beside the failed file
             return
-        if present:
+        if sidecar is not None:
             remove_file(sidecar)  # its content is in the job's record (and job.json) now
         if self.store.file_path(job).is_symlink():
             # Only the link moved: whatever it points to, inside the workspace or not, is left untouched.
@@ -358,14 +388,19 @@ class Daemon:
             return
         session, settings = self.session, self.settings
         if state is None:
-            if session.job is None:
+            if self.disk.reason:
+                state = "paused"
+            elif session.job is None:
                 state = "holding" if settings.hold else "paused" if controls.paused(self.ws) else "idle"
             elif session.reason:
                 state = "paused"  # the worker holds the line itself (a full disk) and says why
             else:
                 state = session.job.status.value
-        phase = session.phase if session.job is not None else self._idle_phase()
-        reason = session.reason or ((settings.hold or "") if session.job is None else "")
+        if self.disk.reason:
+            phase, reason = WAITING_FOR_DISK, self.disk.reason
+        else:
+            phase = session.phase if session.job is not None else self._idle_phase()
+            reason = session.reason or ((settings.hold or "") if session.job is None else "")
         self.state_writer.write(self.store, session.job, session.progress, state, phase, session.worker_pid,
                                 reason, hold=settings.hold, config_error=settings.invalid)
         self._dirty = False

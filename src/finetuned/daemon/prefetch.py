@@ -74,3 +74,11 @@ class Prefetcher:
         if self.handle is not None:
             self.handle.shutdown()
             self.handle = None
+
+    def abandon(self) -> None:
+        """Stop at once and forget what was asked (the disk is full): what is queued is asked again later."""
+        if self.handle is not None:
+            self.handle.abandon()
+            self.handle = None
+        self.busy = None
+        self.seen.clear()

@@ -8,6 +8,7 @@ about the job in training; the daemon reads them, never writes them.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from finetuned import controls
-from finetuned.config import Config, DistributedSettings
+from finetuned.config import Config, DistributedSettings, without_secrets
 from finetuned.controls import Control
 from finetuned.daemon.supervisor import WorkerHandle, training_worker
 from finetuned.fsio import remove_file
@@ -97,8 +98,8 @@ class Session:
         job.start_run()
         self.store.move(job, JobStatus.TRAINING, "started")
         link_current(self.ws, self.store.file_path(job))
-        self.worker.send(Train(job=job.model_copy(deep=True), file=self.store.file_path(job), config=config,
-                               line_exclude=frozenset(exclude)))
+        self.worker.send(Train(job=job.model_copy(deep=True), file=self.store.file_path(job),
+                               config=without_secrets(config), line_exclude=frozenset(exclude)))
         log.info("job %s: training %s (step %d)", job.id, job.file, job.step)
 
     def request_yield(self, reason: YieldReason) -> None:
@@ -134,6 +135,15 @@ class Session:
     def kill_worker(self) -> None:
         if self.worker is not None:
             self.worker.kill()
+
+    def abandon(self) -> None:
+        """Stop the worker and forget the job without a word to its record (the disk is full): the record
+        on disk, repaired as after a restart, says where the job resumes."""
+        if self.worker is not None:
+            self.worker.abandon()
+            self.worker = None
+        if self.job is not None:
+            self._take()
 
     def close(self) -> None:
         """The daemon stops: the worker exits and the job keeps its place in the queue."""
@@ -203,7 +213,8 @@ class Session:
                 job.warnings = list(report.warnings)
                 self.store.save(job)
                 self.phase = self._training_phase()
-                origin = f"resuming from step {job.step}" if report.resumed_from else "from the start"
+                origin = (f"resuming from {Path(report.resumed_from).name} (step {job.step})" if report.resumed_from
+                          else "from the start")
                 log.info("job %s: %d steps over %d examples, %s", job.id, job.total_steps, report.examples, origin)
             case Step():
                 job.step = report.step
@@ -220,6 +231,9 @@ class Session:
                 self._yielded(report)
             case Completed():
                 self.endings.completed(self._take(), report.summary)
+            case Failed(kind=FailKind.DISK):
+                # The daemon's own writes would fail next: it holds the line, as for any write that finds no space.
+                raise OSError(errno.ENOSPC, f"job {job.id}: {report.reason}")
             case Failed(kind=FailKind.CRASH):
                 assert self.config is not None
                 retries = self.config.control.max_retries  # read before _take() forgets the job's settings

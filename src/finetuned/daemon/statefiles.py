@@ -4,26 +4,36 @@
 `status/*.json` details, each written atomically. The daemon calls `write`
 when something changed and at least every heartbeat interval, so a reader can
 tell a live daemon from a dead one by the heartbeat's age.
+
+A file that cannot be written (someone made `control/queue.json` a folder) is
+one logged error, not the daemon's end; a full disk is raised, for the daemon to
+hold the line, and the space kept aside in `control/.disk-reserve` is what lets
+these files still say why.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psutil
 
 from finetuned import controls
-from finetuned.fsio import atomic_write_json
+from finetuned.fsio import atomic_write_json, is_disk_full, remove_file
 from finetuned.queue.job import Job, JobStatus
 from finetuned.queue.render import Progress, human_duration, queue_document
 from finetuned.queue.store import JobStore
 from finetuned.workspace import Workspace
 
+log = logging.getLogger("finetuned.daemon")
+
 HEARTBEAT_SECONDS = 1.0
+RESERVE_BYTES = 1 << 20  # a few rewrites of every state file
 
 
 def iso(ts: float) -> str:
@@ -49,6 +59,39 @@ class StateWriter:
         self._last_write = 0.0
         self._last_health = 0.0
         self.monitor_url: str | None = None
+        self._broken: set[Path] = set()  # files that could not be written, logged once
+
+    def reserve(self) -> None:
+        """Set space aside (again) for the day the disk fills up; quietly nothing when there is none."""
+        path = self.ws.disk_reserve
+        try:
+            if path.stat().st_size >= RESERVE_BYTES:
+                return
+        except FileNotFoundError:
+            pass
+        try:
+            with open(path, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+        except OSError:
+            remove_file(path)
+
+    def release_reserve(self) -> None:
+        remove_file(self.ws.disk_reserve)
+
+    def _write(self, path: Path, doc: dict[str, Any]) -> None:
+        try:
+            atomic_write_json(path, doc)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise
+            if path not in self._broken:
+                log.error("cannot write %s: %s; going on without it until it can be written",
+                          path.relative_to(self.ws.root), exc.strerror or exc)
+                self._broken.add(path)
+            return
+        if path in self._broken:
+            log.info("%s is written again", path.relative_to(self.ws.root))
+            self._broken.discard(path)
 
     def due(self) -> bool:
         return time.time() - self._last_write >= HEARTBEAT_SECONDS
@@ -59,8 +102,8 @@ class StateWriter:
     ) -> None:
         now = time.time()
         active = store.active()
-        atomic_write_json(self.ws.queue_json, queue_document(active, current, progress))
-        atomic_write_json(self.ws.status_json, {
+        self._write(self.ws.queue_json, queue_document(active, current, progress))
+        self._write(self.ws.status_json, {
             "state": state, "reason": reason, "pid": os.getpid(), "worker_pid": worker_pid,
             "started": iso(self.started), "heartbeat": iso(now), "heartbeat_unix": now,
             "current_job": current.id if current else None, "phase": phase,
@@ -82,17 +125,17 @@ class StateWriter:
                     "examples_per_second": progress.examples_per_second,
                     "eta_seconds": progress.eta_seconds, "eta": human_duration(progress.eta_seconds),
                 })
-        atomic_write_json(self.ws.training_status_json, training)
+        self._write(self.ws.training_status_json, training)
         counts = {s.value: 0 for s in JobStatus}
         for job in store.jobs.values():
             counts[job.status.value] += 1
         waiting = [j for j in active if j.status == JobStatus.QUEUED]
-        atomic_write_json(self.ws.queue_status_json, {
+        self._write(self.ws.queue_status_json, {
             "time": iso(now), "counts": counts, "queued": len(waiting),
             "queued_high": sum(j.priority == "high" for j in waiting),
             "queued_examples": sum(j.examples or 0 for j in waiting),
         })
         if now - self._last_health >= 10:
-            atomic_write_json(self.ws.system_health_json, system_health(self.ws))
+            self._write(self.ws.system_health_json, system_health(self.ws))
             self._last_health = now
         self._last_write = now

@@ -78,6 +78,12 @@ class WorkerHandle:
                 self.process.kill()
         self.process.join(5)
 
+    def abandon(self) -> None:
+        """Kill it and close the pipe: nothing it would still say matters (the daemon starts over from disk)."""
+        self.stopping = True
+        self.kill()
+        self._conn.close()
+
     def shutdown(self, timeout: float = 10) -> None:
         """Ask the worker to exit; kill it if it does not."""
         self.stopping = True

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from finetuned import checkpoints
 from finetuned.config import ConfigError
 from finetuned.lifecycle.errors import LifecycleError
-from finetuned.worker.main import detach
+from finetuned.worker.main import detach, orders
 from finetuned.worker.protocol import Answer, Ask, Ready
 
 if TYPE_CHECKING:
@@ -56,13 +56,7 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
     hf_logging.disable_progress_bar()
     loaded: tuple[Any, Any, Any] | None = None  # (what was loaded, model, tokenizer)
     conn.send(Ready(pid=os.getpid()))
-    while True:
-        try:
-            order = conn.recv()
-        except (EOFError, OSError):
-            return
-        if not isinstance(order, Ask):
-            return  # Shutdown
+    for order in orders(conn, Ask):
         started = time.monotonic()
         source, job_id, step, line_step, text, error = "", None, None, None, "", ""
         try:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetuned.config import Config, ConfigError, load_config
+from finetuned.config import Config, ConfigError, is_loopback, load_config
 from finetuned.disk import free_gb
 from finetuned.fsio import read_json
 from finetuned.lifecycle import scaling
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 HEARTBEAT_STALE_SECONDS = 30.0
 RECENT_SECONDS = 24 * 3600.0
+FIRST_USER_UID = 1000  # login.defs' UID_MIN on Debian, Ubuntu, Fedora, Arch: below it, system accounts
+NO_LOGIN_SHELLS = ("nologin", "false", "sync", "shutdown", "halt")
 
 
 @dataclass
@@ -158,6 +161,31 @@ def check_disk(ws: Workspace, config: Config) -> Check:
     return Check("disk", OK, text)
 
 
+def login_users() -> list[str]:
+    """The other accounts of this machine a person can log in as (not this one, not system accounts)."""
+    me = os.getuid()
+    return sorted(e.pw_name for e in pwd.getpwall()
+                  if e.pw_uid != me and FIRST_USER_UID <= e.pw_uid < 65534 and e.pw_shell
+                  and e.pw_shell.rsplit("/", 1)[-1] not in NO_LOGIN_SHELLS)
+
+
+def check_monitor(config: Config, others: list[str]) -> Check:
+    """Who can press the monitor's buttons: on loopback with no token, every account on this machine."""
+    monitor = config.monitor
+    where = f"{monitor.host}:{monitor.port}"
+    if monitor.token:
+        return Check("monitor", OK, f"{where} asks for monitor.token")
+    if not is_loopback(monitor.host):
+        return Check("monitor", FAIL, f"{where} is reachable from other machines and has no monitor.token: "
+                                      "finetuned run refuses to start so")
+    if others:
+        names = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        return Check("monitor", WARN, f"{where} has no token, and this machine has other users ({names}): any "
+                                      "of them can pause, skip, cancel or upload through it. Set monitor.token "
+                                      "(16+ characters), or run with --no-monitor")
+    return Check("monitor", OK, f"{where}, loopback only, no other users on this machine")
+
+
 def check_accelerator() -> Check:
     import torch
 
@@ -241,6 +269,8 @@ def run_checks(ws: Workspace, deep: bool = False) -> list[Check]:
     else:
         checks.append(Check("base model", WARN, "not checked: the config is invalid"))
     checks.append(_guard("disk", lambda: check_disk(ws, config or Config())))
+    if config is not None:
+        checks.append(_guard("monitor", lambda: check_monitor(config, login_users())))
     checks.append(_guard("accelerator", check_accelerator))
     if config is not None:
         checks.append(_guard("distributed", lambda: check_distributed(ws, config)))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from finetuned import disk
-from finetuned.config import Config
+from finetuned.config import Config, redacted
 from finetuned.fsio import atomic_write_json, publish_dir, remove_tree, sha256_file
 from finetuned.lifecycle import converter, ollama
 from finetuned.lifecycle.consolidate import ProgressFn, merge_into, no_progress
@@ -42,7 +42,7 @@ from finetuned.lifecycle.records import read_adapter
 from finetuned.lifecycle.targets import Target, resolve
 from finetuned.lifecycle.versions import model_dtype, read_version, root_record
 from finetuned.queue.job import now_text
-from finetuned.workspace import Workspace
+from finetuned.workspace import ADAPTER_RECORD, Workspace
 
 MODELFILE = "Modelfile"
 FORMATS = ("hf", "gguf", "ollama")
@@ -81,6 +81,13 @@ def _out(to: Path) -> tuple[Path, Path]:
     return to, to.parent / f".{to.name}.tmp"
 
 
+def _redact_records(folder: Path) -> None:
+    """An adapter or model published before secrets were redacted carries them in its job.json: not into an
+    export."""
+    for record in folder.rglob(ADAPTER_RECORD):
+        atomic_write_json(record, redacted(json.loads(record.read_text(encoding="utf-8"))))
+
+
 def _publish(tmp: Path, to: Path) -> None:
     if to.exists():
         to.rmdir()  # empty, checked above: the rename needs the name free
@@ -102,7 +109,7 @@ class _Export:
             return {"kind": "version", "version": target.version.model_dump(mode="json")}
         base = {"base": self.base.model_dump(mode="json")}
         if adapter is not None:
-            return {"kind": "model" if not adapter.is_peft else "adapter", "job": adapter.info, **base}
+            return {"kind": "model" if not adapter.is_peft else "adapter", "job": redacted(adapter.info), **base}
         checkpoint = {"label": target.label, "path": str(target.checkpoint), "line_step": target.step,
                       "method": target.method}
         return {"kind": "checkpoint", "checkpoint": checkpoint, **base}
@@ -280,6 +287,7 @@ def export(ws: Workspace, ref: str, to: Path, merged: bool = False, progress: Pr
         else:
             _export_gguf(job, fmt, gguf_type)
         report("publishing", STAGES, STAGES)
+        _redact_records(tmp)
         _readable(tmp)
         _publish(tmp, to)
     finally:

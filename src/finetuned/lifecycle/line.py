@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SWITCHES = ("use", "rollback")  # a consolidation that switches also writes a "use" entry
 DAEMON_ANSWER_SECONDS = 15.0
+LOCK_WAIT_SECONDS = 2.0  # a notify command forked while the lock was held shares it until it execs
 
 
 def read_history(ws: Workspace) -> list[dict[str, Any]]:
@@ -147,7 +148,7 @@ def lifecycle_lock(ws: Workspace, what: str) -> Iterator[None]:
     """One consolidation, switch or gc at a time per workspace."""
     lock = WorkspaceLock(ws.lifecycle_lock)
     try:
-        lock.acquire()
+        lock.acquire(wait=LOCK_WAIT_SECONDS)
     except AlreadyRunning:
         raise LifecycleError(f"cannot {what} now: another consolidate, use, rollback or gc runs on this "
                              "workspace; try again when it ends") from None

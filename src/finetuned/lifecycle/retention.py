@@ -69,8 +69,8 @@ def _is_debris(path: Path, in_checkpoints: bool) -> bool:
         return True
     if in_checkpoints and checkpoints.TMP_NAME.match(path.name):
         return True
-    # A checkpoint folder without its state.json (and files) was cut short: checkpoints.complete passes over it.
-    return in_checkpoints and bool(checkpoints.NAME.match(path.name)) and checkpoints.read_progress(path) is None
+    # A checkpoint folder without its state.json or its tensors was cut short: checkpoints.complete passes over it.
+    return in_checkpoints and bool(checkpoints.NAME.match(path.name)) and not checkpoints.is_whole(path)
 
 
 def _debris_folders(ws: Workspace) -> list[tuple[Path, bool]]:

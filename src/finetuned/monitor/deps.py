@@ -12,7 +12,16 @@ from fastapi import Depends, HTTPException, Request
 
 from finetuned.config import MonitorSettings
 from finetuned.monitor.files import Files
-from finetuned.monitor.security import SAFE_METHODS, cross_site, host_allowed, token_ok
+from finetuned.monitor.security import (
+    COOKIE,
+    SAFE_METHODS,
+    TooManyAttempts,
+    bearer,
+    client_address,
+    cross_site,
+    host_allowed,
+    session_ok,
+)
 
 
 async def get_settings(request: Request) -> MonitorSettings:
@@ -35,9 +44,22 @@ async def guard(request: Request, settings: SettingsDep) -> None:
         why = cross_site(request)
         if why is not None:
             raise HTTPException(403, f"refused {why}: only the monitor's own page may change anything")
-    if not token_ok(request, settings):
-        raise HTTPException(401, "this monitor needs its token: 'Authorization: Bearer TOKEN', or log in at /login",
-                            headers={"WWW-Authenticate": "Bearer"})
+    token = settings.token
+    if not token:
+        return
+    given = bearer(request)
+    if given is not None:  # a try at the token: counted, and refused for a while after too many wrong ones
+        try:
+            if request.app.state.throttle.attempt(client_address(request), given, token):
+                return
+        except TooManyAttempts as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.wait)}) from None
+    else:
+        cookie = request.cookies.get(COOKIE)
+        if cookie is not None and session_ok(cookie, token):
+            return
+    raise HTTPException(401, "this monitor needs its token: 'Authorization: Bearer TOKEN', or log in at /login",
+                        headers={"WWW-Authenticate": "Bearer"})
 
 
 Guarded = [Depends(guard)]

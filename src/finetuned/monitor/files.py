@@ -1,10 +1,11 @@
 """Reading the daemon's files cheaply and safely, from many request threads at once.
 
 Every file is written atomically by the daemon, so a read sees a whole file or the
-previous one; a file that is missing or unreadable reads as None. Results are cached by
-(mtime, size) so a page polling every second costs a `stat` per file, and metrics
-JSONL files are read incrementally from where the last read stopped: a job of 180k
-steps is parsed once, not once per poll.
+previous one; a file that is missing, unreadable or of the wrong shape (valid JSON, but
+`{"queue": 5}`: outside damage) reads as None, as if it were not there. Results are
+cached by (mtime, size) so a page polling every second costs a `stat` per file, and
+metrics JSONL files are read incrementally from where the last read stopped: a job of
+180k steps is parsed once, not once per poll.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from finetuned.queue.job import JobStatus
+from pydantic import ValidationError
+
+from finetuned.queue.job import Job, JobStatus
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ class Files:
         self.ws = ws
         self._json: dict[Path, tuple[tuple[int, int, int], Any]] = {}
         self._jsonl: dict[tuple[Path, str], _Jsonl] = {}
+        self._records: dict[Path, tuple[tuple[int, int, int] | None, dict[str, Any] | None]] = {}
         self._lock = threading.Lock()
 
     def doc(self, path: Path) -> Any:
@@ -108,6 +112,10 @@ class Files:
         self._json[path] = (sig, value)
         return value
 
+    def _dict(self, path: Path) -> dict[str, Any] | None:
+        value = self.doc(path)
+        return value if isinstance(value, dict) else None
+
     def jsonl(self, path: Path, key: str) -> list[dict[str, Any]]:
         with self._lock:
             reader = self._jsonl.get((path, key))
@@ -117,22 +125,31 @@ class Files:
 
     # --- named files ----------------------------------------------------
     def status(self) -> dict[str, Any] | None:
-        return self.doc(self.ws.status_json)
+        return self._dict(self.ws.status_json)
 
     def queue(self) -> dict[str, Any] | None:
-        return self.doc(self.ws.queue_json)
+        doc = self._dict(self.ws.queue_json)
+        if doc is None or not isinstance(doc.get("queue"), list) or not isinstance(doc.get("current"), dict | None):
+            return None
+        return {**doc, "queue": [e for e in doc["queue"] if isinstance(e, dict)]}
 
     def training(self) -> dict[str, Any] | None:
-        return self.doc(self.ws.training_status_json)
+        doc = self._dict(self.ws.training_status_json)
+        return doc if doc is not None and isinstance(doc.get("job"), dict | None) else None
+
+    def training_job_id(self) -> str | None:
+        job = (self.training() or {}).get("job")
+        job_id = job.get("id") if isinstance(job, dict) else None
+        return job_id if isinstance(job_id, str) and JOB_ID.match(job_id) else None
 
     def queue_status(self) -> dict[str, Any] | None:
-        return self.doc(self.ws.queue_status_json)
+        return self._dict(self.ws.queue_status_json)
 
     def health(self) -> dict[str, Any] | None:
-        return self.doc(self.ws.system_health_json)
+        return self._dict(self.ws.system_health_json)
 
     def config(self) -> dict[str, Any]:
-        return self.doc(self.ws.config_path) or {}
+        return self._dict(self.ws.config_path) or {}
 
     def metrics(self, job_id: str) -> list[dict[str, Any]]:
         return self.jsonl(self.ws.metrics_file(job_id), "step")
@@ -143,8 +160,17 @@ class Files:
     def job(self, job_id: str) -> dict[str, Any] | None:
         if not JOB_ID.match(job_id):
             return None
-        record = self.doc(self.ws.job_record(job_id))
-        return record if isinstance(record, dict) else None
+        path = self.ws.job_record(job_id)
+        sig = signature(path)
+        cached = self._records.get(path)
+        if cached is not None and cached[0] == sig:
+            return cached[1]
+        try:  # a record is the daemon's Job: anything else is damage, read as no record
+            record = Job.model_validate(self.doc(path)).model_dump(mode="json")
+        except ValidationError:
+            record = None
+        self._records[path] = (sig, record)
+        return record
 
     def jobs(self) -> list[dict[str, Any]]:
         out = []
@@ -169,7 +195,7 @@ class Files:
     def adapter_record(self, job_id: str) -> dict[str, Any] | None:
         if not JOB_ID.match(job_id):
             return None
-        return self.doc(self.ws.adapter_record(job_id))
+        return self._dict(self.ws.adapter_record(job_id))
 
     def error_report(self, job: dict[str, Any]) -> dict[str, Any] | None:
         """`data/failed/NAME.error.json` of a failed job, never a path outside data/failed."""

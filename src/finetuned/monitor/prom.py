@@ -96,7 +96,8 @@ class FilesCollector(Collector):
             if status == JobStatus.QUEUED and job.get("priority") in queued:
                 queued[job["priority"]] += 1
             steps += job.get("step") or 0
-            tokens += (job.get("summary") or {}).get("tokens") or 0
+            summary_tokens = job["summary"].get("tokens")
+            tokens += summary_tokens if isinstance(summary_tokens, int) else 0
             if status in finished:
                 finished[status].append(job_summary(self.files, job)["train_seconds"])
         by_state = GaugeMetricFamily("finetuned_jobs", "jobs by state", labels=["state"])

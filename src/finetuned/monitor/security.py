@@ -6,36 +6,34 @@ Three checks, each against a different attacker:
 - Origin: any web page can POST to http://127.0.0.1:8080 from the user's own browser;
   the browser says where the request comes from, and only the monitor's own page may act.
 - Token: beyond loopback, other people can reach the port; they need the token, as a
-  bearer header (scripts) or an HttpOnly cookie set by /login (the page).
+  bearer header (scripts) or an HttpOnly cookie set by /login (the page). Someone guessing
+  it is slowed down per address (`Throttle`), and a cookie stops working after a day.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
+import math
+import threading
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
 
-from finetuned.config import MonitorSettings
-
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+from finetuned.config import MonitorSettings, is_loopback
 
 COOKIE = "finetuned_session"
+SESSION_SECONDS = 24 * 3600  # a browser logs in again after a day; a stolen cookie dies with it
+# Wrong tokens from one address: the first few are typos; after that each one locks the address out twice
+# as long as the one before (1 s, 2 s, 4 s... at most 15 min), so guessing a 16-character token never ends.
+FREE_FAILURES = 5
+MAX_LOCKOUT_SECONDS = 900.0
+_MAX_ADDRESSES = 10_000
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Browsers send one of these on every fetch; anything else means another site asked.
 SAME_SITE_FETCH = frozenset({"same-origin", "none"})
-
-
-def is_loopback(host: str) -> bool:
-    name = host.strip().strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def host_name(host_header: str) -> str:
@@ -69,22 +67,94 @@ def cross_site(conn: HTTPConnection) -> str | None:
     return None  # no browser markers: a script or curl, which the token (if any) still guards
 
 
-def session_value(token: str) -> str:
-    """The cookie holds a digest, not the token: a leaked cookie jar does not leak the token itself."""
-    return hmac.new(token.encode(), b"finetuned-monitor-session", hashlib.sha256).hexdigest()
+def session_value(token: str, expires: int) -> str:
+    """`EXPIRES.MAC`: when the session ends, signed with the token. The cookie never holds the token itself,
+    and changing the token ends every session."""
+    mac = hmac.new(token.encode(), f"finetuned-monitor-session:{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"{expires}.{mac}"
+
+
+def new_session(token: str, now: float | None = None) -> str:
+    return session_value(token, int((time.time() if now is None else now) + SESSION_SECONDS))
+
+
+def session_ok(value: str, token: str, now: float | None = None) -> bool:
+    expires, _, _mac = value.partition(".")
+    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(value.encode(), session_value(token, int(expires)).encode())
 
 
 def token_matches(given: str, token: str) -> bool:
     return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def token_ok(conn: HTTPConnection, settings: MonitorSettings) -> bool:
+def bearer(conn: HTTPConnection) -> str | None:
+    """The token a script sends (`Authorization: Bearer TOKEN`), or None."""
+    scheme, _, given = conn.headers.get("authorization", "").partition(" ")
+    return given if scheme.lower() == "bearer" else None
+
+
+def logged_in(conn: HTTPConnection, settings: MonitorSettings) -> bool:
+    """The page's check: its session cookie. A bearer token is the API's business, where wrong ones are
+    counted (deps.guard): the page and its assets never test one, so they cannot be used to guess it."""
     token = settings.token
     if not token:
         return True
-    auth = conn.headers.get("authorization", "")
-    scheme, _, given = auth.partition(" ")
-    if scheme.lower() == "bearer" and token_matches(given, token):
-        return True
     cookie = conn.cookies.get(COOKIE)
-    return cookie is not None and hmac.compare_digest(cookie.encode(), session_value(token).encode())
+    return cookie is not None and session_ok(cookie, token)
+
+
+def client_address(conn: HTTPConnection) -> str:
+    return conn.client.host if conn.client else "unknown"
+
+
+class TooManyAttempts(Exception):
+    def __init__(self, wait: int) -> None:
+        super().__init__(f"too many wrong tokens from this address: try again in {wait} s")
+        self.wait = wait
+
+
+class Throttle:
+    """Wrong tokens counted per client address; past FREE_FAILURES, the address waits longer each time."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: dict[str, tuple[int, float]] = {}  # address -> (wrong tokens, locked until)
+
+    def wait_seconds(self, address: str) -> int:
+        """How long `address` must wait before its next try; 0 when it may try now."""
+        with self._lock:
+            _failures, until = self._state.get(address, (0, 0.0))
+            return max(math.ceil(until - self._clock()), 0)
+
+    def attempt(self, address: str, given: str, token: str) -> bool:
+        """Whether `given` is the token; raises TooManyAttempts while `address` is locked out, even when it is."""
+        wait = self.wait_seconds(address)
+        if wait:
+            raise TooManyAttempts(wait)
+        if token_matches(given, token):
+            self.succeeded(address)
+            return True
+        self.failed(address)
+        return False
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            failures = self._state.get(address, (0, 0.0))[0] + 1
+            extra = failures - FREE_FAILURES
+            lockout = min(2.0 ** (extra - 1), MAX_LOCKOUT_SECONDS) if extra > 0 else 0.0
+            if len(self._state) >= _MAX_ADDRESSES:
+                self._forget_idle()
+            self._state[address] = (failures, self._clock() + lockout)
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._state.pop(address, None)
+
+    def _forget_idle(self) -> None:
+        now = self._clock()
+        for address, (_failures, until) in list(self._state.items()):
+            if until + MAX_LOCKOUT_SECONDS < now:
+                del self._state[address]

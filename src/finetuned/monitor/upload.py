@@ -2,7 +2,8 @@
 
 The body is streamed to a hidden `.part` name (the inbox ignores those), capped in
 size, flushed to disk, then linked under its final name in one step: the daemon never
-sees half a file, and an existing file is never overwritten.
+sees half a file, and an existing file is never overwritten. Names are counted in
+bytes, as the file system counts them: one too long to be a file name is refused.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from finetuned.fsio import fsync_dir, remove_file
+from finetuned.fsio import NAME_MAX, fsync_dir, is_disk_full, name_bytes, remove_file
 
 EXTENSIONS = (".jsonl", ".json")
-MAX_NAME = 120
+# In UTF-8 bytes: a file name's limit less room for `_N`, the name a second upload of it gets.
+MAX_NAME_BYTES = NAME_MAX - 15
 _UNSAFE = re.compile(r"[^\w.+()@,=-]+")  # \w is unicode-aware: accented names stay readable
 
 
@@ -34,7 +36,11 @@ def safe_name(raw: str) -> str:
     if ext is None:
         raise UploadError(415, f"'{raw[:80]}' is not a .jsonl or .json file")
     stem = name[: -len(ext)].strip("._ ") or "upload"  # a leading dot would hide it from the inbox forever
-    return stem[: MAX_NAME - len(ext)] + ext
+    name = stem + ext
+    if name_bytes(name) > MAX_NAME_BYTES:
+        raise UploadError(400, f"the file name is {name_bytes(name)} bytes long in UTF-8; the monitor takes names "
+                               f"of up to {MAX_NAME_BYTES} bytes: rename the file, or copy it into the inbox")
+    return name
 
 
 def _final_path(folder: Path, name: str, part: Path) -> Path:
@@ -55,11 +61,21 @@ def _final_path(folder: Path, name: str, part: Path) -> Path:
     raise UploadError(409, f"too many files named like {name} in {folder.name}/")
 
 
+PART_PREFIX = ".upload-"
+
+
+def clear_parts(folders: list[Path]) -> None:
+    """Remove the parts of uploads a dead daemon cut short (only the monitor's own: a user's .part is theirs)."""
+    for folder in folders:
+        for part in folder.glob(f"{PART_PREFIX}*.part"):
+            remove_file(part)
+
+
 async def receive(chunks: AsyncIterator[bytes], folder: Path, raw_name: str, max_bytes: int) -> tuple[Path, int]:
     """Stream `chunks` into `folder`; returns the final path and its size."""
     name = safe_name(raw_name)
     folder.mkdir(parents=True, exist_ok=True)
-    part = folder / f".{name}.{uuid.uuid4().hex[:8]}.part"
+    part = folder / f"{PART_PREFIX}{uuid.uuid4().hex}.part"  # not named after the file: any name's part fits
     size = 0
     try:
         with open(part, "wb") as f:
@@ -76,5 +92,9 @@ async def receive(chunks: AsyncIterator[bytes], folder: Path, raw_name: str, max
         final = _final_path(folder, name, part)
         fsync_dir(folder)
         return final, size
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise UploadError(507, "the disk is full: the file was not kept; free space and try again") from None
+        raise
     finally:
         remove_file(part)

@@ -63,7 +63,7 @@ def seconds_per_step(job: dict[str, Any], points: list[Point]) -> float | None:
 def training_view(files: Files) -> dict[str, Any] | None:
     """The job now training (or paused), with its rates and latest metrics."""
     job = (files.training() or {}).get("job")
-    if not isinstance(job, dict) or not isinstance(job.get("id"), str):
+    if files.training_job_id() is None or not isinstance(job, dict):
         return None
     view = dict(job)
     points = files.metrics(job["id"])
@@ -99,7 +99,8 @@ def eval_scores(points: list[Point]) -> dict[str, float]:
 
 def _examples_per_second(files: Files, job: dict[str, Any], per_step: float) -> float | None:
     """Estimated from the job's size, epochs and steps, until the daemon reports it itself."""
-    training = files.config().get("training") or {}
+    training = files.config().get("training")
+    training = training if isinstance(training, dict) else {}
     examples, total = job.get("examples"), job.get("total_steps")
     if training.get("max_steps") or not isinstance(examples, int) or not isinstance(total, int) or not total:
         return None
@@ -156,7 +157,8 @@ def _previews_every(files: Files) -> int | None:
 def health_view(files: Files) -> dict[str, Any]:
     doc = files.health()
     view = dict(doc) if isinstance(doc, dict) else {}
-    if not view.get("gpu"):
+    gpus = view.get("gpu")
+    if not (isinstance(gpus, list) and gpus and all(isinstance(g, dict) for g in gpus)):
         view["gpu"] = gpu_info()  # the daemon leaves it null on purpose: it never imports torch for this
     view["now"] = time.time()
     return view

@@ -114,7 +114,8 @@ class Endings:
 
     def failed(self, job: Job, reason: str, report: dict[str, Any] | None = None) -> None:
         """The job cannot train: its file goes to data/failed with NAME.error.json beside it."""
-        body = dict(report) if report else {"file": job.file, "error": reason, "problems": []}
+        body = dict(report) if report else {"error": reason, "problems": []}
+        body["file"] = job.file  # the name as dropped, not the one it is kept under (data/queued/ID__NAME)
         body.setdefault("job_id", job.id)
         body.setdefault("step", job.step)
         if job.status == JobStatus.TRAINING:
@@ -131,9 +132,13 @@ class Endings:
             self.failed(job, f"{reason} (after {job.retries - 1} retries)")
             return
         job.end_run(reason)
+        # The steps since its last checkpoint are lost: the job stands where it resumes, and says so.
+        resume = checkpoints.latest(self.ws.job_checkpoints(job.id))
+        job.step = resume[0].step if resume else 0
+        where = f"{resume[1].name} (step {job.step})" if resume else "its start (no checkpoint of its own yet)"
         job.order = self.store.front_order(job.priority)
-        self.store.move(job, JobStatus.QUEUED, f"{reason}; retry {job.retries}")
-        log.error("job %s: %s; retrying from its last checkpoint (%d/%d)", job.id, reason, job.retries, max_retries)
+        self.store.move(job, JobStatus.QUEUED, f"{reason}; retry {job.retries} from {where}")
+        log.error("job %s: %s; retrying from %s (%d/%d)", job.id, reason, where, job.retries, max_retries)
 
 
 def _fmt(value: float | None) -> str:

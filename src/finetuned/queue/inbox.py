@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetuned.config import InboxSettings
-from finetuned.overrides import is_sidecar, sidecar_for
+from finetuned.overrides import is_sidecar, sidecar_of
 from finetuned.queue.job import Priority
 from finetuned.workspace import IGNORED_SUFFIXES, Workspace
 
@@ -36,6 +36,8 @@ class Inbox:
         self.ws = ws
         self.settings = settings
         self._seen: dict[Path, _Seen] = {}
+        # Files the daemon could not take, by (size, mtime): tried again only once they change.
+        self._refused: dict[Path, tuple[int, int]] = {}
         self._sidecars: set[Path] = set()  # settled sidecars: waiting for their file, not for themselves
 
     def folders(self) -> list[tuple[Path, Priority]]:
@@ -46,6 +48,7 @@ class Inbox:
         now = time.time() if now is None else now
         ready: list[tuple[float, int, Path, Priority]] = []
         present: set[Path] = set()
+        listed: set[Path] = set()
         for rank, (folder, priority) in enumerate(self.folders()):
             try:
                 entries = list(folder.iterdir())
@@ -54,11 +57,14 @@ class Inbox:
             for path in entries:
                 if is_ignored(path.name):
                     continue
+                listed.add(path)
                 try:
                     st = path.lstat()
                 except FileNotFoundError:
                     continue
                 if path.is_dir() and not path.is_symlink():
+                    continue
+                if self._refused.get(path) == (st.st_size, st.st_mtime_ns):
                     continue
                 present.add(path)
                 seen = self._seen.get(path)
@@ -73,18 +79,29 @@ class Inbox:
                         ready.append((st.st_mtime_ns / 1e9, rank, path, priority))
         for gone in set(self._seen) - present:
             del self._seen[gone]
+        for gone in set(self._refused) - listed:
+            del self._refused[gone]
         self._sidecars &= present
-        ready = [r for r in ready if not self._unsettled(sidecar_for(r[2]))]
+        ready = [r for r in ready if not self._unsettled(r[2])]
         ready.sort(key=lambda r: (r[1] > 0, r[0]))
         return [(path, priority) for _, _, path, priority in ready]
 
-    def _unsettled(self, sidecar: Path) -> bool:
+    def _unsettled(self, data_file: Path) -> bool:
         """A file's sidecar is there but still changing: the file waits for it."""
-        return (sidecar.exists() or sidecar.is_symlink()) and sidecar not in self._sidecars
+        sidecar = sidecar_of(data_file)
+        return sidecar is not None and sidecar not in self._sidecars
 
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
         self._sidecars.discard(path)
+
+    def refuse(self, path: Path) -> None:
+        """Leave `path` alone until it changes (the daemon could not take it, and said why once)."""
+        try:
+            st = path.lstat()
+        except OSError:
+            return
+        self._refused[path] = (st.st_size, st.st_mtime_ns)
 
     @property
     def waiting(self) -> bool:

@@ -17,17 +17,36 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetuned.fsio import atomic_write_json, durable_rename, read_json, unique_path
-from finetuned.queue.job import Job, JobStatus, PendingMove, Priority
+from finetuned.fsio import (
+    NAME_MAX,
+    atomic_write_json,
+    durable_rename,
+    fit_name,
+    is_disk_full,
+    name_bytes,
+    read_json,
+    remove_file,
+    text_name,
+    unique_path,
+)
+from finetuned.queue.job import InvalidTransition, Job, JobStatus, PendingMove, Priority
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 _QUEUED_NAME = re.compile(r"^(\d{8}_\d{6}(?:_\d+)?)__(.+)$")
+# A data file's name leaves room for what is written beside it (NAME.error.json, NAME.config.json) and
+# for their temporaries; a longer name is shortened with a hash, and the record keeps the name as dropped.
+DATA_NAME_MAX = NAME_MAX - 32
 
 
 def error_path(failed_file: Path) -> Path:
     return failed_file.with_name(failed_file.name + ".error.json")
+
+
+def queued_name(job_id: str, name: str) -> str:
+    """`JOB_ID__NAME` in data/queued/, within DATA_NAME_MAX bytes."""
+    return fit_name(f"{job_id}__{name}", DATA_NAME_MAX)
 
 
 class JobNotFound(Exception):
@@ -39,6 +58,8 @@ class JobStore:
         self.ws = ws
         self.jobs: dict[str, Job] = {}
         self.revision = 0  # bumped on every write: readers of derived files know when to refresh
+        # Files whose record could not be repaired at startup: the inbox must not take them a second time.
+        self.held: set[Path] = set()
 
     # --- reading --------------------------------------------------------
     def load(self) -> JobStore:
@@ -49,7 +70,10 @@ class JobStore:
             except (OSError, ValueError, ValidationError) as exc:
                 # Records are written atomically, so this is outside damage: keep it for a human.
                 log.error("unreadable job record %s (%s); set aside as .corrupt", path.name, exc)
-                os.replace(path, path.with_suffix(".corrupt"))
+                try:
+                    os.replace(path, path.with_suffix(".corrupt"))
+                except OSError as err:
+                    log.error("could not set %s aside: %s", path.name, err.strerror)
                 continue
             self.jobs[job.id] = job
         return self
@@ -98,18 +122,26 @@ class JobStore:
               overrides: dict[str, Any] | None = None) -> Job:
         """Take a settled inbox file into `data/queued/` as a new queued job (with its own settings, if any)."""
         job_id = job_id or self.new_id()
-        dst = self.queued_path(job_id, src.name)
+        name = text_name(src.name)
+        dst = self.queued_path(job_id, name)
         job = Job(
-            id=job_id, file=src.name, priority=priority, order=self.back_order(priority),
+            id=job_id, file=name, priority=priority, order=self.back_order(priority),
             path=str(dst.relative_to(self.ws.root)), overrides=overrides or {},
         )
         job.pending = PendingMove(src=str(src), dst=str(dst), status=JobStatus.QUEUED, reason="arrived")
         self.save(job)
-        self._finish_move(job)
+        try:
+            self._finish_move(job)
+        except OSError:
+            if job.pending is not None and (src.exists() or src.is_symlink()):
+                # Not renamed: the file stays in the inbox, and its record goes with the intent.
+                remove_file(self.ws.job_record(job_id))
+                self.jobs.pop(job_id, None)
+            raise
         return job
 
     def queued_path(self, job_id: str, name: str) -> Path:
-        return self.ws.queued / f"{job_id}__{name}"
+        return self.ws.queued / queued_name(job_id, name)
 
     def retry(self, job: Job) -> None:
         """A failed job's file back to `data/queued/`, queued behind its class; checked again like a new file.
@@ -138,7 +170,7 @@ class JobStore:
             self.save(job)
             return
         src = self.file_path(job)
-        dst = unique_path(folder, job.file, job.id)
+        dst = unique_path(folder, job.file, job.id, DATA_NAME_MAX)
         job.pending = PendingMove(src=str(src), dst=str(dst), status=status, reason=reason)
         self.save(job)
         if error is not None:
@@ -149,9 +181,14 @@ class JobStore:
         pending = job.pending
         assert pending is not None
         src, dst = Path(pending.src), Path(pending.dst)
+        if name_bytes(dst.name) > DATA_NAME_MAX or ((src.exists() or src.is_symlink()) and dst.exists()):
+            # A name too long for the file system (an older version wrote it) or taken: a new one,
+            # recorded before the rename like any intent.
+            dst = unique_path(dst.parent, dst.name, job.id, DATA_NAME_MAX)
+            log.warning("job %s: its file goes to %s instead", job.id, dst.name)
+            pending.dst = str(dst)
+            self.save(job)
         if src.exists() or src.is_symlink():
-            if dst.exists():
-                raise FileExistsError(f"job {job.id}: {dst} already exists")
             durable_rename(src, dst)
         elif not dst.exists():
             log.error("job %s: its file is gone from %s and never reached %s", job.id, src, dst)
@@ -161,29 +198,54 @@ class JobStore:
         self.save(job)
 
     # --- crash repair ---------------------------------------------------
-    def recover(self) -> None:
-        """Repair whatever a crash left half done; run once before the daemon starts work."""
+    def recover(self, why: str = "") -> None:
+        """Repair whatever a crash left half done; run once before the daemon starts work.
+
+        One record that cannot be repaired is logged and left out of the queue (its file where it
+        is), never a reason for the daemon not to start. A full disk is the exception: it is raised,
+        and the daemon waits for space and tries again.
+        """
+        self.held = set()
+        left_out: list[Job] = []
         for job in list(self.jobs.values()):
-            if job.pending is not None:
-                log.warning("job %s: finishing an interrupted move to %s", job.id, job.pending.dst)
-                self._finish_move(job)
-            if job.status in (JobStatus.TRAINING, JobStatus.PAUSED):
-                job.end_run("daemon stopped")
-                job.set_status(JobStatus.QUEUED, "daemon restarted; resumes from its last checkpoint")
-                self.save(job)
-            if job.status.active and not self.file_path(job).exists():
-                log.error("job %s: its file %s is missing; marking failed", job.id, job.path)
-                job.set_status(JobStatus.FAILED, f"file {job.path} disappeared")
-                self.save(job)
-        owned = {Path(j.path).name for j in self.jobs.values()}
+            try:
+                self._repair(job, why)
+            except (OSError, InvalidTransition) as exc:
+                if is_disk_full(exc):
+                    raise
+                log.error("job %s: its record cannot be repaired (%s); left out of the queue until it is fixed",
+                          job.id, exc)
+                self.jobs.pop(job.id)
+                left_out.append(job)
+                if job.pending is not None:
+                    self.held.add(Path(job.pending.src))
+        owned = {Path(j.path).name for j in [*self.jobs.values(), *left_out]}
         for path in sorted(self.ws.queued.iterdir()):
             if path.name in owned or path.name.startswith("."):
                 continue
+            if not path.is_file():
+                log.warning("data/queued/%s is not a file; left alone", text_name(path.name))
+                continue
             match = _QUEUED_NAME.match(path.name)
-            job_id = match.group(1) if match and match.group(1) not in self.jobs else self.new_id()
-            name = match.group(2) if match else path.name
-            log.warning("adopting %s, found in data/queued without a record, as job %s", path.name, job_id)
+            named = match.group(1) if match else None
+            free = named is not None and named not in self.jobs and not self.ws.job_record(named).exists()
+            job_id = named if free and named else self.new_id()
+            name = text_name(match.group(2) if match else path.name)
+            log.warning("adopting %s, found in data/queued without a record, as job %s", name, job_id)
             job = Job(id=job_id, file=name, order=self.back_order("normal"),
                       path=str(path.relative_to(self.ws.root)))
             job.set_status(JobStatus.QUEUED, "adopted at startup")
+            self.save(job)
+
+    def _repair(self, job: Job, why: str) -> None:
+        if job.pending is not None:
+            log.warning("job %s: finishing an interrupted move to %s", job.id, job.pending.dst)
+            self._finish_move(job)
+        if job.status in (JobStatus.TRAINING, JobStatus.PAUSED):
+            job.end_run(why or "daemon stopped")
+            job.set_status(JobStatus.QUEUED, f"{why or 'daemon restarted'}; resumes from its last checkpoint")
+            self.save(job)
+        if job.status.active and not self.file_path(job).exists():
+            log.error("job %s: its file %s is missing; marking failed", job.id, job.path)
+            job.set_status(JobStatus.FAILED, f"file {job.path} disappeared")
             self.save(job)

@@ -12,7 +12,7 @@ import os
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from finetuned.worker.main import detach
+from finetuned.worker.main import detach, orders
 from finetuned.worker.protocol import CheckModel, ModelChecked, Ready
 
 log = logging.getLogger("finetuned.checker")
@@ -30,13 +30,7 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
     setup_logging(ws, "training", stream=False)
     route_library_output()
     conn.send(Ready(pid=os.getpid()))
-    while True:
-        try:
-            order = conn.recv()
-        except (EOFError, OSError):
-            return
-        if not isinstance(order, CheckModel):
-            return  # Shutdown
+    for order in orders(conn, CheckModel):
         try:
             checked = check_base_model(order.config, ws)
             conn.send(ModelChecked(key=order.key, error=None, summary=checked.summary))

@@ -102,11 +102,15 @@ def write(job_dir: Path, snap: Snapshot, keep: int) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)  # a folder without state.json is debris
     tmp.mkdir()
-    save_file(snap.weights, tmp / WEIGHTS)
-    torch.save(snap.optimizer, tmp / OPTIMIZER)
-    torch.save(snap.rng, tmp / RNG)
-    atomic_write_json(tmp / STATE, snap.progress.model_dump())
-    publish_dir(tmp, final)
+    try:
+        save_file(snap.weights, tmp / WEIGHTS)
+        torch.save(snap.optimizer, tmp / OPTIMIZER)
+        torch.save(snap.rng, tmp / RNG)
+        atomic_write_json(tmp / STATE, snap.progress.model_dump())
+        publish_dir(tmp, final)
+    except BaseException:  # a full disk, say: no half-written folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     prune(job_dir, keep)
     return final
 

@@ -16,11 +16,12 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from finetuned.fsio import is_disk_full
 from finetuned.worker.protocol import Ask, Failed, FailKind, Order, Ready, Report, Shutdown, Train, Yield
 
 if TYPE_CHECKING:
@@ -49,6 +50,22 @@ def detach(parent_pid: int) -> bool:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     return os.getppid() == parent_pid
+
+
+OrderT = TypeVar("OrderT")
+
+
+def orders(conn: Connection, kind: type[OrderT]) -> Iterator[OrderT]:
+    """A helper process's orders (the preparer's, the checker's, the answerer's), until the daemon sends
+    anything else (Shutdown) or goes."""
+    while True:
+        try:
+            order = conn.recv()
+        except (EOFError, OSError):
+            return
+        if not isinstance(order, kind):
+            return
+        yield order
 
 
 class Link:
@@ -156,8 +173,9 @@ def serve(ws: Workspace, world: World, next_order: Callable[[], Order]) -> None:
         except Exception as exc:  # a crash of one job must reach the daemon as that job's failure
             log.exception("job %s crashed", order.job.id)
             cache.drop()  # its state is unknown now: reload before the next job
+            kind = FailKind.DISK if is_disk_full(exc) else FailKind.CRASH
             group = world.size > 1
-            world.report(Failed(job_id=order.job.id, kind=FailKind.CRASH, reason=f"{type(exc).__name__}: {exc}",
+            world.report(Failed(job_id=order.job.id, kind=kind, reason=f"{type(exc).__name__}: {exc}",
                                 traceback=traceback.format_exc(), worker_exits=group))
             if group:
                 raise

@@ -6,8 +6,10 @@ the files, never the loop.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ NOT_SCALARS = ("step", "line_step", "tokens", "step_seconds", "time")
 class MetricsLog:
     def __init__(self, jsonl: Path, tensorboard_dir: Path) -> None:
         jsonl.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._path = jsonl
+        self._file = open(jsonl, "ab", buffering=0)  # noqa: SIM115 - closed in close()
         try:
             from tensorboardX import SummaryWriter
 
@@ -30,8 +33,16 @@ class MetricsLog:
             self._tb = None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        """Append one whole line: a write the disk cuts short is taken back, so no reader sees half a line."""
+        line = (json.dumps(record) + "\n").encode()
+        fd = self._file.fileno()
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "No space left on device (a short write)", str(self._path))
+        except OSError:
+            os.ftruncate(fd, end)
+            raise
         if self._tb is not None:
             for name, value in record.items():  # loss, val_loss, lr, tokens_per_second, an objective's metrics
                 if name not in NOT_SCALARS and isinstance(value, int | float):

@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from finetuned.worker.main import detach
+from finetuned.worker.main import detach, orders
 from finetuned.worker.protocol import Failed, FailKind, Prepare, Prepared, Ready
 
 log = logging.getLogger("finetuned.preparer")
@@ -33,13 +33,7 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
     route_library_output()
     tokenizers: dict[str, Any] = {}
     conn.send(Ready(pid=os.getpid()))
-    while True:
-        try:
-            order = conn.recv()
-        except (EOFError, OSError):
-            return
-        if not isinstance(order, Prepare):
-            return  # Shutdown
+    for order in orders(conn, Prepare):
         try:
             config = order.config
             if config.base_model not in tokenizers:

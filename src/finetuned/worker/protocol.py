@@ -46,6 +46,7 @@ class FailKind(str, Enum):
     DATA = "data"  # the file cannot train (refused, no step): it fails with its error report
     DIVERGED = "diverged"  # the loss became NaN or infinite at a step: it fails, the last good checkpoint kept
     CRASH = "crash"  # the worker raised or died: retried from the last checkpoint, a limited number of times
+    DISK = "disk"  # a write found the disk full: the daemon holds the line until there is space, no retry counted
     # The settings cannot train (base model, LoRA targets, starting adapter): never retried. The workspace's
     # config holds the queue until it is fixed; a file's own settings fail that file.
     CONFIG = "config"

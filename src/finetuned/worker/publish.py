@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from finetuned.checkpoints import TrainingProgress
-from finetuned.config import Config
+from finetuned.config import Config, redacted
 from finetuned.data import JobData, load_meta
 from finetuned.fsio import publish_dir, remove_tree
 from finetuned.models.loading import save_tokenizer
@@ -34,7 +34,7 @@ def summary(ws: Workspace, config: Config, loaded: Loaded, data: JobData, progre
         "line_step": progress.line_step, "examples_trained": progress.examples, "train_examples": data.n_train,
         "holdout_examples": data.n_holdout, "tokens": progress.tokens, "loss_tokens": progress.loss_tokens,
         "first_loss": first_loss, "final_loss": progress.last_loss, "val_loss": val_loss,
-        "config": config.model_dump(mode="json"),
+        "config": redacted(config.model_dump(mode="json")),  # what trained it, never the monitor's token
         **({"preference": config.preference.model_dump(mode="json")} if objective != "sft" else {}),
         "data": None if meta is None else {k: meta[k] for k in DATA_KEYS if k in meta},
     }
@@ -50,9 +50,13 @@ def publish(ws: Workspace, job: Job, config: Config, loaded: Loaded, result: dic
         return
     tmp = final.with_name(f".{final.name}.tmp")
     remove_tree(tmp)
-    loaded.model.save_pretrained(tmp, state_dict=weights)
-    # Every adapter carries the tokenizer and the chat template it was trained with: exports and
-    # versions made from it prompt the model as training did, whatever its base says.
-    save_tokenizer(loaded.tokenizer, tmp)
-    (tmp / ADAPTER_RECORD).write_text(json.dumps(adapter_record(job, result), indent=2) + "\n")
-    publish_dir(tmp, final)
+    try:
+        loaded.model.save_pretrained(tmp, state_dict=weights)
+        # Every adapter carries the tokenizer and the chat template it was trained with: exports and
+        # versions made from it prompt the model as training did, whatever its base says.
+        save_tokenizer(loaded.tokenizer, tmp)
+        (tmp / ADAPTER_RECORD).write_text(json.dumps(adapter_record(job, result), indent=2) + "\n")
+        publish_dir(tmp, final)
+    except BaseException:  # a full disk, say: no half-written adapter stays behind
+        remove_tree(tmp)
+        raise

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
+from finetuned.config import redacted
 from finetuned.monitor.deps import FilesDep, Guarded
 from finetuned.monitor.routes.queue import JobId
 from finetuned.monitor.views import downsample, job_summary, line_history
@@ -32,7 +33,8 @@ async def job(job_id: JobId, files: FilesDep) -> dict[str, Any]:
     record = files.job(job_id)
     if record is None:
         raise HTTPException(404, f"no job {job_id}")
-    return {**job_summary(files, record), "record": record, "adapter_record": files.adapter_record(job_id)}
+    # Records written before secrets were redacted still hold them: never sent.
+    return redacted({**job_summary(files, record), "record": record, "adapter_record": files.adapter_record(job_id)})
 
 
 @router.get("/{job_id}/metrics", responses={404: {}})

@@ -13,7 +13,7 @@ from finetuned.monitor.upload import UploadError, receive
 router = APIRouter(prefix="/api/upload", tags=["upload"], dependencies=Guarded)
 
 
-@router.post("", status_code=201, responses={400: {}, 411: {}, 413: {}, 415: {}},
+@router.post("", status_code=201, responses={400: {}, 411: {}, 413: {}, 415: {}, 507: {}},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def upload(

@@ -256,12 +256,21 @@ function mergePoints(points) {
   S.job.points = [...byStep.values()].sort((a, b) => a.step - b.step);
 }
 
+// A job's history comes in columns (one array per field, sent once on connect); new steps as points.
+function fromColumns(c) {
+  return c.step.map((step, i) => {
+    const p = { step };
+    for (const [name, values] of Object.entries(c)) if (values[i] !== null) p[name] = values[i];
+    return p;
+  });
+}
+
 function onMetrics(m) {
   if (m.reset || S.job.id !== m.job_id) {
     const t = S.status && S.status.training;
     S.job = { id: m.job_id, points: [], label: t && t.id === m.job_id ? t.file : m.job_id };
   }
-  mergePoints(m.points);
+  mergePoints(m.columns ? fromColumns(m.columns) : m.points);
   if (S.view === "job") drawChart();
   else if (Date.now() - S.lineFetched > 5000) loadLine();
 }
