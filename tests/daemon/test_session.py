@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from helpers import chat_lines, drop, jobs_by_file, make_workspace, status_of, tiny_config, wait_for
 
+from finetuned.models import memory
+
 
 def test_a_job_that_raises_in_the_worker_is_retried_then_failed_and_the_daemon_lives(tmp_path, tiny_model_dir,
-                                                                                   start_daemon):
+                                                                                   start_daemon, monkeypatch):
     config = tiny_config()
-    config.lora.target_modules = ["no_such_module"]  # PEFT refuses it when the worker builds the model
+    # The worker raises when it builds the model (settings the model checker would refuse hold the queue instead).
+    monkeypatch.setenv(memory.INJECT_ENV, "no_such_module")
     config.control.max_retries = 1
     ws = make_workspace(tmp_path / "ws", config)
     daemon = start_daemon(ws)
