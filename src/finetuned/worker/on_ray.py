@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from finetuned.config import DistributedSettings
-from finetuned.worker.group import Relay
 from finetuned.worker.main import GATE_ENV
+from finetuned.worker.relay import Relay
 from finetuned.workspace import Workspace
 
 log = logging.getLogger("finetuned.worker")
