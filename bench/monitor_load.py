@@ -36,12 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from monitor_overhead import ask_like_a_page, read_json, write_data  # the same workload: bench/ is this script's folder
 
 from finetuned.config import Config, save_config
 from finetuned.workspace import Workspace
 
 log = logging.getLogger("bench.monitor_load")
 RESULTS = Path(__file__).parent / "results" / "monitor_load.json"
+FILES_AHEAD, EXAMPLES_PER_FILE = 4, 2000
 SETTLE_SECONDS = 1.5  # after the pages connect (their snapshots sent), before the window is timed
 
 
@@ -57,20 +59,15 @@ def bench_config() -> Config:
     return config
 
 
-def write_data(path: Path, n: int, tag: int) -> None:
-    lines = [json.dumps({"messages": [{"role": "user", "content": f"What is {i % 17} plus {i % 11}? ({tag})"},
-                                      {"role": "assistant", "content": f"{i % 17 + i % 11}."}]}) + "\n"
-             for i in range(n)]
-    tmp = path.with_name("." + path.name + ".part")
-    tmp.write_text("".join(lines))
-    tmp.rename(path)
+def feed(ws: Workspace, dropped: int) -> int:
+    """Keep FILES_AHEAD files waiting, whatever the machine's speed, so no window finds the queue empty.
 
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    Each file has its own content (duplicates are refused); the model stays loaded between them.
+    """
+    while dropped - len(list(ws.metrics.glob("*.jsonl"))) < FILES_AHEAD:
+        write_data(ws.inbox_normal / f"load{dropped:04d}.jsonl", EXAMPLES_PER_FILE, dropped)
+        dropped += 1
+    return dropped
 
 
 class Pages:
@@ -143,12 +140,7 @@ class Pollers:
         since = 0
         while not self.stop.wait(1.0):
             try:
-                status = json.loads(self._get("api/status"))
-                self._get("api/queue")
-                job = (status.get("training") or {}).get("id")
-                if job:
-                    points = json.loads(self._get(f"api/jobs/{job}/metrics?since_step={since}"))["points"]
-                    since = points[-1]["step"] if points else since
+                since = ask_like_a_page(self._get, since)
             except OSError:
                 self.errors += 1
 
@@ -189,8 +181,7 @@ def main() -> None:
     ws = Workspace.at(root / "ws")
     ws.create()
     save_config(ws.config_path, bench_config())
-    for n in range(24):  # each file its own content (duplicates are refused); the model stays loaded between
-        write_data(ws.inbox_normal / f"load{n:02d}.jsonl", 500, n)
+    dropped = feed(ws, 0)
     out = open(root / "daemon.out", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "finetuned", "run", "--root", str(ws.root)], stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -206,23 +197,25 @@ def main() -> None:
         for round_ in range(args.rounds):
             for n in [m for c in args.clients for m in (0, c)]:  # each watched window after an unwatched one
                 row = rows.setdefault(n, {"rate": [], "ratio": [], "latency": [], "rss_mb": [], "fds": [],
-                                          "core_percent": [], "events": []})
+                                          "core_percent": [], "events": [], "clients_core_percent": []})
+                dropped = feed(ws, dropped)
                 stop = streams = pollers = None
                 if n:
                     stop, streams = pages.open(url, n)
                     pollers = Pollers(url, ws, args.pollers)
                 time.sleep(SETTLE_SECONDS)
-                begin, events = time.time(), pages.events
+                begin, events, own = time.time(), pages.events, sum(os.times()[:2])
                 peak: dict[str, float] = {}
                 sample(proc.pid, begin + args.window, peak)
                 end = time.time()
                 row["rate"].append(steps_in(ws, begin, end) / (end - begin))
-                if n:  # against the unwatched window just before it
+                if n and rows[0]["rate"][-1]:  # against the unwatched window just before it
                     row["ratio"].append(row["rate"][-1] / rows[0]["rate"][-1])
                 row["rss_mb"].append(peak["rss_mb"])
                 row["fds"].append(peak["fds"])
                 row["core_percent"].append(peak["core_percent"])
                 row["events"].append((pages.events - events) / (end - begin))
+                row["clients_core_percent"].append(100 * (sum(os.times()[:2]) - own) / (end - begin))
                 if n:
                     pollers.close()
                     row["latency"] += pollers.latencies
@@ -235,7 +228,7 @@ def main() -> None:
         out.close()
     summary = {}
     print(f"\n{'pages':>6}{'steps/s':>9}{'vs none':>9}{'API p50':>10}{'API p95':>10}{'RSS MB':>9}{'fds':>6}"
-          f"{'events/s':>10}{'daemon CPU':>12}")
+          f"{'events/s':>10}{'daemon CPU':>12}{'pages CPU':>11}")
     for n, row in rows.items():
         rate = statistics.median(row["rate"])
         ratios = row["ratio"] or [1.0]
@@ -245,11 +238,13 @@ def main() -> None:
         summary[n] = {"steps_per_second": rate, "slower_percent": round(100 * (1 - statistics.median(ratios)), 2),
                       "api_p50_ms": p50, "api_p95_ms": p95, "requests": len(lat), "rss_mb": max(row["rss_mb"]),
                       "fds": max(row["fds"]), "events_per_second": statistics.median(row["events"]),
-                      "daemon_core_percent": statistics.median(row["core_percent"])}
+                      "daemon_core_percent": statistics.median(row["core_percent"]),
+                      "clients_core_percent": statistics.median(row["clients_core_percent"])}
         s = summary[n]
         print(f"{n:>6}{rate:>9.2f}{-s['slower_percent']:>+8.1f}%"
               f"{(f'{p50:.1f} ms' if p50 is not None else '–'):>10}{(f'{p95:.1f} ms' if p95 is not None else '–'):>10}"
-              f"{s['rss_mb']:>9.0f}{s['fds']:>6}{s['events_per_second']:>10.0f}{s['daemon_core_percent']:>11.1f}%")
+              f"{s['rss_mb']:>9.0f}{s['fds']:>6}{s['events_per_second']:>10.0f}{s['daemon_core_percent']:>11.1f}%"
+              f"{s['clients_core_percent']:>10.1f}%")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "goal": "100 pages under 5% slower than none; API p95 under 100 ms", "summary": summary, "rows": rows,

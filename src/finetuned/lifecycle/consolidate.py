@@ -25,15 +25,8 @@ from finetuned.fsio import publish_dir, remove_tree
 from finetuned.lifecycle import gate
 from finetuned.lifecycle.errors import LifecycleError, UnfinishedWork, require_space
 from finetuned.lifecycle.gate import GateRefused
-from finetuned.lifecycle.line import (
-    append_history,
-    lifecycle_lock,
-    line_started,
-    log_event,
-    read_history,
-    refuse_if_unfinished,
-    switch,
-)
+from finetuned.lifecycle.history import append_history, line_started, log_event, read_history
+from finetuned.lifecycle.line import lifecycle_lock, refuse_if_unfinished, switch
 from finetuned.lifecycle.records import Adapter, data_entry, get_adapter, list_adapters, read_jobs
 from finetuned.lifecycle.versions import (
     Version,

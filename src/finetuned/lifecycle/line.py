@@ -5,7 +5,7 @@ change it (atomically), append the switch to `models/versions.jsonl` and log
 it in `logs/daemon_YYYYMMDD.log`, so a config never drifts silently.
 
 A switch starts a fresh line on the chosen version: jobs that finished before
-it are left out of the line (`line_exclusions`, for the daemon). A switch is
+it are left out of the line (`history.line_exclusions`, for the daemon). A switch is
 refused while a job is part-way through training on the current base, because
 its steps are in no version yet and it would resume on a different base.
 """
@@ -13,99 +13,26 @@ its steps are in no version yet and it would resume on a different base.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import time
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from finetuned import checkpoints
 from finetuned.config import Config, ConfigError, save_config
 from finetuned.fsio import read_json
 from finetuned.lifecycle.errors import LifecycleError, UnfinishedWork
-from finetuned.lifecycle.records import parse_time, read_jobs
+from finetuned.lifecycle.history import append_history, log_event
+from finetuned.lifecycle.records import read_jobs
 from finetuned.lifecycle.versions import Version, ensure_recorded, find, lineage
 from finetuned.lock import AlreadyRunning, WorkspaceLock, holder
-from finetuned.logs import FORMAT
-from finetuned.queue.job import Job, JobStatus, now_text
+from finetuned.queue.job import JobStatus
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-SWITCHES = ("use", "rollback")  # a consolidation that switches also writes a "use" entry
 DAEMON_ANSWER_SECONDS = 15.0
 LOCK_WAIT_SECONDS = 2.0  # a notify command forked while the lock was held shares it until it execs
-
-
-def read_history(ws: Workspace) -> list[dict[str, Any]]:
-    path = ws.versions_history
-    if not path.exists():
-        return []
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entries.append(json.loads(line))
-        except ValueError:  # a line cut by a crash: the rest still counts
-            continue
-    return entries
-
-
-def _append_line(path: Path, line: str) -> None:
-    """One write with O_APPEND: concurrent writers (the daemon's logger) never split a line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def append_history(ws: Workspace, entry: dict[str, Any]) -> None:
-    record = {"time": now_text(), "unix": time.time(), **entry}
-    _append_line(ws.versions_history, json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def log_event(ws: Workspace, message: str, level: int = logging.INFO) -> None:
-    """A line in today's daemon log, in the daemon's own format, from any process."""
-    record = logging.LogRecord("finetuned.lifecycle", level, __file__, 0, message, None, None)
-    line = logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S").format(record)
-    _append_line(ws.daemon_log(), line + "\n")
-    log.debug(message)  # the line above is the record; a daemon's own handler must not write it twice
-
-
-def line_started(ws: Workspace) -> float | None:
-    """When the current version became current (unix time), or None if it never changed."""
-    for entry in reversed(read_history(ws)):
-        if entry.get("action") in SWITCHES:
-            return float(entry["unix"])
-    return None
-
-
-def _last_trained(job: Job) -> float | None:
-    ends = [parse_time(run.ended) for run in job.runs if run.ended]
-    return max((t for t in ends if t is not None), default=None)
-
-
-def line_exclusions(ws: Workspace, jobs: Iterable[Job]) -> list[str]:
-    """Jobs the model line must not continue from: finished before the latest switch of version.
-
-    The daemon adds these to `line_exclude`, so a job after `use`/`rollback` starts from the
-    chosen version itself, not from an old line's last checkpoint on that same base.
-    """
-    started = line_started(ws)
-    if started is None:
-        return []
-    out = []
-    for job in jobs:
-        if job.status.active:
-            continue
-        ended = _last_trained(job)
-        if ended is not None and ended <= started:
-            out.append(job.id)
-    return sorted(out)
 
 
 def unfinished(ws: Workspace, base_model: str) -> list[str]:

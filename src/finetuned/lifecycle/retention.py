@@ -26,7 +26,8 @@ from finetuned.config import Config
 from finetuned.disk import tree_bytes
 from finetuned.fsio import remove_tree
 from finetuned.lifecycle.errors import LifecycleError
-from finetuned.lifecycle.line import daemon_current_job, daemon_pid, lifecycle_lock, log_event
+from finetuned.lifecycle.history import log_event
+from finetuned.lifecycle.line import daemon_current_job, daemon_pid, lifecycle_lock
 from finetuned.lifecycle.records import read_jobs
 from finetuned.queue.job import JobStatus
 from finetuned.workspace import Workspace

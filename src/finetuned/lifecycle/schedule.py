@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from finetuned.config import Config
-from finetuned.lifecycle.line import line_started, read_history, unfinished
+from finetuned.lifecycle.history import line_started, read_history
+from finetuned.lifecycle.line import unfinished
 from finetuned.lifecycle.records import list_adapters
 from finetuned.lifecycle.versions import list_versions
 from finetuned.workspace import Workspace

@@ -16,7 +16,7 @@ from finetuned import checkpoints
 from finetuned.checkpoints import TrainingProgress
 from finetuned.config import Config, ConfigError
 from finetuned.lifecycle.errors import LifecycleError
-from finetuned.lifecycle.line import line_exclusions
+from finetuned.lifecycle.history import line_exclusions
 from finetuned.lifecycle.records import Adapter, read_adapter, read_jobs
 from finetuned.lifecycle.versions import Version, ensure_recorded, find
 from finetuned.workspace import Workspace

@@ -6,8 +6,8 @@ built once, encoded once, and the same bytes go to every page. A page that conne
 gets a snapshot first: the latest payload of each kind and the current job's metrics
 history in columns (one array per field), built once for all the pages that connect
 in the same cycle. A page that cannot keep up is dropped; its browser reconnects and
-gets a fresh snapshot. So a hundred pages cost a hundred socket writes per change,
-not a hundred payloads.
+gets a fresh snapshot. All of a cycle's changes go out in one write, so a hundred pages
+cost a hundred socket writes per cycle that saw a change, not a hundred payloads.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ POLL_SECONDS = 0.5
 PING_SECONDS = 15.0  # a comment line on an idle stream, so proxies and browsers keep it open
 MAX_POINTS = 4000
 MAX_ROUNDS = 50
-BACKLOG = 256  # events queued for one page before it counts as gone
+BACKLOG = 256  # cycles' writes queued for one page before it counts as gone
 HISTORY_FIELDS = ("step", "loss", "val_loss")  # always there, null or not: what the main chart draws
 SNAPSHOT_KINDS = ("status", "queue", "jobs", "health", "asks", "previews")
 PING = b": ping\n\n"
@@ -186,14 +186,14 @@ class EventHub:
                 except Exception:  # a bug in one view must not end every page's stream for good
                     log.exception("the event stream could not read the workspace's files")
                     changes, snapshot = [], []
-                for chunk in changes:
-                    self._broadcast(chunk)
+                if changes:  # one write per page per cycle, however many kinds changed
+                    self._broadcast(b"".join(changes))
                 for queue in arriving:
                     if queue in self._arriving:  # still connected
                         self._arriving.discard(queue)
                         self._pages.add(queue)
-                        for chunk in snapshot:
-                            queue.put_nowait(chunk)
+                        if snapshot:
+                            queue.put_nowait(b"".join(snapshot))
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
