@@ -1,16 +1,17 @@
 """What a crowd of pages costs: training speed, API latency, the daemon's memory and descriptors.
 
-    python bench/monitor_load.py [--clients 1 10 100] [--window 8] [--rounds 2] [--pollers 2]
+    python bench/monitor_load.py [--clients 1 10 100] [--window 8] [--rounds 6] [--pollers 2]
 
 One daemon on builtin:tiny trains a queue of files, a metrics line every step (the most events a page
-can be sent). Windows of one run come in pairs: nobody watches, then N pages do: N event-stream
+can be sent). Windows of one run alternate: nobody watches, then N pages do: N event-stream
 clients (asyncio on raw sockets, so reading costs this process next to nothing) plus `--pollers`
 clients asking /api/status, /api/queue and the job's new metrics every second, each request timed.
-Per N: training steps/s in the watched window over the unwatched one just before it (the median of
-the rounds' pairs, so the spread of a shared machine mostly cancels), the API's p50 and p95, the
-daemon's peak RSS and open descriptors, the events received, and the CPU the daemon's own process
-used (its loop and the monitor thread, as a share of one core: what watching costs, whatever else
-the machine is doing).
+Per N: training steps/s in each watched window over the mean of the unwatched ones just before and
+after it (the median over the rounds, so the spread and drift of a shared machine mostly cancel),
+the API's p50 and p95, the daemon's peak RSS and open descriptors, the events received, the CPU
+the daemon's own process used (its loop and the monitor thread, as a share of one core: what
+watching costs, whatever else the machine is doing), and the CPU the pages and pollers themselves
+used in this process (on the same cores as training here; a browser is usually elsewhere).
 Prints a table and writes bench/results/monitor_load.json.
 Goal (issue 12): 100 clients cost under 5% of training speed, and the API's p95 stays under 100 ms.
 """
@@ -171,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--window", type=float, default=8.0, help="seconds per timed window")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--pollers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -194,38 +195,43 @@ def main() -> None:
                 raise RuntimeError(f"training did not start: {(root / 'daemon.out').read_text()[-2000:]}")
             time.sleep(0.2)
         url = read_json(ws.status_json)["monitor_url"]
-        for round_ in range(args.rounds):
-            for n in [m for c in args.clients for m in (0, c)]:  # each watched window after an unwatched one
-                row = rows.setdefault(n, {"rate": [], "ratio": [], "latency": [], "rss_mb": [], "fds": [],
-                                          "core_percent": [], "events": [], "clients_core_percent": []})
-                dropped = feed(ws, dropped)
-                stop = streams = pollers = None
-                if n:
-                    stop, streams = pages.open(url, n)
-                    pollers = Pollers(url, ws, args.pollers)
-                time.sleep(SETTLE_SECONDS)
-                begin, events, own = time.time(), pages.events, sum(os.times()[:2])
-                peak: dict[str, float] = {}
-                sample(proc.pid, begin + args.window, peak)
-                end = time.time()
-                row["rate"].append(steps_in(ws, begin, end) / (end - begin))
-                if n and rows[0]["rate"][-1]:  # against the unwatched window just before it
-                    row["ratio"].append(row["rate"][-1] / rows[0]["rate"][-1])
-                row["rss_mb"].append(peak["rss_mb"])
-                row["fds"].append(peak["fds"])
-                row["core_percent"].append(peak["core_percent"])
-                row["events"].append((pages.events - events) / (end - begin))
-                row["clients_core_percent"].append(100 * (sum(os.times()[:2]) - own) / (end - begin))
-                if n:
-                    pollers.close()
-                    row["latency"] += pollers.latencies
-                    pages.close(stop, streams)
-                log.info("round %d, %3d pages: %.2f steps/s, %d descriptors, %.0f MB", round_ + 1, n,
-                         row["rate"][-1], peak["fds"], peak["rss_mb"])
+        # Every watched window between two unwatched ones: against their mean, a steady drift cancels.
+        plan = [(r, m) for r in range(args.rounds) for c in args.clients for m in (0, c)] + [(args.rounds - 1, 0)]
+        windows: list[tuple[int, float]] = []
+        for round_, n in plan:
+            row = rows.setdefault(n, {"rate": [], "ratio": [], "latency": [], "rss_mb": [], "fds": [],
+                                      "core_percent": [], "events": [], "clients_core_percent": []})
+            dropped = feed(ws, dropped)
+            stop = streams = pollers = None
+            if n:
+                stop, streams = pages.open(url, n)
+                pollers = Pollers(url, ws, args.pollers)
+            time.sleep(SETTLE_SECONDS)
+            begin, events, own = time.time(), pages.events, sum(os.times()[:2])
+            peak: dict[str, float] = {}
+            sample(proc.pid, begin + args.window, peak)
+            end = time.time()
+            row["rate"].append(steps_in(ws, begin, end) / (end - begin))
+            windows.append((n, row["rate"][-1]))
+            row["rss_mb"].append(peak["rss_mb"])
+            row["fds"].append(peak["fds"])
+            row["core_percent"].append(peak["core_percent"])
+            row["events"].append((pages.events - events) / (end - begin))
+            row["clients_core_percent"].append(100 * (sum(os.times()[:2]) - own) / (end - begin))
+            if n:
+                pollers.close()
+                row["latency"] += pollers.latencies
+                pages.close(stop, streams)
+            log.info("round %d, %3d pages: %.2f steps/s, %d descriptors, %.0f MB", round_ + 1, n,
+                     row["rate"][-1], peak["fds"], peak["rss_mb"])
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         out.close()
+    for i, (n, rate) in enumerate(windows):
+        unwatched = (windows[i - 1][1] + windows[i + 1][1]) / 2 if n else 0.0
+        if unwatched:
+            rows[n]["ratio"].append(rate / unwatched)
     summary = {}
     print(f"\n{'pages':>6}{'steps/s':>9}{'vs none':>9}{'API p50':>10}{'API p95':>10}{'RSS MB':>9}{'fds':>6}"
           f"{'events/s':>10}{'daemon CPU':>12}{'pages CPU':>11}")
