@@ -26,10 +26,13 @@ from helpers import (
     wait_for,
     write_jsonl,
 )
+from safetensors.torch import load_file
 
 from finetuned import checkpoints
-from finetuned.config import Config, save_config
+from finetuned.config import Config, EarlyStopping, save_config
 from finetuned.models import memory
+from finetuned.worker import checkpoint
+from finetuned.worker.protocol import Completed
 
 
 def on_ranks(n: int = 2, **training) -> Config:
@@ -266,3 +269,45 @@ def test_a_preference_job_on_two_ranks_keeps_pairs_whole_and_an_oom_on_one_rank_
     assert "rewards/margins" in read_json_lines(ws.metrics_file(job["id"]))[-1]
     training_log = ws.log_file("training", time.strftime("%Y%m%d")).read_text()
     assert "out of memory at step 3 with 2 rows a micro-batch a rank; 1 from now on" in training_log
+
+
+def test_suites_early_stopping_and_the_best_checkpoint_on_two_ranks(tmp_path, tiny_model_dir, start_daemon):
+    """Suites are scored on the main rank and the verdict reaches every rank: the job scores, stops and publishes
+    the best step's weights as one process does."""
+    config = on_ranks(epochs=3, checkpoint_every_steps=2)
+    config.training.early_stopping = EarlyStopping(metric="eval:never", patience=2)
+    config.evaluation.budget, config.evaluation.max_new_tokens, config.evaluation.publish = 1000.0, 6, "best"
+    suites = {"never": [{"prompt": "Say hi number 1.", "expected": "an answer never given", "scorer": "exact"}],
+              "hi": [{"prompt": f"Say hi number {i}.", "expected": f"hi {i}", "scorer": "contains"} for i in range(3)]}
+    records = chat_lines(40)
+    solo_ws = make_workspace(tmp_path / "solo", one_process(config))
+    ws = make_workspace(tmp_path / "ws", config)
+    for folder in (solo_ws.evals, ws.evals):
+        folder.mkdir()
+        for name, rows in suites.items():
+            write_jsonl(folder / f"{name}.jsonl", rows)
+    driver = Driver()
+    train_in_process(solo_ws, one_process(config), "job", write_jsonl(tmp_path / "d.jsonl", records), driver)
+    solo = driver.last(Completed).summary
+    assert solo["steps"] < solo["total_steps"], "the rule stops one process early"
+
+    daemon = start_daemon(ws)
+    drop(ws, "data.jsonl", records)
+    wait_for(lambda: status_of(ws, "data.jsonl") == "completed", 300, "the job on two ranks", daemon=daemon)
+    job = jobs_by_file(ws)["data.jsonl"]
+    record = read_json(ws.adapter_dir(job["id"]) / "job.json")
+    assert (record["steps"], record["total_steps"], record["published_step"]) == \
+        (solo["steps"], solo["total_steps"], solo["published_step"])
+    for key in ("step", "best_step", "metric"):
+        assert record["early_stopped"][key] == solo["early_stopped"][key]
+    assert record["evaluation"]["scores"] == pytest.approx(solo["evaluation"]["scores"])
+    scored = [line for line in read_json_lines(ws.metrics_file(job["id"])) if "eval/hi" in line]
+    assert all(line["world_size"] == 2 for line in scored)
+    assert [line["step"] for line in scored] == [2, 4, 6] == \
+        [line["step"] for line in read_json_lines(solo_ws.metrics_file("job")) if "eval/hi" in line]
+
+    best = checkpoints.path_for(ws.job_checkpoints(job["id"]), record["published_step"])
+    assert (best / checkpoints.BEST).exists(), "the best is kept beside the last"
+    published = load_file(ws.adapter_dir(job["id"]) / "adapter_model.safetensors")
+    saved = {name.replace(".default", ""): weight for name, weight in checkpoint.load_weights(best).items()}
+    assert set(published) == set(saved) and all(published[n].equal(saved[n]) for n in saved)
