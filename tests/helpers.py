@@ -335,3 +335,14 @@ def held_at(ws: Workspace, file: str, step: int, daemon: DaemonProcess, timeout:
 def queue_status(ws: Workspace, file: str) -> str | None:
     doc = read_json(ws.queue_json) or {"queue": []}
     return next((e["status"] for e in doc["queue"] if e["file"] == file), None)
+
+
+def greedy_answer(target: Any, config: Config, prompt: str) -> str:
+    """The model's own greedy answer to `prompt`, as Try it renders and generates it (a lifecycle Target)."""
+    from finetuned.chat.generate import reply
+    from finetuned.data.masking import prompt_ids
+    from finetuned.lifecycle.targets import load
+
+    model, tokenizer = load(target, config)
+    return reply(model, tokenizer, prompt_ids(tokenizer, [{"role": "user", "content": prompt}]),
+                 config.previews.max_new_tokens)

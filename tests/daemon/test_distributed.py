@@ -13,6 +13,7 @@ from helpers import (
     Driver,
     chat_lines,
     drop,
+    greedy_answer,
     held_at,
     jobs_by_file,
     logged_losses,
@@ -28,7 +29,7 @@ from helpers import (
 )
 from safetensors.torch import load_file
 
-from finetuned import checkpoints
+from finetuned import asks, checkpoints
 from finetuned.config import Config, EarlyStopping, save_config
 from finetuned.models import memory
 from finetuned.worker import checkpoint
@@ -311,3 +312,31 @@ def test_suites_early_stopping_and_the_best_checkpoint_on_two_ranks(tmp_path, ti
     published = load_file(ws.adapter_dir(job["id"]) / "adapter_model.safetensors")
     saved = {name.replace(".default", ""): weight for name, weight in checkpoint.load_weights(best).items()}
     assert set(published) == set(saved) and all(published[n].equal(saved[n]) for n in saved)
+
+
+def test_try_it_on_two_ranks_is_answered_between_steps_and_leaves_the_losses_alone(tmp_path, tiny_model_dir,
+                                                                                   start_daemon, gate):
+    """A question reaches rank 0 at the step the group is held at; its answer is the step's model's own, and the
+    ranks go on in step: the losses are one process's."""
+    from finetuned.lifecycle.targets import Target
+
+    config = on_ranks(epochs=2, checkpoint_every_steps=3)
+    config.previews.budget, config.previews.max_new_tokens = 1.0, 10
+    records = chat_lines(30)
+    ws = make_workspace(tmp_path / "ws", config)
+    gate.hold(3)
+    daemon = start_daemon(ws)
+    drop(ws, "data.jsonl", records)
+    held_at(ws, "data.jsonl", 3, daemon)
+    question = asks.submit(ws, "Say hi number 2.")
+    answer = wait_for(lambda: (v := asks.view(ws, question.id)) and v["status"] == "answered" and v, 120,
+                      "the answer", daemon=daemon)
+    job = jobs_by_file(ws)["data.jsonl"]["id"]
+    assert (answer["by"], answer["job_id"], answer["step"], answer["error"]) == ("worker", job, 3, "")
+    step_3 = Target("checkpoint", "step 3", ws.base_models / "tiny",
+                    checkpoint=checkpoints.path_for(ws.job_checkpoints(job), 3))
+    assert answer["text"] and answer["text"] == greedy_answer(step_3, config, "Say hi number 2.")
+    gate.release()
+    wait_for(lambda: status_of(ws, "data.jsonl") == "completed", 300, "the job on two ranks", daemon=daemon)
+    two = logged_losses(ws, job)
+    assert [two[s] for s in sorted(two)] == pytest.approx(solo_losses(tmp_path, config, records), abs=1e-5)

@@ -8,7 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Gate, chat_lines, drop, held_at, jobs_by_file, make_workspace, read_json, wait_for
+from helpers import (
+    Gate,
+    chat_lines,
+    drop,
+    greedy_answer,
+    held_at,
+    jobs_by_file,
+    make_workspace,
+    read_json,
+    wait_for,
+)
 from monitor_helpers import MonitoredDaemon, StateWorkspace, http, monitor_config
 
 from finetuned import asks
@@ -71,16 +81,6 @@ def _ask(daemon: MonitoredDaemon, prompt: str = QUESTION) -> dict[str, Any]:
     return wait_for(answered, 120, "the answer", interval=0.2, daemon=daemon)  # type: ignore[arg-type]
 
 
-def _greedy(ws, target, config) -> str:
-    from finetuned.chat.generate import reply
-    from finetuned.data.masking import prompt_ids
-    from finetuned.lifecycle.targets import load
-
-    model, tokenizer = load(target, config)
-    return reply(model, tokenizer, prompt_ids(tokenizer, [{"role": "user", "content": QUESTION}]),
-                 config.previews.max_new_tokens)
-
-
 def _log(ws) -> str:
     return "".join(p.read_text() for p in sorted(ws.logs.glob("daemon_*.log")))
 
@@ -110,7 +110,7 @@ def test_the_worker_answers_at_its_step_and_the_answerer_while_idle(tmp_path: Pa
         assert during["source"] == f"job {job} at step 3"
         step_3 = Target("checkpoint", "step 3", ws.base_models / "tiny",
                         checkpoint=path_for(ws.job_checkpoints(job), 3))
-        assert during["text"] == _greedy(ws, step_3, config)
+        assert during["text"] == greedy_answer(step_3, config, QUESTION)
         # idle: the job completes, the answerer loads the line's newest checkpoint
         gate.release()
         wait_for(lambda: jobs_by_file(ws)["first.jsonl"]["status"] == "completed", 120, "the job to end",
@@ -118,7 +118,7 @@ def test_the_worker_answers_at_its_step_and_the_answerer_while_idle(tmp_path: Pa
         idle = _ask(daemon)
         assert (idle["by"], idle["job_id"], idle["step"], idle["line_step"]) == ("answerer", job, 6, 6)
         assert idle["source"] == f"checkpoint 6 of job {job} (line step 6)"
-        assert idle["text"] == _greedy(ws, resolve(ws, None), config)
+        assert idle["text"] == greedy_answer(resolve(ws, None), config, QUESTION)
         assert idle["text"] != during["text"], "three more steps changed the answer"
         # a job that starts ends the answerer first: one model in memory, and the worker answers again
         gate.hold(1)
