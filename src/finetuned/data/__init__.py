@@ -17,8 +17,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from finetuned.data.chat import Chat, Message, ToolCall
 from finetuned.data.check import check_file
-from finetuned.data.formats import FORMATS, Chat, Message, ToolCall, parse_record
+from finetuned.data.formats import FORMATS, parse_record
 from finetuned.data.preview import encode_record, render, trained_spans
 from finetuned.data.report import DataError
 from finetuned.data.tokenize import PrepareSummary, is_current, load_meta, prepare, tokenizer_fingerprint

@@ -14,13 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetuned.data.formats import (
-    Chat,
-    Message,
-    ToolCall,
-    need_assistant,
-    string,
-)
+from finetuned.data.chat import Chat, Message, ToolCall, need_assistant, string
 from finetuned.data.report import RecordProblem, kind_of
 from finetuned.data.tools import parse_arguments, parse_tools, tool_call_from_json
 

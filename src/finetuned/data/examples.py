@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetuned.config import DataSettings
-from finetuned.data.formats import LABELLED, PAIRS, Chat, Message, parse_record, with_system_prompt
+from finetuned.data.chat import Chat, Message, with_system_prompt
+from finetuned.data.formats import LABELLED, PAIRS, parse_record
 from finetuned.data.masking import ChatRenderer, Span
 from finetuned.data.preferences import Labelled, Pair
 from finetuned.data.reader import FileReader

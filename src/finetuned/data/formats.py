@@ -1,11 +1,10 @@
 """The record formats (SPEC section 7), turned into one currency.
 
-Chat-like formats become a `Chat`: messages (role, content, whether the turn
-trains, tool calls) and the tools the conversation may call; `text` stays a
-string; preference data becomes a `Pair` or a `Labelled` answer (preferences.py).
-This and preferences.py are the only modules that know what a record looks like: the
-validator, the tokeniser and `finetuned check` all go through `parse_record`,
-so they can never disagree about which lines are good.
+Chat-like formats become a `Chat` (chat.py); `text` stays a string; preference data
+becomes a `Pair` or a `Labelled` answer (preferences.py). This module tells a record's
+format and parses the simple ones; conversations.py, preferences.py and tools.py parse
+the rest. The validator, the tokeniser and `finetuned check` all go through
+`parse_record`, so they can never disagree about which lines are good.
 
 A key that changes what a record means is never dropped in silence: a record
 holding one that training would not honour (images, audio, video) is refused
@@ -19,45 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetuned.data.chat import Chat, Message, alpaca_prompt, string
+from finetuned.data.conversations import parse_messages, parse_sharegpt
+from finetuned.data.preferences import LABELLED, PAIRS, parse_labelled, parse_pair, preference_form
 from finetuned.data.report import RecordProblem, kind_of
 
 CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT = "chat", "sharegpt", "alpaca", "completion", "text"
-PAIRS, LABELLED = "preference", "unpaired"  # preference data: chosen/rejected pairs, answers labelled good or bad
 FORMATS = (CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT, PAIRS, LABELLED)
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    name: str
-    arguments: Any  # a dict when the data's JSON parses (what chat templates expect), else the text as given
-    id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    role: str
-    content: str
-    train: bool | None = None  # the data's own say on this turn's loss; None: the policy (assistant turns train)
-    tool_calls: tuple[ToolCall, ...] = ()
-    name: str | None = None  # the function a tool result answers
-    tool_call_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Chat:
-    messages: tuple[Message, ...]
-    tools: tuple[dict[str, Any], ...] = ()  # JSON schemas, each {"type": "function", "function": {...}}
-
-    @property
-    def calls_tools(self) -> bool:
-        """Tools are offered or called: the template must render them (or the fallback must)."""
-        return bool(self.tools) or any(m.tool_calls for m in self.messages)
-
-    @property
-    def structured(self) -> bool:
-        """Parts beside role and content shape the rendering: no skeleton shared with other records."""
-        return self.calls_tools or any(m.name is not None or m.tool_call_id is not None for m in self.messages)
-
 
 Payload = Any  # Chat | str | Pair | Labelled (preferences.py)
 
@@ -104,8 +71,6 @@ PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w.]*\s*\}\}")
 
 
 def detect_format(record: dict[str, Any]) -> str | None:
-    from finetuned.data.preferences import preference_form
-
     form = preference_form(record)
     if form is not None:
         return form
@@ -141,9 +106,6 @@ def parse_record(record: Any, notes: Notes | None = None) -> tuple[str, Payload]
 
 
 def _parse(name: str, record: dict[str, Any]) -> Payload:
-    from finetuned.data.conversations import parse_messages, parse_sharegpt
-    from finetuned.data.preferences import parse_labelled, parse_pair
-
     if name == PAIRS:
         return parse_pair(record)
     if name == LABELLED:
@@ -179,28 +141,11 @@ def _texts(payload: Payload) -> Iterator[str]:
             yield message.content
 
 
-def string(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise RecordProblem("bad_content", f"{where} is {kind_of(value)}, expected a string")
-    return value
-
-
 def require(record: dict[str, Any], key: str, fmt: str) -> Any:
     if key not in record:
         article = "an" if fmt[0] in "aeiou" else "a"
         raise RecordProblem("missing_field", f"{article} {fmt} record needs '{key}'")
     return record[key]
-
-
-def need_assistant(chat: Chat, key: str) -> Chat:
-    if not any(m.role == "assistant" for m in chat.messages):
-        raise RecordProblem("no_assistant", f"'{key}' has no assistant turn, so nothing would be learned")
-    return chat
-
-
-def alpaca_prompt(instruction: str, input_text: str) -> str:
-    """The user turn of an alpaca record: the instruction, then its input after a blank line."""
-    return f"{instruction}\n\n{input_text}" if input_text else instruction
 
 
 def _alpaca(record: dict[str, Any]) -> Chat:
@@ -235,12 +180,3 @@ def _text(record: dict[str, Any]) -> str:
     if not text:
         raise RecordProblem("bad_content", "text is an empty string")
     return text
-
-
-def with_system_prompt(chat: Chat, system_prompt: str | None) -> Chat:
-    """Replace the conversation's leading system message with `system_prompt`, or add one."""
-    if system_prompt is None:
-        return chat
-    messages = chat.messages
-    rest = messages[1:] if messages and messages[0].role == "system" else messages
-    return Chat((Message("system", system_prompt), *rest), chat.tools)

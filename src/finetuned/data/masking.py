@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from finetuned.data.formats import Chat, Message
+from finetuned.data.chat import Chat, Message
 from finetuned.data.report import RecordProblem
 from finetuned.data.tools import fallback, template_message
 from finetuned.data.toolspans import common_prefix, sentinel, template_tool_support, tool_chat_spans, turn_marks

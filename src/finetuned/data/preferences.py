@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from finetuned.data.formats import Chat, Message, alpaca_prompt, string
+from finetuned.data.chat import Chat, Message, alpaca_prompt, string
+from finetuned.data.conversations import parse_messages, parse_sharegpt
 from finetuned.data.report import RecordProblem, kind_of
 
 PAIRS, LABELLED = "preference", "unpaired"
@@ -109,8 +110,6 @@ def _extra(record: dict[str, Any]) -> dict[str, Any]:
 
 def _conversation(record: dict[str, Any], key: str) -> Chat:
     """A conversation that may end without an assistant turn (a prompt): parsed like any other."""
-    from finetuned.data.conversations import parse_messages, parse_sharegpt
-
     parse = parse_messages if key == "messages" else parse_sharegpt
     try:
         return parse(record, need_answer=False)

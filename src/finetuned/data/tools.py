@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from finetuned.data.formats import Chat, Message, ToolCall
+from finetuned.data.chat import Chat, Message, ToolCall
 from finetuned.data.report import RecordProblem, kind_of
 
 RESULT_PREFIX = "Function result: "
