@@ -346,3 +346,19 @@ def greedy_answer(target: Any, config: Config, prompt: str) -> str:
     model, tokenizer = load(target, config)
     return reply(model, tokenizer, prompt_ids(tokenizer, [{"role": "user", "content": prompt}]),
                  config.previews.max_new_tokens)
+
+
+# Two evaluation suites: "never" scores 0 whatever the model learns, so early stopping on `eval:never` ends a
+# job `patience` measurements after the first; "hi" is scored beside it.
+EVAL_SUITES = {
+    "never": [{"prompt": "Say hi number 1.", "expected": "an answer the model never gives", "scorer": "exact"}],
+    "hi": [{"prompt": f"Say hi number {i}.", "expected": f"hi {i}", "scorer": "contains"} for i in range(3)],
+}
+
+
+def with_suites(ws: Workspace) -> Workspace:
+    """The workspace with EVAL_SUITES in its evals/ folder."""
+    ws.evals.mkdir()
+    for name, rows in EVAL_SUITES.items():
+        write_jsonl(ws.evals / f"{name}.jsonl", rows)
+    return ws

@@ -25,6 +25,7 @@ from helpers import (
     tiny_config,
     train_in_process,
     wait_for,
+    with_suites,
     write_jsonl,
 )
 from safetensors.torch import load_file
@@ -278,15 +279,9 @@ def test_suites_early_stopping_and_the_best_checkpoint_on_two_ranks(tmp_path, ti
     config = on_ranks(epochs=3, checkpoint_every_steps=2)
     config.training.early_stopping = EarlyStopping(metric="eval:never", patience=2)
     config.evaluation.budget, config.evaluation.max_new_tokens, config.evaluation.publish = 1000.0, 6, "best"
-    suites = {"never": [{"prompt": "Say hi number 1.", "expected": "an answer never given", "scorer": "exact"}],
-              "hi": [{"prompt": f"Say hi number {i}.", "expected": f"hi {i}", "scorer": "contains"} for i in range(3)]}
     records = chat_lines(40)
-    solo_ws = make_workspace(tmp_path / "solo", one_process(config))
-    ws = make_workspace(tmp_path / "ws", config)
-    for folder in (solo_ws.evals, ws.evals):
-        folder.mkdir()
-        for name, rows in suites.items():
-            write_jsonl(folder / f"{name}.jsonl", rows)
+    solo_ws = with_suites(make_workspace(tmp_path / "solo", one_process(config)))
+    ws = with_suites(make_workspace(tmp_path / "ws", config))
     driver = Driver()
     train_in_process(solo_ws, one_process(config), "job", write_jsonl(tmp_path / "d.jsonl", records), driver)
     solo = driver.last(Completed).summary

@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import Driver, chat_lines, make_workspace, tiny_config, train_in_process, write_jsonl
+from helpers import Driver, chat_lines, make_workspace, tiny_config, train_in_process, with_suites, write_jsonl
 
 from finetuned import checkpoints
 from finetuned.config import EarlyStopping
 from finetuned.worker import checkpoint
 from finetuned.worker.protocol import Completed, Yielded
-
-# A score that never improves: early stopping must end the job `patience` measurements after the first.
-NEVER = [{"prompt": "Say hi number 1.", "expected": "an answer the model never gives", "scorer": "exact"}]
-HI = [{"prompt": f"Say hi number {i}.", "expected": f"hi {i}", "scorer": "contains"} for i in range(3)]
 
 
 def stopping_config(**evaluation):
@@ -24,13 +20,6 @@ def stopping_config(**evaluation):
     for key, value in evaluation.items():
         setattr(config.evaluation, key, value)
     return config
-
-
-def with_suites(ws):
-    ws.evals.mkdir()
-    write_jsonl(ws.evals / "never.jsonl", NEVER)
-    write_jsonl(ws.evals / "hi.jsonl", HI)
-    return ws
 
 
 def metrics(ws, job_id):
