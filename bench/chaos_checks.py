@@ -126,8 +126,8 @@ class Invariants:
     def losses(self, reference: Workspace, config: Config) -> int:
         """Every completed job that was interrupted, trained again in this process in one go: the same loss
         at every step. Returns how many were compared."""
+        from finetuned.processes.protocol import Report, Step, Train
         from finetuned.worker.cache import ModelCache
-        from finetuned.worker.protocol import Report, Step, Train
         from finetuned.worker.recipe import run_job
         from finetuned.worker.world import Solo
 

@@ -38,9 +38,9 @@ def pairs(alpaca: Path, n: int) -> list[dict[str, Any]]:
 
 def run_finetuned_dpo(folder: Path, work: Path, a: argparse.Namespace, alpaca: Path) -> dict[str, Any]:
     from finetuned.config import Config, save_config
+    from finetuned.processes.protocol import Phase, Started, Step, Train
     from finetuned.queue.job import Job, JobStatus
     from finetuned.worker.cache import ModelCache
-    from finetuned.worker.protocol import Phase, Started, Step, Train
     from finetuned.worker.recipe import run_job
     from finetuned.worker.world import Solo
     from finetuned.workspace import Workspace

@@ -29,9 +29,9 @@ from typing import Any
 
 from finetuned.config import Config, save_config
 from finetuned.models.builtin import materialize
+from finetuned.processes.protocol import Completed, Step, Train
 from finetuned.queue.job import Job, JobStatus
 from finetuned.worker.cache import ModelCache
-from finetuned.worker.protocol import Completed, Step, Train
 from finetuned.worker.recipe import run_job
 from finetuned.worker.world import Solo
 from finetuned.workspace import Workspace

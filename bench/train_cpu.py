@@ -87,10 +87,10 @@ def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, 
     """The real recipe, in-process, timed from its own step reports; a lever named in --system changed."""
     from finetuned.config import Config, save_config
     from finetuned.models import attention
+    from finetuned.processes.protocol import Step, Train
     from finetuned.queue.job import Job, JobStatus
     from finetuned.worker import loss
     from finetuned.worker.cache import ModelCache
-    from finetuned.worker.protocol import Step, Train
     from finetuned.worker.recipe import run_job
     from finetuned.worker.world import Solo
     from finetuned.workspace import Workspace

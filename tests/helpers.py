@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from finetuned.config import Config, save_config
+from finetuned.processes.protocol import Ask, Order, Report, Shutdown, Step, Train, Yield, YieldReason
 from finetuned.queue.job import Job, JobStatus
-from finetuned.worker.protocol import Ask, Order, Report, Shutdown, Step, Train, Yield, YieldReason
 from finetuned.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,7 +170,7 @@ class InlineChecker:
     def send(self, message: Order) -> bool:
         from finetuned.models.check import check_base_model
         from finetuned.models.loading import ModelError
-        from finetuned.worker.protocol import CheckModel, ModelChecked
+        from finetuned.processes.protocol import CheckModel, ModelChecked
 
         if isinstance(message, Shutdown):
             self.running = False
@@ -218,7 +218,7 @@ class DaemonProcess:
     """`finetuned run` as a real process, its output kept in a file for failure messages."""
 
     def __init__(self, ws: Workspace, log_path: Path, gate: Gate | None = None, monitor: bool = False) -> None:
-        from finetuned.worker.main import GATE_ENV
+        from finetuned.processes.link import GATE_ENV
 
         self.ws = ws
         self.log_path = log_path

@@ -215,13 +215,6 @@ class DistributedSettings(_Section):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     ray: RaySettings = Field(default_factory=RaySettings)
 
-    @property
-    def world_size(self) -> int:
-        """The number of ranks a job trains on."""
-        if self.launcher == "torchrun":
-            return self.nproc_per_node
-        return self.ray.num_workers if self.launcher == "ray" else 1
-
 
 class Config(_Section):
     base_model: str = "builtin:smollm2-135m-instruct"

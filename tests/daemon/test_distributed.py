@@ -33,8 +33,8 @@ from safetensors.torch import load_file
 from finetuned import asks, checkpoints
 from finetuned.config import Config, EarlyStopping, save_config
 from finetuned.models import memory
+from finetuned.processes.protocol import Completed
 from finetuned.worker import checkpoint
-from finetuned.worker.protocol import Completed
 
 
 def on_ranks(n: int = 2, **training) -> Config:

@@ -21,8 +21,8 @@ from helpers import (
 
 from finetuned import fsio
 from finetuned.daemon.daemon import Daemon
+from finetuned.processes.protocol import Failed, FailKind, Order, Report, Shutdown, Train
 from finetuned.queue.job import JobStatus
-from finetuned.worker.protocol import Failed, FailKind, Order, Report, Shutdown, Train
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

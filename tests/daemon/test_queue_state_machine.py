@@ -19,8 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from finetuned import fsio
 from finetuned.daemon.daemon import Daemon
-from finetuned.queue.job import JobStatus
-from finetuned.worker.protocol import (
+from finetuned.processes.protocol import (
     CheckModel,
     Completed,
     ModelChecked,
@@ -34,6 +33,7 @@ from finetuned.worker.protocol import (
     Yielded,
     YieldReason,
 )
+from finetuned.queue.job import JobStatus
 
 
 def arrival(job_id: str) -> tuple[str, int]:
@@ -55,7 +55,7 @@ class SimWorker:
         self.step = self.total = 0
         self.pid, self.last_heard, self.stopping, self._alive = 4242, 1e18, False, True
 
-    # the WorkerHandle interface the daemon uses
+    # the Child interface the daemon uses (processes/handle.py)
     def send(self, message: Order) -> bool:
         self.inbox.append(message)
         return True

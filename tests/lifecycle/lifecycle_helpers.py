@@ -13,10 +13,10 @@ from helpers import Driver, drop, tiny_config, train_in_process
 from finetuned.config import Config
 from finetuned.fsio import sha256_file
 from finetuned.lifecycle.history import line_exclusions
+from finetuned.processes.protocol import Completed, Yielded
 from finetuned.queue.endings import Endings
 from finetuned.queue.job import Job, JobStatus
 from finetuned.queue.store import JobStore
-from finetuned.worker.protocol import Completed, Yielded
 from finetuned.workspace import Workspace
 
 

@@ -10,7 +10,7 @@ from helpers import make_workspace, tiny_config
 
 from finetuned.config import Config
 from finetuned.lifecycle.doctor import FAIL, OK, WARN, check_distributed
-from finetuned.lifecycle.scaling import probe
+from finetuned.processes.launch.ray import probe
 
 
 def with_launcher(launcher: str, **settings) -> Config:

@@ -102,7 +102,7 @@ class MonitoredDaemon:
     """`finetuned run` with its monitor (helpers.DaemonProcess runs without one)."""
 
     def __init__(self, ws: Workspace, log_path: Path, gate: Gate | None = None, nofile: int | None = None) -> None:
-        from finetuned.worker.main import GATE_ENV
+        from finetuned.processes.link import GATE_ENV
 
         self.ws = ws
         self.log_path = log_path

@@ -9,8 +9,8 @@ from helpers import Driver, chat_lines, make_workspace, tiny_config, train_in_pr
 
 from finetuned import checkpoints
 from finetuned.config import EarlyStopping
+from finetuned.processes.protocol import Completed, Yielded
 from finetuned.worker import checkpoint
-from finetuned.worker.protocol import Completed, Yielded
 
 
 def stopping_config(**evaluation):

@@ -29,8 +29,8 @@ from finetuned.evaluation.suites import Case, Suite
 from finetuned.models import memory
 from finetuned.models.builtin import materialize
 from finetuned.models.loading import load_model, load_tokenizer
+from finetuned.processes.protocol import Completed, Failed, FailKind, Phase
 from finetuned.worker import checkpoint
-from finetuned.worker.protocol import Completed, Failed, FailKind, Phase
 
 
 def exact_config(**training):

@@ -7,8 +7,8 @@ import json
 import pytest
 from helpers import Driver, make_workspace, tiny_config, train_in_process, write_jsonl
 
+from finetuned.processes.protocol import Completed, Yielded
 from finetuned.worker.objectives.reference import REFERENCE
-from finetuned.worker.protocol import Completed, Yielded
 
 
 def pairs(n: int) -> list[dict]:

@@ -7,7 +7,7 @@ import pickle
 import traceback
 from pathlib import Path
 
-from finetuned.worker.protocol import Yield, YieldReason
+from finetuned.processes.protocol import Yield, YieldReason
 
 SIZE = 2
 
@@ -17,7 +17,7 @@ def _rank(rank: int, store: str, out: str, conn) -> None:
     import torch
     import torch.distributed as dist
 
-    from finetuned.worker.main import Link
+    from finetuned.processes.link import Link
     from finetuned.worker.ranks import Ranks
 
     seen: dict[str, object] = {}

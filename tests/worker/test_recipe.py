@@ -10,7 +10,7 @@ import torch
 from helpers import Driver, chat_lines, make_workspace, tiny_config, train_in_process, write_jsonl
 
 from finetuned import checkpoints
-from finetuned.worker.protocol import Checkpoint, Completed, Failed, FailKind, Step, Yielded
+from finetuned.processes.protocol import Checkpoint, Completed, Failed, FailKind, Step, Yielded
 
 
 def run_job(ws, config, job_id, file, driver, cache=None):

@@ -11,7 +11,7 @@ from finetuned.chat.generate import reply
 from finetuned.checkpoints import path_for
 from finetuned.data.masking import prompt_ids
 from finetuned.lifecycle.targets import Target, load
-from finetuned.worker.protocol import Answer, Ask, Completed
+from finetuned.processes.protocol import Answer, Ask, Completed
 
 QUESTION = ({"role": "user", "content": "Say hi number 2."},)
 

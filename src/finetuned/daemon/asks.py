@@ -20,9 +20,8 @@ from finetuned import asks
 from finetuned.asks import Answerer, Question
 from finetuned.config import Config
 from finetuned.daemon.session import Session
-from finetuned.daemon.supervisor import WorkerHandle
-from finetuned.lifecycle.answerer import main as answerer_main
-from finetuned.worker.protocol import Answer, Ask
+from finetuned.processes.handle import ChildHandle
+from finetuned.processes.protocol import Answer, Ask
 from finetuned.workspace import Workspace
 
 log = logging.getLogger("finetuned.daemon")
@@ -30,13 +29,14 @@ log = logging.getLogger("finetuned.daemon")
 ANSWERER_IDLE_SECONDS = 60.0
 CLEAN_SECONDS = 30.0
 ANSWERER = "answerer"
+ANSWERER_PROGRAM = "finetuned.lifecycle.answerer"
 
 
 class AskDesk:
     def __init__(self, ws: Workspace, session: Session) -> None:
         self.ws = ws
         self.session = session
-        self.answerer: WorkerHandle | None = None
+        self.answerer = ChildHandle(str(ws.root), ANSWERER_PROGRAM, ANSWERER)  # started by the first question
         self.sent: dict[str, str] = {}  # question id -> who has it: a job id (its worker) or ANSWERER
         self._last_asked = 0.0
         self._cleaned = 0.0
@@ -61,25 +61,28 @@ class AskDesk:
         for question in waiting:
             if question.id not in self.sent:
                 self._send(question, config, answerer_allowed)
-        if self.answerer is not None and ANSWERER not in self.sent.values() \
+        if self.answerer.started and ANSWERER not in self.sent.values() \
                 and time.time() - self._last_asked > ANSWERER_IDLE_SECONDS:
             log.info("answerer: nothing asked for %.0fs; it exits", ANSWERER_IDLE_SECONDS)
             self._end_answerer(kill=False)
 
     def make_way(self) -> None:
         """A job is about to start: the answerer goes (with its memory); the worker takes its questions."""
-        if self.answerer is not None:
+        if self.answerer.started:
             log.info("answerer: a job starts; it exits and the training worker answers from now on")
             self._end_answerer(kill=True)
 
     def close(self) -> None:
-        if self.answerer is not None:
-            self._end_answerer(kill=False)
+        self._end_answerer(kill=False)
+
+    def abandon(self) -> None:
+        """The disk is full: the answerer goes; its questions wait in their files and are sent again later."""
+        self._end_answerer(kill=True)
 
     # --- sending ---------------------------------------------------------
     def _can_answer(self, who: str) -> bool:
         if who == ANSWERER:
-            return self.answerer is not None
+            return self.answerer.started
         job = self.session.job
         return self.session.training and job is not None and job.id == who
 
@@ -91,24 +94,18 @@ class AskDesk:
             assert session.job is not None
             if session.worker.send(ask):
                 self.sent[question.id] = session.job.id
-        elif (session.job is None or session.paused) and (answerer_allowed or self.answerer is not None):
-            if self.answerer is None:
-                self.answerer = WorkerHandle(str(self.ws.root), answerer_main, ANSWERER)
-            if self.answerer.send(ask):
-                self.sent[question.id] = ANSWERER
-                self._last_asked = time.time()
+        elif (session.job is None or session.paused) and (answerer_allowed or self.answerer.started) \
+                and self.answerer.send(ask):
+            self.sent[question.id] = ANSWERER
+            self._last_asked = time.time()
         # else a job is yielding (its next state decides who answers), or the answerer must wait
 
     # --- answers ---------------------------------------------------------
     def _read_answerer(self) -> None:
-        if self.answerer is None:
-            return
         for report in self.answerer.receive():
             if isinstance(report, Answer):
                 self._record(report, "answerer")
-        if not self.answerer.alive():
-            log.warning("answerer: %s", self.answerer.exit_reason())
-            self.answerer = None
+        self.answerer.exited()
 
     def _record(self, report: Answer, by: Answerer) -> None:
         self.sent.pop(report.id, None)
@@ -124,10 +121,8 @@ class AskDesk:
             log.info("ask %s answered by %s in %.1fs", report.id, report.source, report.seconds)
 
     def _end_answerer(self, kill: bool) -> None:
-        assert self.answerer is not None
         if kill:
-            self.answerer.kill()
+            self.answerer.abandon()
         else:
             self.answerer.shutdown()
-        self.answerer = None
         self.sent = {qid: who for qid, who in self.sent.items() if who != ANSWERER}

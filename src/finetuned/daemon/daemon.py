@@ -33,12 +33,12 @@ from finetuned.fsio import durable_rename, is_disk_full, remove_file
 from finetuned.lifecycle.history import line_exclusions
 from finetuned.lock import WorkspaceLock
 from finetuned.overrides import job_config, listed, read_sidecar, sidecar_for, sidecar_of
+from finetuned.processes.protocol import WAITING_FOR_DISK, YieldReason
 from finetuned.queue import actions
 from finetuned.queue.endings import Endings
 from finetuned.queue.inbox import Inbox, Wakeup
 from finetuned.queue.job import Job, JobStatus, Priority
 from finetuned.queue.store import JobStore
-from finetuned.worker.protocol import WAITING_FOR_DISK, YieldReason
 from finetuned.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -173,9 +173,9 @@ class Daemon:
         self.notify("daemon_stopped", pid=os.getpid())
 
     def _abandon_work(self) -> None:
-        """The disk is full: the worker and the preparer go, their jobs resume from what the disk says."""
-        self.session.abandon()
-        self.prefetch.abandon()
+        """The disk is full: every child goes at once; what they were doing resumes from what the disk says."""
+        for part in (self.session, self.prefetch, self.settings, self.asks):
+            part.abandon()
 
     def _sleep_seconds(self) -> float:
         if self.session.worker is not None or self.prefetch.busy or self.inbox.waiting or self.validator.busy \

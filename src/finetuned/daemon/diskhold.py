@@ -15,9 +15,9 @@ from collections.abc import Callable
 from finetuned import disk
 from finetuned.daemon.statefiles import StateWriter
 from finetuned.fsio import is_disk_full
+from finetuned.processes.protocol import WAITING_FOR_DISK
 from finetuned.queue.inbox import Inbox
 from finetuned.queue.store import JobStore
-from finetuned.worker.protocol import WAITING_FOR_DISK
 from finetuned.workspace import Workspace
 
 log = logging.getLogger("finetuned.daemon")

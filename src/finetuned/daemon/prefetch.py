@@ -11,15 +11,16 @@ import logging
 from collections.abc import Callable
 
 from finetuned.config import Config
-from finetuned.daemon.supervisor import WorkerHandle
+from finetuned.processes.handle import ChildHandle
+from finetuned.processes.protocol import Failed, FailKind, Prepare, Prepared
 from finetuned.queue.endings import Endings
 from finetuned.queue.job import Job, JobStatus
 from finetuned.queue.store import JobStore
-from finetuned.worker.preparer import main as preparer_main
-from finetuned.worker.protocol import Failed, FailKind, Prepare, Prepared
 from finetuned.workspace import Workspace
 
 log = logging.getLogger("finetuned.daemon")
+
+PREPARER = "finetuned.worker.preparer"
 
 
 class Prefetcher:
@@ -27,20 +28,18 @@ class Prefetcher:
         self.ws = ws
         self.store = store
         self.endings = endings
-        self.handle: WorkerHandle | None = None
+        self.child = ChildHandle(str(ws.root), PREPARER, "preparer")  # started with the first file to prepare
         self.busy: str | None = None
         self.seen: set[str] = set()  # prepared, or tried: the worker covers what failed here
 
     def tick(self, config_for: Callable[[Job], Config | None], current: str | None, start: bool = True) -> None:
         """Read the preparer's answers; with `start`, hand it the next queued file (with that job's settings)."""
-        if self.handle is not None:
-            self._read()
+        self._read()
         if self.busy is None and start:
             self._next(config_for, current)
 
     def _read(self) -> None:
-        assert self.handle is not None
-        for report in self.handle.receive():
+        for report in self.child.receive():
             if not isinstance(report, Prepared | Failed):
                 continue
             self.busy = None
@@ -51,9 +50,8 @@ class Prefetcher:
             elif isinstance(report, Failed):
                 log.warning("job %s: preparing ahead failed (%s); it is prepared when it starts",
                             report.job_id, report.reason)
-        if not self.handle.alive():
-            log.warning("preparer %s", self.handle.exit_reason())
-            self.handle, self.busy = None, None
+        if self.child.exited() is not None:
+            self.busy = None
 
     def _next(self, config_for: Callable[[Job], Config | None], current: str | None) -> None:
         for job in self.store.active():
@@ -62,23 +60,17 @@ class Prefetcher:
             config = config_for(job)
             if config is None or not config.data.prepare_ahead:
                 continue
-            if self.handle is None:
-                self.handle = WorkerHandle(str(self.ws.root), preparer_main, "preparer")
             self.seen.add(job.id)
             self.busy = job.id
-            self.handle.send(Prepare(job_id=job.id, file=self.store.file_path(job), sha256=job.sha256,
-                                     config=config))
+            self.child.send(Prepare(job_id=job.id, file=self.store.file_path(job), sha256=job.sha256,
+                                    config=config))
             return
 
     def close(self) -> None:
-        if self.handle is not None:
-            self.handle.shutdown()
-            self.handle = None
+        self.child.shutdown()
 
     def abandon(self) -> None:
         """Stop at once and forget what was asked (the disk is full): what is queued is asked again later."""
-        if self.handle is not None:
-            self.handle.abandon()
-            self.handle = None
+        self.child.abandon()
         self.busy = None
         self.seen.clear()

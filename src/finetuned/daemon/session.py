@@ -18,14 +18,11 @@ from pathlib import Path
 from finetuned import controls
 from finetuned.config import Config, DistributedSettings, without_secrets
 from finetuned.controls import Control
-from finetuned.daemon.supervisor import WorkerHandle, training_worker
 from finetuned.fsio import remove_file
 from finetuned.overrides import touches_model
-from finetuned.queue.endings import Endings, Notify
-from finetuned.queue.job import Job, JobStatus
-from finetuned.queue.render import Progress
-from finetuned.queue.store import JobStore
-from finetuned.worker.protocol import (
+from finetuned.processes.handle import Child
+from finetuned.processes.launch import launcher_for
+from finetuned.processes.protocol import (
     WAITING_FOR_DISK,
     Answer,
     Checkpoint,
@@ -41,6 +38,10 @@ from finetuned.worker.protocol import (
     Yielded,
     YieldReason,
 )
+from finetuned.queue.endings import Endings, Notify
+from finetuned.queue.job import Job, JobStatus
+from finetuned.queue.render import Progress
+from finetuned.queue.store import JobStore
 from finetuned.workspace import Workspace
 
 log = logging.getLogger("finetuned.daemon")
@@ -48,15 +49,20 @@ log = logging.getLogger("finetuned.daemon")
 RATE_WINDOW = 20  # steps the ETA averages over
 
 
+def training_child(ws_root: str, settings: DistributedSettings) -> Child:
+    """The worker `distributed` asks for, started: one process, or the agent of a group of ranks."""
+    return launcher_for(settings).child(ws_root, settings)
+
+
 class Session:
     def __init__(self, ws: Workspace, store: JobStore, endings: Endings, notify: Notify,
-                 worker_factory: Callable[[str, DistributedSettings], WorkerHandle] = training_worker) -> None:
+                 worker_factory: Callable[[str, DistributedSettings], Child] = training_child) -> None:
         self.ws = ws
         self.store = store
         self.endings = endings
         self.notify = notify
         self.worker_factory = worker_factory
-        self.worker: WorkerHandle | None = None
+        self.worker: Child | None = None
         self.launched: DistributedSettings | None = None  # how the worker was started (one rank or several)
         self.job: Job | None = None
         self.config: Config | None = None  # the settings the job started with

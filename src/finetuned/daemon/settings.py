@@ -17,34 +17,23 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from finetuned.config import Config, ConfigError, parse_config
-from finetuned.daemon.supervisor import WorkerHandle
 from finetuned.models import builtin
 from finetuned.models.loading import adapter_path, base_path
 from finetuned.overrides import diff
-from finetuned.worker.checker import main as checker_main
-from finetuned.worker.protocol import CheckModel, ModelChecked, Order, Report, Shutdown
+from finetuned.processes.handle import Child, ChildHandle
+from finetuned.processes.protocol import CheckModel, ModelChecked, Shutdown
 from finetuned.workspace import Workspace
 
 log = logging.getLogger("finetuned.daemon")
 
 
-class CheckerHandle(Protocol):
-    """What the daemon needs of the checker process (`WorkerHandle`; tests pass a stand-in)."""
-
-    stopping: bool
-
-    def send(self, message: Order) -> bool: ...
-    def receive(self) -> list[Report]: ...
-    def alive(self) -> bool: ...
-    def exit_reason(self) -> str: ...
-    def shutdown(self, timeout: float = 10) -> None: ...
+CHECKER = "finetuned.worker.checker"
 
 
-def start_checker(ws_root: str) -> CheckerHandle:
-    return WorkerHandle(ws_root, checker_main, "model checker")
+def start_checker(ws_root: str) -> Child:
+    return ChildHandle(ws_root, CHECKER, "model checker", lazy=False)
 
 
 def _folder_signature(folder: Path) -> list[tuple[str, int, int]]:
@@ -68,7 +57,7 @@ def fingerprint(config: Config, ws: Workspace) -> str:
 
 class Settings:
     def __init__(self, ws: Workspace, config: Config,
-                 checker_factory: Callable[[str], CheckerHandle] = start_checker) -> None:
+                 checker_factory: Callable[[str], Child] = start_checker) -> None:
         self.ws = ws
         self.config = config  # what validation, tokenising and the next job use
         self.checker_factory = checker_factory
@@ -81,8 +70,8 @@ class Settings:
         self._checked: str | None = None  # the fingerprint of the last finished check
         self._passed: str | None = None  # ... of the last one that passed
         self._pending: str | None = None  # ... of the one running now
-        self._handle: CheckerHandle | None = None
-        self._retiring: list[CheckerHandle] = []
+        self._handle: Child | None = None
+        self._retiring: list[Child] = []
 
     @property
     def checking(self) -> bool:
@@ -194,6 +183,14 @@ class Settings:
             self._handle.send(Shutdown())
             self._retiring.append(self._handle)
             self._handle = None
+
+    def abandon(self) -> None:
+        """The disk is full: the checker goes at once; a check it was running is asked again later."""
+        for handle in [*self._retiring, *([self._handle] if self._handle else [])]:
+            handle.abandon()
+        self._handle, self._retiring = None, []
+        if self._pending is not None:
+            self._pending = self._checked = None
 
     def close(self) -> None:
         for handle in [*self._retiring, *([self._handle] if self._handle else [])]:

@@ -4,28 +4,25 @@ The daemon starts it when a question comes and no job trains (idle, or a job pau
 it before a job starts, and shuts it down after a minute with nothing to answer, so it never
 holds memory a starting job needs (daemon/asks.py). For each question it resolves the line's
 target again (the newest checkpoint, else the current version) and loads it, on the CPU in
-float32 as `finetuned chat` does, only when that changed. Like the training worker it runs
-in its own process group and dies with the daemon. No torch at module level: the daemon
-imports this module to name the process's entry point.
+float32 as `finetuned chat` does, only when that changed. A child program (processes/child.py):
+the daemon names it by its module string and never imports it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetuned import checkpoints
 from finetuned.config import ConfigError
 from finetuned.lifecycle.errors import LifecycleError
-from finetuned.worker.main import detach, orders
-from finetuned.worker.protocol import Answer, Ask, Ready
+from finetuned.processes.protocol import Answer, Ask
 
 if TYPE_CHECKING:
     from finetuned.lifecycle.targets import Target
+    from finetuned.processes.link import Link
+    from finetuned.workspace import Workspace
 
 log = logging.getLogger("finetuned.answerer")
 
@@ -40,23 +37,16 @@ def _job_and_step(target: Target) -> tuple[str | None, int | None]:
     return None, None
 
 
-def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
-    if not detach(parent_pid):
-        return
+def serve(ws: Workspace, link: Link) -> None:
     from transformers.utils import logging as hf_logging
 
     from finetuned.chat.generate import reply
     from finetuned.data.masking import prompt_ids
     from finetuned.lifecycle.targets import describe, load, resolve
-    from finetuned.logs import setup_logging
-    from finetuned.workspace import Workspace
 
-    ws = Workspace(Path(ws_root))
-    setup_logging(ws, "training", stream=False)
     hf_logging.disable_progress_bar()
     loaded: tuple[Any, Any, Any] | None = None  # (what was loaded, model, tokenizer)
-    conn.send(Ready(pid=os.getpid()))
-    for order in orders(conn, Ask):
+    for order in link.orders(Ask):
         started = time.monotonic()
         source, job_id, step, line_step, text, error = "", None, None, None, "", ""
         try:
@@ -77,5 +67,5 @@ def main(conn: Connection, ws_root: str, parent_pid: int) -> None:
         except Exception as exc:  # the question is answered with the error; the next one may fare better
             log.exception("answerer: ask %s failed", order.id)
             error = f"{type(exc).__name__}: {exc}"
-        conn.send(Answer(id=order.id, text=text, source=source, job_id=job_id, step=step, line_step=line_step,
+        link.send(Answer(id=order.id, text=text, source=source, job_id=job_id, step=step, line_step=line_step,
                          seconds=round(time.monotonic() - started, 3), error=error))

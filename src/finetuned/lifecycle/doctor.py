@@ -15,10 +15,10 @@ from typing import Any
 from finetuned.config import Config, ConfigError, is_loopback, load_config
 from finetuned.disk import free_gb
 from finetuned.fsio import read_json
-from finetuned.lifecycle import scaling
 from finetuned.lifecycle.versions import base_folder, describe
 from finetuned.lock import holder
 from finetuned.models import builtin
+from finetuned.processes.launch import launcher_for
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -201,14 +201,10 @@ def check_accelerator() -> Check:
 
 def check_distributed(ws: Workspace, config: Config) -> Check:
     settings = config.distributed
-    if settings.launcher == "none":
-        return Check("distributed", OK, "one process (distributed.launcher none)")
-    if settings.strategy == "fsdp" and config.method == "qlora":
+    launcher = launcher_for(settings)
+    if launcher.world_size(settings) > 1 and settings.strategy == "fsdp" and config.method == "qlora":
         return Check("distributed", FAIL, "distributed.strategy fsdp does not shard a 4-bit (qlora) base: use ddp")
-    if settings.launcher == "ray":
-        level, message = scaling.ray_problems(ws, settings.ray)
-        return Check("distributed", level, message)
-    level, message = scaling.torchrun_problems(settings)
+    level, message = launcher.problems(ws, settings)
     return Check("distributed", level, message)
 
 

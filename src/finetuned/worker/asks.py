@@ -21,8 +21,8 @@ from finetuned.chat.generate import reply
 from finetuned.checkpoints import TrainingProgress
 from finetuned.data.masking import prompt_ids
 from finetuned.models import memory
+from finetuned.processes.protocol import Answer, Ask
 from finetuned.worker.previews import Previewer
-from finetuned.worker.protocol import Answer, Ask
 
 log = logging.getLogger(__name__)
 

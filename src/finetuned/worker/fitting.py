@@ -23,8 +23,8 @@ import torch
 from finetuned.checkpoints import TrainingProgress
 from finetuned.data import JobData
 from finetuned.models import memory
+from finetuned.processes.protocol import Failed, FailKind, Phase
 from finetuned.worker.objectives import Objective
-from finetuned.worker.protocol import Failed, FailKind, Phase
 from finetuned.worker.step import accumulate, means
 from finetuned.worker.world import World
 

@@ -1,10 +1,11 @@
-"""One rank of a training group, as torchrun starts it: `python -m finetuned.worker.rank WS_ROOT`.
+"""One rank of a training group: `python -m finetuned.worker.rank WS_ROOT` under torchrun, or `on_ray` in a
+Ray Train worker (processes/launch/).
 
-The group's agent (worker/group.py, the daemon's child) runs torchrun and relays the daemon's
-pipe. Each rank dies with the agent (the parent-death signal, and the parent check of rank 0's
-`Link` at every step boundary); rank 0 connects to the agent and reads the orders, every rank
-takes them from rank 0 (`Ranks.next_order`) and trains each job with the recipe a single worker
-runs. `@record` hands a rank's exception to torchrun, which the agent turns into the job's reason.
+The group's agent (a child of the daemon) runs the launcher and relays the daemon's pipe. Each rank
+dies with the agent (the parent-death signal, and the parent check of rank 0's `Link` at every step
+boundary); rank 0 connects to the agent and reads the orders, every rank takes them from rank 0
+(`Ranks.next_order`) and trains each job with the loop a single worker runs. `@record` hands a
+rank's exception to torchrun, which the agent turns into the job's reason.
 """
 
 from __future__ import annotations
@@ -13,32 +14,23 @@ import logging
 import os
 import signal
 import sys
-from multiprocessing.connection import Client
 from pathlib import Path
+from typing import Any
 
 import torch.distributed
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from finetuned.logs import FORMAT, route_library_output, setup_logging
-from finetuned.worker.main import Link, die_with_parent, serve
-
-# Set by the agent for its ranks: where rank 0 finds it, the key that proves the rank is its own, its pid.
-AGENT_ADDRESS = "FINETUNED_AGENT_ADDRESS"
-AGENT_KEY = "FINETUNED_AGENT_KEY"
-AGENT_PID = "FINETUNED_AGENT_PID"
-STRATEGY = "FINETUNED_STRATEGY"  # distributed.strategy: ddp or fsdp
-
-
-def connect(parent_pid: int | None) -> Link:
-    """Rank 0's line to the daemon, through the agent."""
-    conn = Client(os.environ[AGENT_ADDRESS], authkey=bytes.fromhex(os.environ[AGENT_KEY]))
-    return Link(conn, parent_pid)
+from finetuned.processes.child import die_with_parent
+from finetuned.processes.launch.group import AGENT_PID, STRATEGY, connect, connect_from_environment
+from finetuned.processes.link import GATE_ENV
+from finetuned.worker.main import train_orders
+from finetuned.workspace import Workspace
 
 
 @record
 def main(argv: list[str]) -> None:
     from finetuned.worker.ranks import Ranks, join_group
-    from finetuned.workspace import Workspace
 
     agent = int(os.environ[AGENT_PID])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides how to stop
@@ -47,14 +39,36 @@ def main(argv: list[str]) -> None:
         return  # the agent died before the parent-death signal was set: nothing to serve
     ws = Workspace(Path(argv[0]))
     rank = int(os.environ["RANK"])
+    _logging(ws, rank)
+    device = join_group()
+    world = Ranks(connect_from_environment(agent) if rank == 0 else None, device, os.environ[STRATEGY])
+    train_orders(ws, world, world.next_order)
+    world.barrier()  # no rank tears the group down while another still uses it
+    torch.distributed.destroy_process_group()
+
+
+def on_ray(config: dict[str, Any]) -> None:
+    """One Ray Train worker: a rank like torchrun's, its orders from rank 0."""
+    import ray.train
+    import ray.train.torch
+
+    from finetuned.worker.ranks import Ranks
+
+    ws = Workspace(Path(config["root"]))
+    rank = ray.train.get_context().get_world_rank()
+    if config.get("gate"):  # the tests' step gate (processes/link.py): workers get the driver's, not its environment
+        os.environ[GATE_ENV] = config["gate"]
+    _logging(ws, rank)
+    # Ray ends its workers with the driver: no parent to watch here.
+    link = connect(tuple(config["address"]), config["key"], None) if rank == 0 else None
+    world = Ranks(link, ray.train.torch.get_device(), config["strategy"])
+    train_orders(ws, world, world.next_order)
+
+
+def _logging(ws: Workspace, rank: int) -> None:
     setup_logging(ws, "training", stream=False)
     route_library_output()
     quiet_unless_main(rank)
-    device = join_group()
-    world = Ranks(connect(agent) if rank == 0 else None, device, os.environ[STRATEGY])
-    serve(ws, world, world.next_order)
-    world.barrier()  # no rank tears the group down while another still uses it
-    torch.distributed.destroy_process_group()
 
 
 def quiet_unless_main(rank: int) -> None:

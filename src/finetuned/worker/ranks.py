@@ -23,16 +23,16 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from finetuned.worker.main import Link
+from finetuned.processes.launch.group import COLLECTIVE_TIMEOUT
+from finetuned.processes.link import Link
+from finetuned.processes.protocol import Ask, Order, Report, Yield, YieldReason
 from finetuned.worker.objectives import Objective
-from finetuned.worker.protocol import Ask, Order, Report, Yield, YieldReason
 
 T = TypeVar("T")
 
@@ -41,9 +41,6 @@ BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size
 # Between jobs the ranks hear from rank 0 at least this often, whether an order came or not, so an idle
 # group never waits in one collective for long.
 KEEPALIVE_SECONDS = 60.0
-# Within a job a rank may wait long for rank 0 (previews, a full disk): a collective gives up only after
-# this. A hung rank is the daemon's to find (control.step_timeout_seconds) and to kill with its group.
-COLLECTIVE_TIMEOUT = timedelta(days=1)
 
 
 def join_group() -> torch.device:

@@ -27,16 +27,7 @@ from finetuned.data import DataError, JobData, is_current, prepare
 from finetuned.data.examples import SFT
 from finetuned.fsio import sha256_file
 from finetuned.models.loading import ModelError
-from finetuned.worker import checkpoint
-from finetuned.worker.asks import Asks
-from finetuned.worker.cache import Loaded, ModelCache
-from finetuned.worker.fitting import Fitter
-from finetuned.worker.measure import Measurements
-from finetuned.worker.metrics import MetricsLog
-from finetuned.worker.objectives import Objective, objective_for
-from finetuned.worker.objectives.reference import REFERENCE, reference_logps
-from finetuned.worker.previews import Previewer
-from finetuned.worker.protocol import (
+from finetuned.processes.protocol import (
     Ask,
     Completed,
     Failed,
@@ -48,6 +39,15 @@ from finetuned.worker.protocol import (
     Yield,
     Yielded,
 )
+from finetuned.worker import checkpoint
+from finetuned.worker.asks import Asks
+from finetuned.worker.cache import Loaded, ModelCache
+from finetuned.worker.fitting import Fitter
+from finetuned.worker.measure import Measurements
+from finetuned.worker.metrics import MetricsLog
+from finetuned.worker.objectives import Objective, objective_for
+from finetuned.worker.objectives.reference import REFERENCE, reference_logps
+from finetuned.worker.previews import Previewer
 from finetuned.worker.publish import publish, summary
 from finetuned.worker.saver import Saver, copy_weights
 from finetuned.worker.schedule import lr_at

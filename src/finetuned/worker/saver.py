@@ -19,9 +19,9 @@ import torch
 from finetuned import disk
 from finetuned.checkpoints import TrainingProgress, is_sharded
 from finetuned.config import Config, ConfigError
+from finetuned.processes.protocol import WAITING_FOR_DISK, Checkpoint, Phase
 from finetuned.worker import checkpoint
 from finetuned.worker.cache import Loaded
-from finetuned.worker.protocol import WAITING_FOR_DISK, Checkpoint, Phase
 from finetuned.worker.world import World
 from finetuned.workspace import Workspace
 

@@ -22,8 +22,8 @@ from typing import Protocol, TypeVar
 
 import torch
 
+from finetuned.processes.protocol import Ask, Report, Yield
 from finetuned.worker.objectives import Objective
-from finetuned.worker.protocol import Ask, Report, Yield
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
-"""The agent's relay: the daemon's pipe carried to rank 0's connection and back (worker/group.py,
-worker/on_ray.py), so rank 0 speaks the protocol a single worker speaks. Rank 0 connects to its
-listener with the address and key the agent puts in the ranks' environment."""
+"""The agent's relay: the daemon's pipe carried to rank 0's connection and back (agent.py), so rank 0
+speaks the protocol a single worker speaks. Rank 0 connects to its listener with the address and key the
+agent gives it (in the ranks' environment for torchrun, in the loop's config for Ray)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, Listener, wait
 from typing import Any
 
-from finetuned.worker.protocol import (
+from finetuned.processes.protocol import (
     Completed,
     Failed,
     FailKind,

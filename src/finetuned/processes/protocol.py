@@ -13,7 +13,8 @@ match on the class, so a field renamed here is renamed everywhere.
     model checker -> daemon     Ready, ModelChecked
     answerer -> daemon          Ready, Answer
 
-No torch here: the daemon imports this module.
+A control's one vocabulary on its way from the file to the ranks is `YieldReason`: the daemon asks
+with it, the ranks agree on it (`YieldReason.code`), the worker answers with it.
 """
 
 from __future__ import annotations

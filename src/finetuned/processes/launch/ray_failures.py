@@ -2,7 +2,7 @@
 
 A `UserCallback` runs in the controller (an actor, maybe on another node), not in the agent: it puts a
 line per failure into a Ray queue the agent created, and the agent reads them when the new rank 0
-connects (worker/on_ray.py). Kept apart from on_ray.py because Ray must be importable to define it.
+connects (processes/launch/ray.py). Kept apart from ray.py because Ray must be importable to define it.
 """
 
 from __future__ import annotations
