@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from finetuned import controls
 from finetuned import notify as notifications
 from finetuned.config import Config, ConfigError
-from finetuned.controls import Control
 from finetuned.daemon.asks import AskDesk
 from finetuned.daemon.consolidation import ScheduledConsolidation
 from finetuned.daemon.diskhold import DiskHold
@@ -27,6 +26,7 @@ from finetuned.daemon.prefetch import Prefetcher
 from finetuned.daemon.session import Session
 from finetuned.daemon.settings import Settings
 from finetuned.daemon.statefiles import StateWriter
+from finetuned.daemon.states import ACTIONS, PUBLISHED, Action
 from finetuned.daemon.validation import Validator
 from finetuned.data.report import file_report
 from finetuned.fsio import durable_rename, is_disk_full, remove_file
@@ -290,40 +290,39 @@ class Daemon:
 
     # --- controls -------------------------------------------------------
     def _apply_controls(self) -> None:
+        """What the pending control does in the session's state: the one table of daemon/states.py."""
         session = self.session
-        if session.training:
-            job = session.job
-            assert job is not None
-            if session.yielding is None:
-                control = controls.pending(self.ws)
-                if control is not None:
-                    session.request_yield(YieldReason(control.value))
-                elif job.priority == "normal" and self._next_job(high_only=True) is not None:
-                    session.request_yield(YieldReason.PREEMPT)
-            return
-        if session.paused:
-            self._while_paused()
-        stray = controls.consume_stray(self.ws)
-        if stray and session.job is None:
-            log.info("%s: nothing is training; removed", ", ".join(f".{c.value}" for c in stray))
-
-    def _while_paused(self) -> None:
-        session = self.session
-        job = session.job
-        assert job is not None
         control = controls.pending(self.ws)
-        if control in (Control.SKIP, Control.STOP):
-            session.end_paused(YieldReason(control.value))
-            self._dirty = True
-        elif control is None and self.settings.ready:
-            self._resume_paused(job)
-        elif time.time() - (session.paused_since or time.time()) > self.config.control.pause_release_after_seconds \
-                and session.worker is not None:
-            log.info("paused for over %.0fs: releasing the model's memory",
-                     self.config.control.pause_release_after_seconds)
+        match ACTIONS[session.state, control]:
+            case Action.YIELD:
+                assert control is not None
+                session.request_yield(YieldReason.of(control))
+            case Action.GO_ON:
+                assert session.job is not None
+                if session.job.priority == "normal" and self._next_job(high_only=True) is not None:
+                    session.request_yield(YieldReason.PREEMPT)
+            case Action.END:
+                assert control is not None
+                session.end_paused(YieldReason.of(control))
+                self._dirty = True
+            case Action.RESUME if self.settings.ready:
+                self._resume_paused()
+            case Action.RESUME | Action.HOLD if session.job is not None:
+                self._release_when_paused_long()
+            case Action.DISCARD:
+                stray = controls.consume_stray(self.ws)
+                log.info("%s: nothing is training; removed", ", ".join(f".{c.value}" for c in stray))
+
+    def _release_when_paused_long(self) -> None:
+        session = self.session
+        limit = self.config.control.pause_release_after_seconds
+        if session.worker is not None and time.time() - (session.paused_since or time.time()) > limit:
+            log.info("paused for over %.0fs: releasing the model's memory", limit)
             session.release_model()
 
-    def _resume_paused(self, job: Job) -> None:
+    def _resume_paused(self) -> None:
+        job = self.session.job
+        assert job is not None
         if controls.quiet(self.ws):
             return  # a version switch is under way: resume once it ends
         nxt = self._next_job(high_only=job.priority == "normal")
@@ -388,14 +387,13 @@ class Daemon:
             return
         session, settings = self.session, self.settings
         if state is None:
-            if self.disk.reason:
+            state = PUBLISHED[session.state]
+            if self.disk.reason or session.reason:  # the daemon, or the worker itself, holds for a full disk
                 state = "paused"
-            elif session.job is None:
-                state = "holding" if settings.hold else "paused" if controls.paused(self.ws) else "idle"
-            elif session.reason:
-                state = "paused"  # the worker holds the line itself (a full disk) and says why
-            else:
-                state = session.job.status.value
+            elif session.job is None and settings.hold:
+                state = "holding"
+            elif session.job is None and controls.paused(self.ws):
+                state = "paused"
         if self.disk.reason:
             phase, reason = WAITING_FOR_DISK, self.disk.reason
         else:

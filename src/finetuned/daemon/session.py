@@ -17,7 +17,7 @@ from pathlib import Path
 
 from finetuned import controls
 from finetuned.config import Config, DistributedSettings, without_secrets
-from finetuned.controls import Control
+from finetuned.daemon.states import SessionState
 from finetuned.fsio import remove_file
 from finetuned.overrides import touches_model
 from finetuned.processes.handle import Child
@@ -48,6 +48,15 @@ log = logging.getLogger("finetuned.daemon")
 
 RATE_WINDOW = 20  # steps the ETA averages over
 
+# How a run ends when the worker hands the job back for a reason, at a step boundary or while paused:
+# the note its record keeps in each case. The ending itself is `Session._end`.
+NOTES = {
+    YieldReason.SKIP: ("skipped at step {step}", "skipped while paused"),
+    YieldReason.STOP: ("stop at step {step}", "stopped while paused"),
+    YieldReason.PREEMPT: ("preempt at step {step}", "priority work arrived during the pause"),
+    YieldReason.SHUTDOWN: ("daemon stopped at step {step}", "daemon stopped while paused"),
+}
+
 
 def training_child(ws_root: str, settings: DistributedSettings) -> Child:
     """The worker `distributed` asks for, started: one process, or the agent of a group of ranks."""
@@ -72,9 +81,21 @@ class Session:
         self.refused: str | None = None  # the workspace's settings cannot train (the worker said so): hold
         self.yielding: YieldReason | None = None  # asked and not yet answered
         self.paused_since: float | None = None
+        self._running = False  # the worker said Started: the job trains (else it is still starting)
         self._step_times: list[float] = []
         self._last_tokens = self._last_examples = 0
         self._answers: list[Answer] = []  # to the monitor's questions: the daemon's AskDesk records them
+
+    @property
+    def state(self) -> SessionState:
+        job = self.job
+        if job is None:
+            return SessionState.IDLE
+        if job.status == JobStatus.PAUSED:
+            return SessionState.PAUSED if self.worker is not None else SessionState.RELEASED
+        if self.yielding is not None:
+            return SessionState.YIELDING
+        return SessionState.TRAINING if self._running else SessionState.STARTING
 
     @property
     def training(self) -> bool:
@@ -100,6 +121,7 @@ class Session:
         self.job, self.config = job, config
         self.progress = Progress(job.id, job.step, job.total_steps)
         self.phase, self.reason, self.yielding, self.paused_since = "starting", "", None, None
+        self._running = False
         self._step_times, self._last_tokens, self._last_examples = [], 0, 0
         job.start_run()
         self.store.move(job, JobStatus.TRAINING, "started")
@@ -118,15 +140,22 @@ class Session:
 
     def end_paused(self, reason: YieldReason) -> None:
         """A skip, stop or priority work reached the paused job: checkpointed already, it leaves the worker now."""
+        self._end(reason, NOTES[reason][1])
+
+    def _end(self, reason: YieldReason, note: str) -> None:
+        """The job leaves the worker for `reason`: the one place each reason's ending is decided."""
         job = self._take()
-        if reason is YieldReason.SKIP:
-            self.endings.skipped(job, "skipped while paused")
-            controls.consume(self.ws, Control.SKIP)
-        elif reason is YieldReason.STOP:
-            self.endings.requeued(job, "stopped while paused", front=False)
-            controls.consume(self.ws, Control.STOP)
-        else:
-            self.endings.requeued(job, "priority work arrived during the pause", front=True)
+        match reason:
+            case YieldReason.SKIP:
+                self.endings.skipped(job, note)
+            case YieldReason.STOP:
+                self.endings.requeued(job, note, front=False)
+            case YieldReason.PREEMPT:
+                self.endings.requeued(job, note, front=True)
+            case YieldReason.SHUTDOWN:
+                self.endings.stopped(job)
+        if reason.control is not None:
+            controls.consume(self.ws, reason.control)
 
     def fail_paused(self, reason: str) -> None:
         """The paused job cannot go on (its own settings no longer validate): it fails and leaves the worker."""
@@ -218,6 +247,7 @@ class Session:
                         log.warning("job %s: %s", job.id, warning)
                 job.warnings = list(report.warnings)
                 self.store.save(job)
+                self._running = True
                 self.phase = self._training_phase()
                 origin = (f"resuming from {Path(report.resumed_from).name} (step {job.step})" if report.resumed_from
                           else "from the start")
@@ -267,22 +297,12 @@ class Session:
         assert self.job is not None
         self.job.step = report.step
         self.yielding = None
-        step = report.step
-        match report.reason:
-            case YieldReason.PAUSE:
-                self.endings.paused(self.job)
-                self.paused_since = time.time()
-                self.phase = "paused"
-            case YieldReason.SKIP:
-                self.endings.skipped(self._take(), f"skipped at step {step}")
-                controls.consume(self.ws, Control.SKIP)
-            case YieldReason.STOP:
-                self.endings.requeued(self._take(), f"stop at step {step}", front=False)
-                controls.consume(self.ws, Control.STOP)
-            case YieldReason.PREEMPT:
-                self.endings.requeued(self._take(), f"preempt at step {step}", front=True)
-            case YieldReason.SHUTDOWN:
-                self.endings.stopped(self._take())
+        if report.reason is YieldReason.PAUSE:
+            self.endings.paused(self.job)
+            self.paused_since = time.time()
+            self.phase = "paused"
+        else:
+            self._end(report.reason, NOTES[report.reason][0].format(step=report.step))
 
     def _record_step(self, report: Step) -> None:
         """Progress, throughput and ETA from a step report."""
@@ -314,7 +334,7 @@ class Session:
         job = self.job
         assert job is not None
         self.job = self.config = self.progress = self.phase = self.yielding = self.paused_since = None
-        self.reason = ""
+        self.reason, self._running = "", False
         unlink_current(self.ws)
         return job
 

@@ -25,17 +25,37 @@ from pathlib import Path
 from typing import Any
 
 from finetuned.config import Config
+from finetuned.controls import Control
 from finetuned.queue.job import Job
 
 
 class YieldReason(str, Enum):
-    """Why the daemon asks the worker to checkpoint and hand back control."""
+    """Why the daemon asks the worker to checkpoint and hand back control: the one vocabulary of a control
+    from its file (`of`) through the ranks (`code`) to the ending of the run (`control`, used up then)."""
 
     PAUSE = "pause"
     STOP = "stop"
     SKIP = "skip"
     PREEMPT = "preempt"  # priority work arrived
     SHUTDOWN = "shutdown"  # the daemon is stopping
+
+    @classmethod
+    def of(cls, control: Control) -> YieldReason:
+        return cls(control.value)
+
+    @property
+    def control(self) -> Control | None:
+        """The control file this reason answers, if a file asked for it."""
+        return next((c for c in Control if c.value == self.value), None)
+
+    @property
+    def code(self) -> int:
+        """As it crosses the ranks in a tensor: 1 and up (0 is "go on")."""
+        return list(YieldReason).index(self) + 1
+
+    @classmethod
+    def from_code(cls, code: int) -> YieldReason | None:
+        return list(YieldReason)[code - 1] if code else None
 
 
 WAITING_FOR_DISK = "waiting for disk space"  # the phase of a worker held by a full disk

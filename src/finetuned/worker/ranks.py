@@ -36,7 +36,6 @@ from finetuned.worker.objectives import Objective
 
 T = TypeVar("T")
 
-REASONS = list(YieldReason)  # an order crosses the ranks as its index + 1; 0 is "go on"
 BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size
 # Between jobs the ranks hear from rank 0 at least this often, whether an order came or not, so an idle
 # group never waits in one collective for long.
@@ -92,10 +91,10 @@ class Ranks:
             order = self._link.poll(step)
             if isinstance(order, Ask):
                 return order  # rank 0 answers it and asks again; the other ranks wait in the broadcast
-            self._code.fill_(0 if order is None else REASONS.index(order.reason) + 1)
+            self._code.fill_(0 if order is None else order.reason.code)
         dist.broadcast(self._code, src=0)
-        code = int(self._code.item())
-        return Yield(REASONS[code - 1]) if code else None
+        reason = YieldReason.from_code(int(self._code.item()))
+        return Yield(reason) if reason is not None else None
 
     def report(self, message: Report) -> None:
         if self._link is not None:
