@@ -7,12 +7,17 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import jsonschema
 import pytest
 from helpers import chat_lines, drop, jobs_by_file, last_step, read_json, wait_for, write_jsonl
 
+from finetuned.queue.status_files import FILES, schema_name
+
 COMMANDS = ["init", "run", "status", "queue", "add", "check", "pause", "resume", "stop", "skip", "cancel", "front",
             "retry", "config"]
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 
 
 def finetuned(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -176,6 +181,9 @@ def test_status_and_queue_while_training(ws, start_daemon, gate):
              daemon=daemon)
     status = finetuned("status", "--root", str(ws.root)).stdout
     assert "daemon: running" in status and "a.jsonl" in status and "step" in status
+    for relative in FILES:  # a real daemon's files, mid-training, are what the published schemas say
+        schema = json.loads((SCHEMAS / schema_name(relative)).read_text(encoding="utf-8"))
+        jsonschema.validate(read_json(ws.root / relative), schema)
     as_json = json.loads(finetuned("queue", "--json", "--root", str(ws.root)).stdout)
     assert as_json["current"]["id"] == jobs_by_file(ws)["a.jsonl"]["id"]
     assert [e["file"] for e in as_json["queue"]] == ["a.jsonl", "b.jsonl"]
@@ -203,6 +211,7 @@ def test_status_and_queue_while_training(ws, start_daemon, gate):
 def test_status_says_what_the_daemon_does_before_a_job_starts(ws, start_daemon):
     """Nothing trains yet, but the daemon works: it says it tokenises the file, never a bare "idle"."""
     from finetuned.cli.status import daemon_line
+    from finetuned.queue.status_files import StatusFile
 
     daemon = start_daemon(ws)
     drop(ws, "big.jsonl", chat_lines(5000))
@@ -213,4 +222,4 @@ def test_status_says_what_the_daemon_does_before_a_job_starts(ws, start_daemon):
 
     status = wait_for(tokenising, 120, "status.json to say tokenising", interval=0.02, daemon=daemon)
     assert status["state"] == "idle" and status["current_job"] is None and "big.jsonl" in status["phase"]
-    assert "idle: tokenising big.jsonl (job " in daemon_line(ws, status)
+    assert "idle: tokenising big.jsonl (job " in daemon_line(ws, StatusFile.model_validate(status))

@@ -52,7 +52,8 @@ class StateWorkspace:
     """A workspace as a running daemon leaves it: jobs admitted, trained, failed, and state files written."""
 
     def __init__(self, root: Path) -> None:
-        self.ws = make_workspace(root, monitor_config())
+        self.config = monitor_config()
+        self.ws = make_workspace(root, self.config)
         self.store = JobStore(self.ws).load()
         self.writer = StateWriter(self.ws, time.time() - 60)
         t0 = time.time() - 1000
@@ -94,7 +95,8 @@ class StateWorkspace:
 
     def write(self, state: str = "training") -> None:
         current = self.current if self.current.status.active else None
-        self.writer.write(self.store, current, self.progress, state, "training", os.getpid())
+        # The settings as the daemon passes them: those the current job trains with.
+        self.writer.write(self.store, current, self.progress, state, "training", os.getpid(), settings=self.config)
 
 
 # --- a real daemon -----------------------------------------------------------

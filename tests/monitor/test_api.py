@@ -32,6 +32,21 @@ def test_status_reports_the_training_job_with_rates_and_etas(client, state: Stat
     assert body["eta_queue_partial"] is False
 
 
+def test_figures_that_depend_on_the_settings_are_the_daemon_s_not_config_json_s(client, state: StateWorkspace):
+    """The daemon publishes them for the settings the job trains with (its own may differ from config.json)."""
+    state.ws.config_path.write_text(json.dumps({"previews": {"every_steps": 7}, "training": {"epochs": 5}}))
+    body = client.get("/api/status").json()
+    assert body["settings"]["preview_every_steps"] == 50, "the job's settings, as the daemon published them"
+    assert body["training"]["examples_per_second"] == 40 / 20 / 0.5
+    state.config.previews.every_steps, state.config.training.epochs = 0, 3
+    state.write()
+    body = client.get("/api/status").json()
+    assert body["settings"]["preview_every_steps"] == 0 and body["daemon"]["preview_every_steps"] == 0
+    assert body["training"]["examples_per_second"] == 40 * 3 / 20 / 0.5
+    state.ws.config_path.write_text("{ not json")
+    assert client.get("/api/status").json()["settings"]["preview_every_steps"] == 0
+
+
 def test_a_stale_heartbeat_says_plainly_that_the_daemon_is_not_responding(client, state: StateWorkspace):
     status = read_json(state.ws.status_json)
     status["heartbeat_unix"] -= 42

@@ -12,6 +12,7 @@ from finetuned.lock import AlreadyRunning, WorkspaceLock
 from finetuned.logs import setup_logging
 from finetuned.queue import actions
 from finetuned.queue.render import queue_document
+from finetuned.queue.status_files import document
 from finetuned.queue.store import JobStore
 from finetuned.workspace import Workspace
 
@@ -38,7 +39,7 @@ def queue_action(ws: Workspace, action: str, job_id: str) -> None:
             store = JobStore(ws).load()
             store.recover()
             message = actions.apply(store, action, job_id)
-            atomic_write_json(ws.queue_json, queue_document(store.active(), None, None))  # no daemon to do it
+            atomic_write_json(ws.queue_json, document(queue_document(store.active(), None, None)))  # no daemon to do it
     except AlreadyRunning:
         request_id = actions.submit(ws, action, job_id)
         reply = actions.wait_reply(ws, request_id)

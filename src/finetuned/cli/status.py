@@ -11,9 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from finetuned.cli.common import RootOption, console, fail, workspace
-from finetuned.fsio import read_json
 from finetuned.lock import holder
 from finetuned.overrides import listed
+from finetuned.queue.job import JobStatus
+from finetuned.queue.status_files import QueueStatusFile, StatusFile, TrainingStatusFile, document, read
 from finetuned.queue.store import JobNotFound, JobStore
 from finetuned.workspace import Workspace
 
@@ -26,42 +27,35 @@ examples:
 """
 
 
-def _read(path: Any) -> dict[str, Any] | None:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
 def loss_text(value: Any) -> str:
     """A loss to 4 significant digits (12.23, 0.008412): what a person compares, not 15 digits of noise."""
     return f"{value:.4g}" if isinstance(value, int | float) else "?"
 
 
-def daemon_line(ws: Workspace, status: dict[str, Any]) -> str:
+def daemon_line(ws: Workspace, status: StatusFile | None) -> str:
     pid = holder(ws.lock_file)
-    age = time.time() - status.get("heartbeat_unix", 0) if status else None
     if pid is None:
-        return "daemon: not running" + (f" (last seen {status.get('heartbeat')})" if status else "")
+        return "daemon: not running" + (f" (last seen {status.heartbeat})" if status else "")
+    age = time.time() - status.heartbeat_unix if status else None
     stale = f" [yellow]no heartbeat for {age:.0f}s[/yellow]" if age is not None and age > 10 else ""
-    state = status.get("state", "?")
-    if state == "holding":
-        state = f", [red]holding the queue[/red]: {escape(status.get('reason') or '?')}"
-    elif status.get("current_job"):
+    if status is None:
+        state = ", ?"
+    elif status.state == "holding":
+        state = f", [red]holding the queue[/red]: {escape(status.reason or '?')}"
+    elif status.current_job:
         state = ""  # the job's line says what it does
-    elif status.get("phase"):
-        state = f", {state}: {escape(status['phase'])}"  # validating, tokenising, checking: never a bare "idle"
+    elif status.phase:
+        state = f", {status.state}: {escape(status.phase)}"  # validating, tokenising, checking: never a bare "idle"
     else:
-        state = f", {state}"
+        state = f", {status.state}"
     return f"daemon: running (pid {pid}){state}{stale}"
 
 
 def queue_line(ws: Workspace) -> str | None:
-    doc = _read(ws.queue_status_json) or {}
-    counts = doc.get("counts")
-    if not isinstance(counts, dict):
+    doc = read(ws.queue_status_json, QueueStatusFile)
+    if doc is None:
         return None
-    queued, failed, high = counts.get("queued", 0), counts.get("failed", 0), doc.get("queued_high", 0)
+    queued, failed, high = doc.counts.get("queued", 0), doc.counts.get("failed", 0), doc.queued_high
     parts = [f"{queued} queued" + (f" ({high} priority)" if high else "")]
     if failed:
         parts.append(f"{failed} failed (finetuned retry JOB_ID puts one back)")
@@ -104,32 +98,32 @@ def status(
     if job_id:
         show_job(ws, job_id, as_json)
         return
-    training = _read(ws.training_status_json) or {}
-    daemon = _read(ws.status_json) or {}
+    training = read(ws.training_status_json, TrainingStatusFile)
+    daemon = read(ws.status_json, StatusFile)
     if as_json:
-        print(json.dumps({"daemon": daemon or None, "training": training}, indent=2))
+        print(json.dumps({"daemon": document(daemon) if daemon else None,
+                          "training": document(training) if training else {}}, indent=2))
         return
     console.print(daemon_line(ws, daemon), highlight=False)
-    if daemon.get("hold") and daemon.get("state") != "holding":  # a job paused in the worker, the queue held
-        console.print(f"[red]holding the queue[/red]: {escape(daemon['hold'])}", highlight=False)
-    if daemon.get("config_error"):
-        console.print(f"[yellow]config.json is invalid[/yellow]: {escape(daemon['config_error'])}; the daemon "
+    if daemon and daemon.hold and daemon.state != "holding":  # a job paused in the worker, the queue held
+        console.print(f"[red]holding the queue[/red]: {escape(daemon.hold)}", highlight=False)
+    if daemon and daemon.config_error:
+        console.print(f"[yellow]config.json is invalid[/yellow]: {escape(daemon.config_error)}; the daemon "
                       "keeps its last good settings", highlight=False)
     queue = queue_line(ws)
     if queue:
         console.print(queue, highlight=False)
-    job = training.get("job")
-    if not job:
+    job = training.job if training else None
+    if job is None:
         console.print("nothing is training")
         return
-    paused = job["status"] == "paused"
-    phase = job.get("phase")
-    doing = f", {phase}" if phase and phase not in ("training", job["status"]) else ""
-    console.print(f"[bold]{job['id']}[/bold]  {escape(job['file'])}  ({job['priority']})  {job['status']}{doing}",
+    paused = job.status == JobStatus.PAUSED
+    doing = f", {job.phase}" if job.phase and job.phase not in ("training", job.status.value) else ""
+    console.print(f"[bold]{job.id}[/bold]  {escape(job.file)}  ({job.priority})  {job.status.value}{doing}",
                   highlight=False)
-    for warning in job.get("warnings") or []:
+    for warning in job.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
-    if job.get("total_steps"):
-        eta = "" if paused else f"  ETA {job.get('eta') or '?'}"  # nothing moves while paused
-        console.print(f"step {job['step']}/{job['total_steps']} ({job['percent']}%)  loss "
-                      f"{loss_text(job.get('loss'))}{eta}", highlight=False)
+    if job.total_steps:
+        eta = "" if paused else f"  ETA {job.eta or '?'}"  # nothing moves while paused
+        console.print(f"step {job.step}/{job.total_steps} ({job.percent}%)  loss "
+                      f"{loss_text(job.loss)}{eta}", highlight=False)

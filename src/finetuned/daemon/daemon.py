@@ -400,6 +400,7 @@ class Daemon:
             phase = session.phase if session.job is not None else self._idle_phase()
             reason = session.reason or ((settings.hold or "") if session.job is None else "")
         self.state_writer.write(self.store, session.job, session.progress, state, phase, session.worker_pid,
-                                reason, hold=settings.hold, config_error=settings.invalid)
+                                reason, hold=settings.hold, config_error=settings.invalid,
+                                settings=session.config or self.config)
         self._dirty = False
         self._written_revision = self.store.revision

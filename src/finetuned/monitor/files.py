@@ -2,7 +2,8 @@
 
 Every file is written atomically by the daemon, so a read sees a whole file or the
 previous one; a file that is missing, unreadable or of the wrong shape (valid JSON, but
-`{"queue": 5}`: outside damage) reads as None, as if it were not there. Results are
+`{"queue": 5}`: outside damage) reads as None, as if it were not there; the daemon's state
+files are read through their models (`queue/status_files.py`), which say what a right shape is. Results are
 cached by (mtime, size) so a page polling every second costs a `stat` per file, and
 metrics JSONL files are read incrementally from where the last read stopped: a job of
 180k steps is parsed once, not once per poll.
@@ -21,6 +22,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetuned.queue.job import Job, JobStatus
+from finetuned.queue.status_files import (
+    QueueFile,
+    QueueStatusFile,
+    StatusFile,
+    SystemHealthFile,
+    TrainingStatusFile,
+    parse,
+)
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -124,32 +133,28 @@ class Files:
         return reader.read()
 
     # --- named files ----------------------------------------------------
-    def status(self) -> dict[str, Any] | None:
-        return self._dict(self.ws.status_json)
+    def status(self) -> StatusFile | None:
+        return parse(StatusFile, self._dict(self.ws.status_json))
 
-    def queue(self) -> dict[str, Any] | None:
+    def queue(self) -> QueueFile | None:
         doc = self._dict(self.ws.queue_json)
-        if doc is None or not isinstance(doc.get("queue"), list) or not isinstance(doc.get("current"), dict | None):
-            return None
-        return {**doc, "queue": [e for e in doc["queue"] if isinstance(e, dict)]}
+        if doc is not None and isinstance(doc.get("queue"), list):  # an entry that is not even an object: dropped
+            doc = {**doc, "queue": [e for e in doc["queue"] if isinstance(e, dict)]}
+        return parse(QueueFile, doc)
 
-    def training(self) -> dict[str, Any] | None:
-        doc = self._dict(self.ws.training_status_json)
-        return doc if doc is not None and isinstance(doc.get("job"), dict | None) else None
+    def training(self) -> TrainingStatusFile | None:
+        return parse(TrainingStatusFile, self._dict(self.ws.training_status_json))
 
     def training_job_id(self) -> str | None:
-        job = (self.training() or {}).get("job")
-        job_id = job.get("id") if isinstance(job, dict) else None
-        return job_id if isinstance(job_id, str) and JOB_ID.match(job_id) else None
+        training = self.training()
+        job_id = training.job.id if training is not None and training.job is not None else None
+        return job_id if job_id is not None and JOB_ID.match(job_id) else None
 
-    def queue_status(self) -> dict[str, Any] | None:
-        return self._dict(self.ws.queue_status_json)
+    def queue_status(self) -> QueueStatusFile | None:
+        return parse(QueueStatusFile, self._dict(self.ws.queue_status_json))
 
-    def health(self) -> dict[str, Any] | None:
-        return self._dict(self.ws.system_health_json)
-
-    def config(self) -> dict[str, Any]:
-        return self._dict(self.ws.config_path) or {}
+    def health(self) -> SystemHealthFile | None:
+        return parse(SystemHealthFile, self._dict(self.ws.system_health_json))
 
     def metrics(self, job_id: str) -> list[dict[str, Any]]:
         return self.jsonl(self.ws.metrics_file(job_id), "step")

@@ -1,6 +1,9 @@
 """What the page shows, derived from the daemon's files: liveness, rates, ETAs, histories.
 
-Pure functions of what `Files` reads, so the API, the event stream and /metrics agree.
+Pure functions of what `Files` reads, so the API, the event stream and /metrics agree. The
+daemon's state files come as their models (`queue/status_files.py`); what the page shows is built
+from their fields, never from config.json: a figure that depends on the settings (a job's own may
+differ from the workspace's) is published by the daemon, which knows which settings are in use.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any
 import psutil
 
 from finetuned import asks
-from finetuned.config import ConfigError, MonitorSettings, parse_config
+from finetuned.config import MonitorSettings
 from finetuned.monitor.files import Files
 from finetuned.monitor.gpu import gpu_info
 from finetuned.overrides import flatten
 from finetuned.queue.job import JobStatus
 from finetuned.queue.render import human_duration
+from finetuned.queue.status_files import StatusFile, TrainingJob, document
 
 Point = dict[str, Any]
 EVAL_PREFIX = "eval/"  # a suite's score in the metrics log: eval/SUITE
@@ -30,18 +34,17 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def daemon_view(status: dict[str, Any] | None, settings: MonitorSettings, now: float) -> dict[str, Any]:
+def daemon_view(status: StatusFile | None, settings: MonitorSettings, now: float) -> dict[str, Any]:
     """The daemon's own status plus whether it still answers: the heartbeat is the only proof."""
-    if not isinstance(status, dict):
+    if status is None:
         return {"state": "unknown", "responding": False, "heartbeat_age": None,
                 "message": "no status yet: the daemon has not written control/status.json"}
-    view = dict(status)
-    beat = _number(status.get("heartbeat_unix"))
+    view = document(status)
+    beat = _number(status.heartbeat_unix)
     age = now - beat if beat is not None else None
     view["heartbeat_age"] = round(age, 1) if age is not None else None
-    pid = status.get("pid")
-    gone = isinstance(pid, int) and pid != os.getpid() and not psutil.pid_exists(pid)
-    if status.get("state") == "stopped":
+    gone = status.pid != os.getpid() and not psutil.pid_exists(status.pid)
+    if status.state == "stopped":
         view["responding"], view["message"] = False, "the daemon has stopped"
     elif age is None or age > settings.stale_after_seconds or gone:
         old = f"{age:.0f} s" if age is not None else "of unknown age"
@@ -51,10 +54,10 @@ def daemon_view(status: dict[str, Any] | None, settings: MonitorSettings, now: f
     return view
 
 
-def seconds_per_step(job: dict[str, Any], points: list[Point]) -> float | None:
+def seconds_per_step(job: TrainingJob, points: list[Point]) -> float | None:
     """From the daemon's ETA (a mean over recent steps) or, failing that, the logged step times."""
-    eta, step, total = _number(job.get("eta_seconds")), job.get("step"), job.get("total_steps")
-    if eta and isinstance(step, int) and isinstance(total, int) and total > step:
+    eta, step, total = _number(job.eta_seconds), job.step, job.total_steps
+    if eta and step is not None and total is not None and total > step:
         return eta / (total - step)
     recent = [s for p in points[-20:] if (s := _number(p.get("step_seconds"))) is not None]
     return sum(recent) / len(recent) if recent else None
@@ -62,11 +65,12 @@ def seconds_per_step(job: dict[str, Any], points: list[Point]) -> float | None:
 
 def training_view(files: Files) -> dict[str, Any] | None:
     """The job now training (or paused), with its rates and latest metrics."""
-    job = (files.training() or {}).get("job")
-    if files.training_job_id() is None or not isinstance(job, dict):
+    training = files.training()
+    job = training.job if training is not None else None
+    if job is None or files.training_job_id() is None:
         return None
-    view = dict(job)
-    points = files.metrics(job["id"])
+    view = document(job)
+    points = files.metrics(job.id)
     per_step = seconds_per_step(job, points)
     view["seconds_per_step"] = per_step
     view["steps_per_second"] = 1 / per_step if per_step else None
@@ -82,8 +86,10 @@ def training_view(files: Files) -> dict[str, Any] | None:
         view["objective_metrics"] = {k: v for k, v in last.items()
                                      if ("/" in k or k == "kl") and not k.startswith(EVAL_PREFIX)}
         view["eval_scores"] = eval_scores(points)
-    if view.get("examples_per_second") is None and per_step:
-        view["examples_per_second"] = _examples_per_second(files, job, per_step)
+    per_example = _number(job.examples_per_step)
+    if view.get("examples_per_second") is None and per_step and per_example is not None:
+        # Until the worker has measured a step (a resumed job): the daemon's examples per step at this pace.
+        view["examples_per_second"] = per_example / per_step
     return view
 
 
@@ -97,17 +103,6 @@ def eval_scores(points: list[Point]) -> dict[str, float]:
     return scores
 
 
-def _examples_per_second(files: Files, job: dict[str, Any], per_step: float) -> float | None:
-    """Estimated from the job's size, epochs and steps, until the daemon reports it itself."""
-    training = files.config().get("training")
-    training = training if isinstance(training, dict) else {}
-    examples, total = job.get("examples"), job.get("total_steps")
-    if training.get("max_steps") or not isinstance(examples, int) or not isinstance(total, int) or not total:
-        return None
-    epochs = training.get("epochs") if isinstance(training.get("epochs"), int) else 1
-    return examples * epochs / total / per_step
-
-
 def queue_eta(files: Files, training: dict[str, Any] | None) -> tuple[float | None, bool]:
     """Seconds until the whole queue is trained, at the current job's pace; partial when sizes are unknown."""
     if not training or not training.get("seconds_per_step"):
@@ -118,10 +113,11 @@ def queue_eta(files: Files, training: dict[str, Any] | None) -> tuple[float | No
     steps_per_example = total / examples
     seconds = _number(training.get("eta_seconds")) or 0.0
     partial = False
-    for entry in (files.queue() or {}).get("queue", []):
-        if entry.get("status") != JobStatus.QUEUED:
+    queue = files.queue()
+    for entry in queue.queue if queue is not None else []:
+        if entry.status != JobStatus.QUEUED:
             continue
-        job = files.job(str(entry.get("id")))
+        job = files.job(entry.id)
         size = job.get("examples") if job else None
         if isinstance(size, int):
             seconds += size * steps_per_example * training["seconds_per_step"]
@@ -132,31 +128,26 @@ def queue_eta(files: Files, training: dict[str, Any] | None) -> tuple[float | No
 
 def status_view(files: Files, settings: MonitorSettings, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
-    daemon = daemon_view(files.status(), settings, now)
+    status = files.status()
+    daemon = daemon_view(status, settings, now)
     training = training_view(files)
     eta_queue, partial = queue_eta(files, training)
+    queue_status = files.queue_status()
     return {
         "now": now, "workspace": str(files.ws.root), "daemon": daemon, "training": training,
-        "queue_status": files.queue_status(),
+        "queue_status": document(queue_status) if queue_status is not None else None,
         "eta_queue_seconds": eta_queue, "eta_queue": human_duration(eta_queue), "eta_queue_partial": partial,
         "settings": {
             "stale_after_seconds": settings.stale_after_seconds, "max_upload_mb": settings.max_upload_mb,
-            "preview_every_steps": _previews_every(files),
+            # As the daemon last published it (the job's own settings while one trains); None before it has.
+            "preview_every_steps": status.preview_every_steps if status is not None else None,
         },
     }
 
 
-def _previews_every(files: Files) -> int | None:
-    """`previews.every_steps` as config.json says now (None while it cannot be read)."""
-    try:
-        return parse_config(files.config(), files.ws.config_path, warn=False).previews.every_steps
-    except ConfigError:
-        return None
-
-
 def health_view(files: Files) -> dict[str, Any]:
     doc = files.health()
-    view = dict(doc) if isinstance(doc, dict) else {}
+    view = document(doc) if doc is not None else {}
     gpus = view.get("gpu")
     if not (isinstance(gpus, list) and gpus and all(isinstance(g, dict) for g in gpus)):
         view["gpu"] = gpu_info()  # the daemon leaves it null on purpose: it never imports torch for this
@@ -166,13 +157,13 @@ def health_view(files: Files) -> dict[str, Any]:
 
 def queue_view(files: Files) -> dict[str, Any]:
     doc = files.queue()
-    doc = dict(doc) if isinstance(doc, dict) else {"queue": [], "current": None}
+    view = document(doc) if doc is not None else {"queue": [], "current": None}
     entries = []
-    for entry in doc.get("queue", []):
+    for entry in view["queue"]:
         job = files.job(str(entry.get("id"))) or {}
         entries.append({**entry, "examples": job.get("examples"), "reason": job.get("reason", "")})
-    doc["queue"] = entries
-    return doc
+    view["queue"] = entries
+    return view
 
 
 # --- history ------------------------------------------------------------

@@ -1,12 +1,12 @@
-"""`control/queue.json` in the exact shape of SPEC section 3."""
+"""`control/queue.json` in the exact shape of SPEC section 3 (its model: `queue/status_files.py`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from finetuned.overrides import flatten
 from finetuned.queue.job import Job, JobStatus
+from finetuned.queue.status_files import QueueCurrent, QueueEntry, QueueFile
 
 
 @dataclass
@@ -43,29 +43,27 @@ def size_text(job: Job) -> str:
     return f"{job.examples} examples" if job.examples is not None else "checking"
 
 
-def queue_entry(job: Job) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "id": job.id, "file": job.file, "priority": job.priority, "size": size_text(job),
-        "added": job.added, "status": job.status.value,
-    }
+def queue_entry(job: Job) -> QueueEntry:
+    entry = QueueEntry(id=job.id, file=job.file, priority=job.priority, size=size_text(job), added=job.added,
+                       status=job.status)
     if job.overrides:
-        entry["settings"] = flatten(job.overrides)  # the file's own, over config.json
+        entry.settings = flatten(job.overrides)  # the file's own, over config.json
     return entry
 
 
-def queue_document(active: list[Job], current: Job | None, progress: Progress | None) -> dict[str, Any]:
+def queue_document(active: list[Job], current: Job | None, progress: Progress | None) -> QueueFile:
     """The running (or paused) job first, then the rest in the order they will run."""
     ordered = ([current] if current else []) + [j for j in active if current is None or j.id != current.id]
-    doc: dict[str, Any] = {"queue": [queue_entry(j) for j in ordered], "current": None}
+    doc = QueueFile(queue=[queue_entry(j) for j in ordered], current=None)
     if current is not None:
         step = progress.step if progress and progress.job_id == current.id else current.step
         total = progress.total if progress and progress.job_id == current.id else current.total_steps
         eta = progress.eta_seconds if progress and progress.job_id == current.id else None
-        doc["current"] = {
-            "id": current.id,
-            "progress": f"{int(100 * step / total) if total else 0}%",
-            "step": f"{step}/{total if total else '?'}",
-            "eta": human_duration(eta) if current.status == JobStatus.TRAINING else None,
-            "status": current.status.value,
-        }
+        doc.current = QueueCurrent(
+            id=current.id,
+            progress=f"{int(100 * step / total) if total else 0}%",
+            step=f"{step}/{total if total else '?'}",
+            eta=human_duration(eta) if current.status == JobStatus.TRAINING else None,
+            status=current.status,
+        )
     return doc
