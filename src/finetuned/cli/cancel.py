@@ -47,8 +47,6 @@ def queue_action(ws: Workspace, action: str, job_id: str) -> None:
         if not reply["ok"]:
             fail(reply["message"])
         message = reply["message"]
-    except actions.ActionError as exc:
-        fail(str(exc))
     console.print(message)
 
 

@@ -8,7 +8,6 @@ import typer
 
 from finetuned.cli.common import RootOption, fail
 from finetuned.config import ConfigError
-from finetuned.lock import AlreadyRunning
 from finetuned.logs import setup_logging
 from finetuned.workspace import Workspace
 
@@ -34,11 +33,5 @@ def run(
         fail(str(exc), 2)
     setup_logging(ws, "daemon")
     from finetuned.daemon.daemon import Daemon  # after the config check: a typo answers at once
-    from finetuned.monitor.server import MonitorRefused
 
-    try:
-        Daemon(ws, config, monitor=not no_monitor).run()
-    except AlreadyRunning as exc:
-        fail(str(exc))
-    except MonitorRefused as exc:
-        fail(str(exc), 2)
+    Daemon(ws, config, monitor=not no_monitor).run()
