@@ -13,7 +13,8 @@ the job instead of raising at a user.
 The classes live beside the code that raises them, each a subclass of this base (or of
 `lifecycle.errors.LifecycleError`, itself one). Exit codes: 2 where the daemon cannot start as
 configured (`MonitorRefused`), 1 for everything else. `ConfigError` is 1 too, but `init`, `run`,
-`gc` and `versions` answer a workspace config.json that cannot be loaded with 2, as they always did.
+`gc` and `versions` answer a workspace config.json that cannot be loaded with 2, as they always did
+(the table for users: docs/operations.md, "Exit codes").
 
 Not every exception is one: `RecordProblem` (one bad record, folded into a `DataError` report),
 `InvalidTransition` (a programming error in the job state machine) and `CheckpointMismatch` (a
