@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
+from finetuned.errors import FinetunedError
 from finetuned.fsio import atomic_write_json, read_json, remove_file
 from finetuned.workspace import Workspace
 
@@ -64,7 +65,7 @@ class Reply(Question):
     error: str = ""
 
 
-class AskError(Exception):
+class AskError(FinetunedError):
     pass
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from finetuned.errors import FinetunedError
 from finetuned.fsio import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,7 @@ def _moved_keys(raw: dict[str, Any]) -> list[str]:
     return notes
 
 
-class ConfigError(Exception):
+class ConfigError(FinetunedError):
     """A config.json that cannot be used; the message is one line naming the key."""
 
 

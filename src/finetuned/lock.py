@@ -7,8 +7,10 @@ import os
 import time
 from pathlib import Path
 
+from finetuned.errors import FinetunedError
 
-class AlreadyRunning(Exception):
+
+class AlreadyRunning(FinetunedError):
     pass
 
 

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from finetuned.cli.common import RootOption, console, fail, workspace
-from finetuned.config import ConfigError
 from finetuned.fsio import NAME_MAX, atomic_write_json, fit_name, unique_path
 from finetuned.overrides import SIDECAR_SUFFIX, assignments, job_config, listed, sidecar_for
 
@@ -41,12 +40,9 @@ def add(
     ws = workspace(root)
     if not file.is_file():
         fail(f"{file}: no such file")
-    try:
-        config = ws.load_config()
-        overrides = assignments(settings or [])
-        job_config(config, overrides, "--set")
-    except ConfigError as exc:
-        fail(str(exc))
+    config = ws.load_config()
+    overrides = assignments(settings or [])
+    job_config(config, overrides, "--set")
     if not no_check:
         from finetuned.data import validate_file
 

@@ -24,7 +24,7 @@ from finetuned.cli import (
     status,
     versions,
 )
-from finetuned.cli.common import examples_kept
+from finetuned.cli.common import Handled, examples_kept
 
 app = typer.Typer(
     name="finetuned",
@@ -33,6 +33,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
     pretty_exceptions_show_locals=False,  # locals may hold a monitor token
+    cls=Handled,  # the one place a FinetunedError is reported
 )
 app.command(help=examples_kept(init.HELP))(init.init)
 app.command(help=examples_kept(run.HELP))(run.run)

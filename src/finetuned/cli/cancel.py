@@ -48,8 +48,6 @@ def queue_action(ws: Workspace, action: str, job_id: str) -> None:
         if not reply["ok"]:
             fail(reply["message"])
         message = reply["message"]
-    except actions.ActionError as exc:
-        fail(str(exc))
     console.print(message)
 
 

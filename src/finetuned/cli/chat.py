@@ -11,8 +11,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from finetuned.cli.common import RootOption, fail, workspace
-from finetuned.config import ConfigError
-from finetuned.lifecycle.errors import LifecycleError
 
 HELP = """Talk to the model line: answers stream as they are generated, turn after turn.
 
@@ -67,13 +65,10 @@ def chat(
     problem = _device_problem(device)
     if problem:
         fail(problem)
-    try:
-        config = ws.load_config()
-        found = resolve(ws, target)
-        with notes.status(f"loading {escape(found.label)}…") if interactive else nullcontext():
-            model, tokenizer = load(found, config, device)
-    except (LifecycleError, ConfigError) as exc:
-        fail(str(exc))
+    config = ws.load_config()
+    found = resolve(ws, target)
+    with notes.status(f"loading {escape(found.label)}…") if interactive else nullcontext():
+        model, tokenizer = load(found, config, device)
     sampling = Sampling(temperature, top_p, top_k, seed)
     context = getattr(model.config, "max_position_embeddings", None)
     options = Options(max_new_tokens, sampling, show_prompt, as_json,

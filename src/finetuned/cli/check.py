@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from finetuned.cli.common import RootOption, console, fail
-from finetuned.config import Config, ConfigError
+from finetuned.config import Config
 from finetuned.workspace import Workspace
 
 HELP = """Check a data file without a daemon: its format, what its job would keep and drop and why,
@@ -41,10 +41,7 @@ def check(
         fail(f"{file}: no such file")
     logging.getLogger("finetuned").setLevel(logging.ERROR)  # what the log would say, the report says
     ws = Workspace.at(root)
-    try:
-        config = ws.load_config() if ws.config_path.exists() else Config()
-    except ConfigError as exc:
-        fail(str(exc))
+    config = ws.load_config() if ws.config_path.exists() else Config()
     from finetuned.data import check_file
     from finetuned.models.loading import ModelError, load_tokenizer, resolve_base
 

@@ -1,13 +1,16 @@
-"""What every command shares: the --root option and one-line errors."""
+"""What every command shares: the --root option and one-line errors, from `fail` or from any FinetunedError."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
+from finetuned.errors import FinetunedError
 from finetuned.workspace import Workspace
 
 console = Console(soft_wrap=True)
@@ -23,6 +26,20 @@ RootOption = Annotated[
 def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+class Handled(TyperGroup):
+    """The command group that turns a FinetunedError from any command into `fail`'s line and its exit code.
+
+    Here rather than around `app()` in `main`: tests that invoke the click command directly get it too,
+    and subcommand groups (`service`, `config`) run inside this one's `invoke`, so they are covered.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FinetunedError as exc:
+            fail(exc.line(), exc.exit_code)
 
 
 def workspace(root: Path | None, must_exist: bool = True) -> Workspace:

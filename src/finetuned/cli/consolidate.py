@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from finetuned.cli.common import RootOption, console, fail, workspace
-from finetuned.lifecycle.errors import LifecycleError
+from finetuned.cli.common import RootOption, console, workspace
 
 HELP = """Merge a job's adapter into its base model and write the next version, models/base/NAME-vN/.
 
@@ -54,16 +53,13 @@ def consolidate(
 
     quiet_libraries()
     columns = (SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(), TimeElapsedColumn())
-    try:
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("consolidating", total=1)
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("consolidating", total=1)
 
-            def report(what: str, done: int, total: int) -> None:
-                bar.update(task, description=what, completed=done, total=total)
+        def report(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
 
-            result = run_consolidation(ws, job_id, note=note, progress=report, use=not no_use, force=force)
-    except LifecycleError as exc:
-        fail(str(exc))
+        result = run_consolidation(ws, job_id, note=note, progress=report, use=not no_use, force=force)
     v = result.version
     console.print(f"{result.message}: {v.path}")
     console.print(f"  parent {v.parent}, jobs {', '.join(j['job_id'] for j in v.jobs)}, {v.steps} steps, "

@@ -10,8 +10,6 @@ import typer
 from rich.table import Table
 
 from finetuned.cli.common import RootOption, console, fail, workspace
-from finetuned.config import ConfigError
-from finetuned.lifecycle.errors import LifecycleError
 
 HELP = """Score TARGET on the suites in evals/, or add a suite: finetuned eval add FILE.
 
@@ -52,11 +50,8 @@ def eval_(
     from finetuned.lifecycle.gate import evaluate
 
     quiet_libraries()
-    try:
-        with console.status(f"scoring {target} on the suites in evals/"):
-            chosen, scores, suites = evaluate(ws, target)
-    except (LifecycleError, ConfigError) as exc:
-        fail(str(exc))
+    with console.status(f"scoring {target} on the suites in evals/"):
+        chosen, scores, suites = evaluate(ws, target)
     if as_json:
         print(json.dumps({"target": chosen.label, "kind": chosen.kind, "scores": scores}))
         return
@@ -68,16 +63,13 @@ def eval_(
 
 
 def _add(folder: Path, file: Path | None, name: str | None) -> None:
-    from finetuned.evaluation.suites import EvalError, add_suite
+    from finetuned.evaluation.suites import add_suite
 
     if file is None:
         fail("finetuned eval add FILE: which file?")
     if not file.is_file():
         fail(f"{file}: no such file")
-    try:
-        suite = add_suite(folder, file, name)
-    except EvalError as exc:
-        fail(str(exc))
+    suite = add_suite(folder, file, name)
     scorers = sorted({case.scorer for case in suite.cases})
     console.print(f"added suite {suite.name} ({len(suite.cases)} cases; {', '.join(scorers)}) as "
                   f"{folder / (suite.name + '.jsonl')}")

@@ -11,8 +11,6 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from finetuned.cli.common import RootOption, console, fail, workspace
 from finetuned.cli.consolidate import quiet_libraries
-from finetuned.config import ConfigError
-from finetuned.lifecycle.errors import LifecycleError
 
 HELP = """Export a version, a job's adapter or a checkpoint to a new folder that loads anywhere.
 
@@ -71,15 +69,12 @@ def export(
 
     quiet_libraries()
     columns = (SpinnerColumn(), TextColumn("{task.description:<40}"), BarColumn(), TimeElapsedColumn())
-    try:
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("exporting", total=1)
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("exporting", total=1)
 
-            def report(what: str, done: int, total: int) -> None:
-                bar.update(task, description=what, completed=done, total=total)
+        def report(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
 
-            written = run_export(ws, target, folder, merged=merged, progress=report, fmt=fmt.value,
-                                 gguf_type=(gguf_type or GgufType.f16).value)
-    except (LifecycleError, ConfigError) as exc:
-        fail(str(exc))
+        written = run_export(ws, target, folder, merged=merged, progress=report, fmt=fmt.value,
+                             gguf_type=(gguf_type or GgufType.f16).value)
     console.print(f"exported {target} to {written} (see {written / 'README.md'})")

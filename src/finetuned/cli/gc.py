@@ -10,7 +10,6 @@ from rich.table import Table
 
 from finetuned.cli.common import RootOption, console, fail, workspace
 from finetuned.config import ConfigError
-from finetuned.lifecycle.errors import LifecycleError
 
 GC_HELP = """Remove what retention allows, after showing it: checkpoints beyond lifecycle.keep_checkpoints
 per job (a completed job keeps only its final one), token caches of jobs no longer queued,
@@ -52,7 +51,7 @@ def gc(
     try:
         plan = retention.plan(ws)
     except ConfigError as exc:
-        fail(str(exc), 2)
+        fail(str(exc), 2)  # not ConfigError's 1: this command always answered an unusable config.json with 2
     if plan.remove:
         table = Table("kind", "path", "size", "why")
         for item in plan.remove:
@@ -70,10 +69,7 @@ def gc(
     if not yes and not typer.confirm(f"remove these {len(plan.remove)} item(s), {_size(plan.bytes)}?"):
         console.print("nothing removed")
         return
-    try:
-        done = retention.apply(ws, plan)
-    except LifecycleError as exc:
-        fail(str(exc))
+    done = retention.apply(ws, plan)
     console.print(f"removed {len(done)} item(s), freed {_size(sum(i.bytes for i in done))}")
 
 
@@ -87,8 +83,5 @@ def keep(
     ws = workspace(root)
     from finetuned.lifecycle import retention
 
-    try:
-        marker = retention.keep(ws, job_id, step, note=note, undo=undo)
-    except LifecycleError as exc:
-        fail(str(exc))
+    marker = retention.keep(ws, job_id, step, note=note, undo=undo)
     console.print(f"{'unmarked' if undo else 'kept'}: {marker.parent.relative_to(ws.root)}")

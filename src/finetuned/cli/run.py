@@ -8,7 +8,6 @@ import typer
 
 from finetuned.cli.common import RootOption, fail
 from finetuned.config import ConfigError
-from finetuned.lock import AlreadyRunning
 from finetuned.logs import setup_logging
 from finetuned.workspace import Workspace
 
@@ -31,14 +30,8 @@ def run(
     try:
         config = ws.create()
     except ConfigError as exc:
-        fail(str(exc), 2)
+        fail(str(exc), 2)  # not ConfigError's 1: this command always answered an unusable config.json with 2
     setup_logging(ws, "daemon")
     from finetuned.daemon.daemon import Daemon  # after the config check: a typo answers at once
-    from finetuned.monitor.server import MonitorRefused
 
-    try:
-        Daemon(ws, config, monitor=not no_monitor).run()
-    except AlreadyRunning as exc:
-        fail(str(exc))
-    except MonitorRefused as exc:
-        fail(str(exc), 2)
+    Daemon(ws, config, monitor=not no_monitor).run()

@@ -10,12 +10,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from finetuned.cli.common import RootOption, console, fail, workspace
+from finetuned.cli.common import RootOption, console, workspace
 from finetuned.lock import holder
 from finetuned.overrides import listed
 from finetuned.queue.job import JobStatus
 from finetuned.queue.status_files import QueueStatusFile, StatusFile, TrainingStatusFile, document, read
-from finetuned.queue.store import JobNotFound, JobStore
+from finetuned.queue.store import JobStore
 from finetuned.workspace import Workspace
 
 HELP = """Show the daemon's state and the job in training (or one job's record).
@@ -63,10 +63,7 @@ def queue_line(ws: Workspace) -> str | None:
 
 
 def show_job(ws: Workspace, job_id: str, as_json: bool) -> None:
-    try:
-        job = JobStore(ws).load().get(job_id)
-    except JobNotFound as exc:
-        fail(str(exc))
+    job = JobStore(ws).load().get(job_id)
     if as_json:
         console.print_json(job.model_dump_json())
         return

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from finetuned.cli.common import RootOption, console, fail, workspace
 from finetuned.config import ConfigError
-from finetuned.lifecycle.errors import LifecycleError
 
 if TYPE_CHECKING:
     from finetuned.lifecycle.versions import Version
@@ -62,7 +61,7 @@ def versions(
     try:
         base = ws.load_config().base_model
     except ConfigError as exc:
-        fail(str(exc), 2)
+        fail(str(exc), 2)  # not ConfigError's 1: this command always answered an unusable config.json with 2
     current = line.current(ws).id
     found = list_versions(ws, base)
     if as_json:
@@ -93,10 +92,7 @@ def _switch(action: str, version: str, force: bool, root: RootOption) -> None:
     ws = workspace(root)
     from finetuned.lifecycle import line
 
-    try:
-        chosen = (line.rollback if action == "rollback" else line.use)(ws, version, force=force)
-    except (LifecycleError, ConfigError) as exc:
-        fail(str(exc))
+    chosen = (line.rollback if action == "rollback" else line.use)(ws, version, force=force)
     console.print(f"current version: {chosen.id} (base_model = {chosen.base_model!r}); "
                   "the daemon uses it from the next job on")
 

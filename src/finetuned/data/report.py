@@ -16,11 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetuned.errors import FinetunedError
+
 # Line numbers kept per kind: enough to find the pattern, small enough to read.
 KEEP_LINES = 5
 
 
-class DataError(Exception):
+class DataError(FinetunedError):
     """A file that cannot be trained; `report` is the content for NAME.error.json."""
 
     def __init__(self, report: dict[str, Any]) -> None:
@@ -28,6 +30,7 @@ class DataError(Exception):
         self.report = report
 
 
+# Not a FinetunedError: control flow inside parsing, always folded into a report or a DataError.
 class RecordProblem(Exception):
     """One record is unusable: `kind` names the fault for grouping, `message` explains it."""
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from finetuned.errors import FinetunedError
 from finetuned.fsio import atomic_write_bytes
 
 Scorer = Literal["exact", "contains", "regex", "json", "choice"]
@@ -23,7 +24,7 @@ SUFFIX = ".jsonl"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class EvalError(Exception):
+class EvalError(FinetunedError):
     """A suite that cannot be used; the message names the file and line."""
 
 

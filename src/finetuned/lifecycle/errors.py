@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetuned import disk
+from finetuned.errors import FinetunedError
 
 
-class LifecycleError(Exception):
+class LifecycleError(FinetunedError):
     """A lifecycle action that cannot be done as asked; nothing was changed."""
 
 

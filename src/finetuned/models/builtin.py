@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from finetuned.errors import FinetunedError
 from finetuned.fsio import publish_dir
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILD_VERSION = "2"
 
 
-class BuiltinModelError(Exception):
+class BuiltinModelError(FinetunedError):
     pass
 
 

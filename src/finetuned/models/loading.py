@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetuned.config import LoraSettings
+from finetuned.errors import FinetunedError
 from finetuned.models import builtin
 from finetuned.workspace import Workspace
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-class ModelError(Exception):
+class ModelError(FinetunedError):
     pass
 
 

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from starlette.requests import HTTPConnection
 
 from finetuned.config import MonitorSettings, is_loopback
+from finetuned.errors import FinetunedError
 
 COOKIE = "finetuned_session"
 SESSION_SECONDS = 24 * 3600  # a browser logs in again after a day; a stolen cookie dies with it
@@ -109,7 +110,7 @@ def client_address(conn: HTTPConnection) -> str:
     return conn.client.host if conn.client else "unknown"
 
 
-class TooManyAttempts(Exception):
+class TooManyAttempts(FinetunedError):
     def __init__(self, wait: int) -> None:
         super().__init__(f"too many wrong tokens from this address: try again in {wait} s")
         self.wait = wait

@@ -26,6 +26,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from finetuned.config import MonitorSettings, is_loopback
+from finetuned.errors import FinetunedError
 from finetuned.monitor.app import create_app
 from finetuned.monitor.upload import clear_parts
 from finetuned.workspace import Workspace
@@ -95,8 +96,10 @@ def guarded_protocol(limit: int, header_timeout: float) -> type[H11Protocol]:
     return Guarded
 
 
-class MonitorRefused(Exception):
+class MonitorRefused(FinetunedError):
     """The monitor cannot start as configured; the message says what to change."""
+
+    exit_code = 2  # `run` refuses before starting anything: a setting to change, not a failure to retry
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from finetuned.errors import FinetunedError
 from finetuned.fsio import NAME_MAX, fsync_dir, is_disk_full, name_bytes, remove_file
 
 EXTENSIONS = (".jsonl", ".json")
@@ -23,7 +24,7 @@ MAX_NAME_BYTES = NAME_MAX - 15
 _UNSAFE = re.compile(r"[^\w.+()@,=-]+")  # \w is unicode-aware: accented names stay readable
 
 
-class UploadError(Exception):
+class UploadError(FinetunedError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from finetuned.errors import FinetunedError
 from finetuned.fsio import atomic_write_json, read_json, remove_file
 from finetuned.queue.endings import Endings
 from finetuned.queue.job import JobStatus
@@ -26,7 +27,7 @@ log = logging.getLogger("finetuned.daemon")
 ACTIONS = ("cancel", "front", "retry")
 
 
-class ActionError(Exception):
+class ActionError(FinetunedError):
     pass
 
 

@@ -40,6 +40,7 @@ TRANSITIONS: dict[JobStatus, set[JobStatus]] = {
 Priority = Literal["high", "normal"]
 
 
+# Not a FinetunedError: a bug in whoever asked for the transition, never a user's doing.
 class InvalidTransition(Exception):
     def __init__(self, job_id: str, old: JobStatus, new: JobStatus) -> None:
         super().__init__(f"job {job_id}: cannot go from {old.value} to {new.value}")

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from finetuned.errors import FinetunedError
 from finetuned.fsio import (
     NAME_MAX,
     atomic_write_json,
@@ -49,7 +50,7 @@ def queued_name(job_id: str, name: str) -> str:
     return fit_name(f"{job_id}__{name}", DATA_NAME_MAX)
 
 
-class JobNotFound(Exception):
+class JobNotFound(FinetunedError):
     pass
 
 

@@ -21,6 +21,7 @@ from finetuned.checkpoints import OPTIMIZER, RNG, STATE, WEIGHTS, TrainingProgre
 from finetuned.fsio import atomic_write_json, publish_dir
 
 
+# Not a FinetunedError: raised in a worker, it reaches the user as the job's FailKind, not at a command.
 class CheckpointMismatch(Exception):
     """A checkpoint that does not fit the model it is loaded into."""
 
