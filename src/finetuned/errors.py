@@ -5,10 +5,9 @@ as a one-line message (a config.json that cannot be used, a job that does not ex
 switch the gate refuses, a monitor that cannot start) is a subclass carrying the exit code the CLI
 exits with and, where one helps, a hint. The CLI catches `FinetunedError` once, in the group that
 runs every command (`cli/common.py`), and prints `error: <message>` (` (<hint>)` after it when there
-is one) on stderr before exiting with `exit_code`. The other half is `FailKind` (today in
-`finetuned/worker/protocol.py`, on its way to the `finetuned/processes/` layer): how a job that
-failed in a worker ends (data, config, crash, disk, memory, diverged), which the daemon records on
-the job instead of raising at a user.
+is one) on stderr before exiting with `exit_code`. The other half is `FailKind`, below: how a job
+that failed in a worker ends (data, config, crash, disk, memory, diverged), reported in
+`processes/protocol.py`'s `Failed` and recorded on the job by the daemon instead of raised at a user.
 
 The classes live beside the code that raises them, each a subclass of this base (or of
 `lifecycle.errors.LifecycleError`, itself one). Exit codes: 2 where the daemon cannot start as
@@ -26,6 +25,7 @@ This module is the base layer: it imports nothing from finetuned, so any module 
 from __future__ import annotations
 
 import re
+from enum import Enum
 
 
 class FinetunedError(Exception):
@@ -51,3 +51,16 @@ class FinetunedError(Exception):
     def line(self) -> str:
         """The message with its hint, the one line the CLI prints after `error:`."""
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class FailKind(str, Enum):
+    """How a failed job ends: the daemon fails it, or retries it from its last checkpoint."""
+
+    DATA = "data"  # the file cannot train (refused, no step): it fails with its error report
+    DIVERGED = "diverged"  # the loss became NaN or infinite at a step: it fails, the last good checkpoint kept
+    CRASH = "crash"  # the worker raised or died: retried from the last checkpoint, a limited number of times
+    DISK = "disk"  # a write found the disk full: the daemon holds the line until there is space, no retry counted
+    # The settings cannot train (base model, LoRA targets, starting adapter): never retried. The workspace's
+    # config holds the queue until it is fixed; a file's own settings fail that file.
+    CONFIG = "config"
+    MEMORY = "memory"  # a step ran out of memory even one row at a time: it fails, the last checkpoint kept

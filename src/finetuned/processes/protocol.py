@@ -26,6 +26,7 @@ from typing import Any
 
 from finetuned.config import Config
 from finetuned.controls import Control
+from finetuned.errors import FailKind
 from finetuned.queue.job import Job
 
 
@@ -59,19 +60,6 @@ class YieldReason(str, Enum):
 
 
 WAITING_FOR_DISK = "waiting for disk space"  # the phase of a worker held by a full disk
-
-
-class FailKind(str, Enum):
-    """How a failed job ends: the daemon fails it, or retries it from its last checkpoint."""
-
-    DATA = "data"  # the file cannot train (refused, no step): it fails with its error report
-    DIVERGED = "diverged"  # the loss became NaN or infinite at a step: it fails, the last good checkpoint kept
-    CRASH = "crash"  # the worker raised or died: retried from the last checkpoint, a limited number of times
-    DISK = "disk"  # a write found the disk full: the daemon holds the line until there is space, no retry counted
-    # The settings cannot train (base model, LoRA targets, starting adapter): never retried. The workspace's
-    # config holds the queue until it is fixed; a file's own settings fail that file.
-    CONFIG = "config"
-    MEMORY = "memory"  # a step ran out of memory even one row at a time: it fails, the last checkpoint kept
 
 
 # --- orders -----------------------------------------------------------------
