@@ -59,7 +59,7 @@ from finetuned.config import LoraSettings, PreferenceSettings  # noqa: E402
 from finetuned.data.batches import ExampleStore, PreferenceBatch, pack_rows, packed_batch  # noqa: E402
 from finetuned.models.attention import use_packed_attention  # noqa: E402
 from finetuned.models.loading import add_lora  # noqa: E402
-from finetuned.worker import checkpoint  # noqa: E402
+from finetuned.worker import tensors  # noqa: E402
 from finetuned.worker.loss import sequence_logps  # noqa: E402
 from finetuned.worker.objectives import DPO, SFT  # noqa: E402
 from finetuned.worker.step import accumulate, update  # noqa: E402
@@ -276,10 +276,10 @@ def checkpoint_stall(model: torch.nn.Module, opt: torch.optim.Optimizer) -> floa
     weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
     progress = TrainingProgress(job_id="bench", step=1, total_steps=1, line_step=1, seed=0, base_model="bench",
                                 base_hash="", method="lora", mode="independent")
-    writer = checkpoint.Writer()
+    writer = tensors.Writer()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        snap = checkpoint.snapshot(progress, weights, opt)
+        snap = tensors.snapshot(progress, weights, opt)
         writer.save(Path(tmp), snap, keep=1, wait=False)
         stall = time.perf_counter() - t0
         writer.join()

@@ -7,7 +7,7 @@ renamed, so a folder without `state.json` is never a checkpoint: a reader
 passes over it to the one before.
 
 Reading the index needs no torch: the daemon, the lifecycle and `gc` use only
-this module; the worker's `worker/checkpoint.py` writes and loads the tensors.
+this module; the worker's `worker/tensors.py` writes and loads the tensors.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class TrainingSettings(_Section):
     log_every_steps: int = Field(10, gt=0)
     mode: Literal["continuous", "independent"] = "continuous"
     warmup_steps: int = Field(10, ge=0)
-    # After warmup: constant, or down to min_lr_ratio x learning_rate over the job's steps (worker/schedule.py).
+    # After warmup: constant, or down to min_lr_ratio x learning_rate over the job's steps (worker/lr_schedule.py).
     lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     # A PEFT adapter folder the LoRA weights start from (relative paths: from the workspace).

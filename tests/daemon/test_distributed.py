@@ -34,7 +34,7 @@ from finetuned import asks, checkpoints
 from finetuned.config import Config, EarlyStopping, save_config
 from finetuned.models import memory
 from finetuned.processes.protocol import Completed
-from finetuned.worker import checkpoint
+from finetuned.worker import tensors
 
 
 def on_ranks(n: int = 2, **training) -> Config:
@@ -305,7 +305,7 @@ def test_suites_early_stopping_and_the_best_checkpoint_on_two_ranks(tmp_path, ti
     best = checkpoints.path_for(ws.job_checkpoints(job["id"]), record["published_step"])
     assert (best / checkpoints.BEST).exists(), "the best is kept beside the last"
     published = load_file(ws.adapter_dir(job["id"]) / "adapter_model.safetensors")
-    saved = {name.replace(".default", ""): weight for name, weight in checkpoint.load_weights(best).items()}
+    saved = {name.replace(".default", ""): weight for name, weight in tensors.load_weights(best).items()}
     assert set(published) == set(saved) and all(published[n].equal(saved[n]) for n in saved)
 
 

@@ -10,7 +10,7 @@ from helpers import Driver, chat_lines, make_workspace, tiny_config, train_in_pr
 from finetuned import checkpoints
 from finetuned.config import EarlyStopping
 from finetuned.processes.protocol import Completed, Yielded
-from finetuned.worker import checkpoint
+from finetuned.worker import tensors
 
 
 def stopping_config(**evaluation):
@@ -50,7 +50,7 @@ def test_a_metric_that_stops_improving_ends_the_job_early_and_the_best_is_kept_a
     from safetensors.torch import load_file
 
     published = load_file(ws.adapter_dir("job") / "adapter_model.safetensors")
-    saved = {name.replace(".default", ""): weight for name, weight in checkpoint.load_weights(best).items()}
+    saved = {name.replace(".default", ""): weight for name, weight in tensors.load_weights(best).items()}
     assert set(published) == set(saved)
     assert all(published[name].equal(saved[name]) for name in saved), "the adapter holds the best step's weights"
 

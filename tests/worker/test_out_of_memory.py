@@ -30,7 +30,7 @@ from finetuned.models import memory
 from finetuned.models.builtin import materialize
 from finetuned.models.loading import load_model, load_tokenizer
 from finetuned.processes.protocol import Completed, Failed, FailKind, Phase
-from finetuned.worker import checkpoint
+from finetuned.worker import tensors
 
 
 def exact_config(**training):
@@ -83,8 +83,8 @@ def test_out_of_memory_at_several_steps_halves_the_micro_batch_with_equal_losses
     assert len(reasons) == 2 and "out of memory at step 5" in caplog.text
     progress, path = checkpoints.latest(ws.job_checkpoints("job"))
     assert progress.micro_batch_split == 4, "the smaller size is kept for the job (and its resume)"
-    plain_weights = checkpoint.load_weights(checkpoints.latest(ws_plain.job_checkpoints("job"))[1])
-    for name, value in checkpoint.load_weights(path).items():
+    plain_weights = tensors.load_weights(checkpoints.latest(ws_plain.job_checkpoints("job"))[1])
+    for name, value in tensors.load_weights(path).items():
         assert torch.allclose(value, plain_weights[name], atol=1e-5), name
     assert injected.last(Completed).summary["steps"] == 8
 

@@ -47,7 +47,7 @@ def gc(
     from finetuned.lifecycle import retention  # torch comes with it: keep `finetuned --help` instant
 
     # An incomplete checkpoint is listed below as debris; the loader's "passing over" warning says it twice.
-    logging.getLogger("finetuned.worker.checkpoint").setLevel(logging.ERROR)
+    logging.getLogger("finetuned.worker.tensors").setLevel(logging.ERROR)
     try:
         plan = retention.plan(ws)
     except ConfigError as exc:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from finetuned import controls
 from finetuned import notify as notifications
 from finetuned.config import Config, ConfigError
-from finetuned.daemon.asks import AskDesk
+from finetuned.daemon.askdesk import AskDesk
 from finetuned.daemon.consolidation import ScheduledConsolidation
 from finetuned.daemon.diskhold import DiskHold
 from finetuned.daemon.prefetch import Prefetcher

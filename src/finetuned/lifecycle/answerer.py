@@ -2,7 +2,7 @@
 
 The daemon starts it when a question comes and no job trains (idle, or a job paused), ends
 it before a job starts, and shuts it down after a minute with nothing to answer, so it never
-holds memory a starting job needs (daemon/asks.py). For each question it resolves the line's
+holds memory a starting job needs (daemon/askdesk.py). For each question it resolves the line's
 target again (the newest checkpoint, else the current version) and loads it, on the CPU in
 float32 as `finetuned chat` does, only when that changed. A child program (processes/child.py):
 the daemon names it by its module string and never imports it.

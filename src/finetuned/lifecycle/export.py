@@ -41,7 +41,7 @@ from finetuned.lifecycle.modelcard import (
 from finetuned.lifecycle.records import read_adapter
 from finetuned.lifecycle.targets import Target, resolve
 from finetuned.lifecycle.versions import model_dtype, read_version, root_record
-from finetuned.queue.job import now_text
+from finetuned.timestamps import now_text
 from finetuned.workspace import ADAPTER_RECORD, Workspace
 
 MODELFILE = "Modelfile"

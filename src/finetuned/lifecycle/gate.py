@@ -25,7 +25,7 @@ from finetuned.lifecycle.errors import LifecycleError
 from finetuned.lifecycle.targets import Target, load, of_version
 from finetuned.lifecycle.versions import Version, write_version
 from finetuned.notify import notify
-from finetuned.queue.job import now_text
+from finetuned.timestamps import now_text
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from typing import Any
 
 from finetuned.lifecycle.records import parse_time
 from finetuned.logs import FORMAT
-from finetuned.queue.job import Job, now_text
+from finetuned.queue.job import Job
+from finetuned.timestamps import now_text
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)

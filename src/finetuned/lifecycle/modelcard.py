@@ -12,7 +12,7 @@ from typing import Any
 
 from finetuned.lifecycle.records import Adapter
 from finetuned.lifecycle.versions import Version
-from finetuned.queue.job import now_text
+from finetuned.timestamps import now_text
 
 README = "README.md"
 METADATA = "finetuned.json"

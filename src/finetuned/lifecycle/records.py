@@ -22,7 +22,7 @@ from finetuned.workspace import ADAPTER_RECORD, Workspace
 
 log = logging.getLogger(__name__)
 
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # queue.job.now_text's format
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # timestamps.now_text's format
 
 
 def parse_time(text: str | None) -> float | None:

@@ -116,7 +116,7 @@ def load(target: Target, config: Config, device: str = "cpu") -> tuple[torch.nn.
     from transformers import AutoModelForCausalLM
 
     from finetuned.models.loading import add_lora, load_tokenizer
-    from finetuned.worker.checkpoint import load_weights
+    from finetuned.worker.tensors import load_weights
 
     model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(str(target.model), dtype=torch.float32).to(device)
     tokenizer_folder = target.adapter if target.adapter and (target.adapter / "tokenizer_config.json").exists() \

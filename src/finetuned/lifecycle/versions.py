@@ -23,7 +23,7 @@ from finetuned.fsio import atomic_write_json, read_json
 from finetuned.lifecycle.errors import LifecycleError
 from finetuned.models import builtin
 from finetuned.models.loading import ModelError, base_path, resolve_base, weights_hash
-from finetuned.queue.job import now_text
+from finetuned.timestamps import now_text
 from finetuned.workspace import Workspace
 
 log = logging.getLogger(__name__)

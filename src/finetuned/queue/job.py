@@ -5,11 +5,12 @@ States are exactly SPEC section 2's; one transition table rejects illegal moves.
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from finetuned.timestamps import now_text
 
 
 class JobStatus(str, Enum):
@@ -44,10 +45,6 @@ Priority = Literal["high", "normal"]
 class InvalidTransition(Exception):
     def __init__(self, job_id: str, old: JobStatus, new: JobStatus) -> None:
         super().__init__(f"job {job_id}: cannot go from {old.value} to {new.value}")
-
-
-def now_text() -> str:
-    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
 
 
 class Run(BaseModel):

@@ -15,7 +15,7 @@ from finetuned.config import Config
 from finetuned.models import memory
 from finetuned.models.check import check_base_model
 from finetuned.models.loading import add_lora, load_model, weights_hash
-from finetuned.worker.checkpoint import seed_all
+from finetuned.worker.tensors import seed_all
 from finetuned.worker.world import World
 from finetuned.workspace import Workspace
 

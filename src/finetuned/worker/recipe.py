@@ -39,10 +39,11 @@ from finetuned.processes.protocol import (
     Yield,
     Yielded,
 )
-from finetuned.worker import checkpoint
-from finetuned.worker.asks import Asks
+from finetuned.worker import tensors
+from finetuned.worker.answering import Asks
 from finetuned.worker.cache import Loaded, ModelCache
 from finetuned.worker.fitting import Fitter
+from finetuned.worker.lr_schedule import lr_at
 from finetuned.worker.measure import Measurements
 from finetuned.worker.metrics import MetricsLog
 from finetuned.worker.objectives import Objective, objective_for
@@ -50,7 +51,6 @@ from finetuned.worker.objectives.reference import REFERENCE, reference_logps
 from finetuned.worker.previews import Previewer
 from finetuned.worker.publish import publish, summary
 from finetuned.worker.saver import Saver, copy_weights
-from finetuned.worker.schedule import lr_at
 from finetuned.worker.step import update
 from finetuned.worker.stopping import observe
 from finetuned.worker.world import World, memory_gb
@@ -181,11 +181,11 @@ class Recipe:
         rank = self.world.rank
         if source is None:
             copy_weights(loaded, loaded.fresh)
-            checkpoint.seed_rank(config.training.seed, rank)
+            tensors.seed_rank(config.training.seed, rank)
         else:
             self.saver.restore(source[1], loaded, self.optimizer)
-            if not checkpoint.load_rng(source[1], rank):  # saved on fewer ranks than train now
-                checkpoint.seed_rank(config.training.seed, rank, source[0].line_step)
+            if not tensors.load_rng(source[1], rank):  # saved on fewer ranks than train now
+                tensors.seed_rank(config.training.seed, rank, source[0].line_step)
             progress.line_step = source[0].line_step
         if own is not None:
             kept = own[0].model_dump(include={"step", "tokens", "loss_tokens", "examples", "last_loss", "first_loss",

@@ -1,7 +1,7 @@
 """A job's checkpoints from the loop's side: written for the world it trains in, read back whichever wrote them.
 
 One process, or ranks that all hold the weights (ddp): the main rank writes the checkpoint
-(worker/checkpoint.py, off the training thread), with every rank's random state in it. Sharded
+(worker/tensors.py, off the training thread), with every rank's random state in it. Sharded
 weights (fsdp): every rank writes its shards at once (worker/sharded.py). Either kind resumes on
 any number of ranks. A full disk pauses the line before a write (the daemon shows why).
 """
@@ -20,7 +20,7 @@ from finetuned import disk
 from finetuned.checkpoints import TrainingProgress, is_sharded
 from finetuned.config import Config, ConfigError
 from finetuned.processes.protocol import WAITING_FOR_DISK, Checkpoint, Phase
-from finetuned.worker import checkpoint
+from finetuned.worker import tensors
 from finetuned.worker.cache import Loaded
 from finetuned.worker.world import World
 from finetuned.workspace import Workspace
@@ -34,7 +34,7 @@ class Saver:
     def __init__(self, ws: Workspace, job_id: str, world: World) -> None:
         self.ws, self.job_id, self.world = ws, job_id, world
         self.job_dir = ws.job_checkpoints(job_id)
-        self.writer = checkpoint.Writer()
+        self.writer = tensors.Writer()
 
     def save(self, progress: TrainingProgress, loaded: Loaded, optimizer: torch.optim.Optimizer, config: Config,
              wait: bool) -> str:
@@ -43,12 +43,12 @@ class Saver:
         Every rank calls it (each one's random state goes into the file); the main rank writes: the weights
         and the optimizer state are the same on every rank.
         """
-        rngs = self.world.gather(checkpoint.rng_state()) if self.world.size > 1 else None
+        rngs = self.world.gather(tensors.rng_state()) if self.world.size > 1 else None
         if self.world.sharded:
             return self._save_sharded(progress, loaded, optimizer, config, rngs)
         if not self.world.main:
             return ""
-        snap = checkpoint.snapshot(progress, loaded.trainable(), optimizer, rngs)
+        snap = tensors.snapshot(progress, loaded.trainable(), optimizer, rngs)
         self._wait_for_space(disk.checkpoint_bytes(snap.weight_bytes), config)
         path = self.writer.save(self.job_dir, snap, config.lifecycle.keep_checkpoints, wait)
         self.report_written()
@@ -59,7 +59,7 @@ class Saver:
         """Every rank writes its shards, at once (the write is a collective: it cannot run beside the steps)."""
         from finetuned.worker import sharded
 
-        rng = checkpoint.rng_record(rngs) if self.world.main else None
+        rng = tensors.rng_record(rngs) if self.world.main else None
         if self.world.main:
             params = loaded.trainable().values()
             self._wait_for_space(disk.checkpoint_bytes(sum(p.numel() * p.element_size() for p in params)), config)
@@ -76,8 +76,8 @@ class Saver:
 
             sharded.restore(path, loaded.model, optimizer)
             return
-        copy_weights(loaded, checkpoint.load_weights(path))
-        checkpoint.load_optimizer(path, optimizer)
+        copy_weights(loaded, tensors.load_weights(path))
+        tensors.load_optimizer(path, optimizer)
 
     def join(self) -> None:
         """Every write durable, and reported."""
@@ -107,7 +107,7 @@ def copy_weights(loaded: Loaded, weights: dict[str, torch.Tensor]) -> None:
     params = loaded.trainable()
     missing = set(params) - set(weights)
     if missing:
-        raise checkpoint.CheckpointMismatch(f"checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[0]}")
+        raise tensors.CheckpointMismatch(f"checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[0]}")
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(weights[name])

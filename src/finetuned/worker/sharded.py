@@ -28,8 +28,8 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from finetuned.checkpoints import OPTIMIZER, RNG, SHARDED, STATE, WEIGHTS, TrainingProgress, is_sharded, path_for, prune
 from finetuned.fsio import atomic_write_json, publish_dir, remove_tree
-from finetuned.worker.checkpoint import CheckpointMismatch
 from finetuned.worker.objectives import Objective
+from finetuned.worker.tensors import CheckpointMismatch
 
 TRAINABLE = StateDictOptions(ignore_frozen_params=True)  # a checkpoint holds what trains, as weights.safetensors
 # Setting: the frozen weights are absent on purpose. The trainable ones are checked: DCP refuses a key the

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from finetuned.config import TrainingSettings
-from finetuned.worker.schedule import lr_at
+from finetuned.worker.lr_schedule import lr_at
 
 
 def rates(training: TrainingSettings, total: int, line_start: int = 0) -> list[float]:

@@ -5,7 +5,7 @@ answered there, on the weights of that step: greedy, so no random number is draw
 run's losses stay exactly what they would have been; with a hard time limit; and while the
 previews' time and the asks' together stay within `previews.budget` of the job's training
 time. One that would overrun waits for a later boundary. Those still waiting when the job
-leaves the worker are the daemon's to hand to the answerer (daemon/asks.py).
+leaves the worker are the daemon's to hand to the answerer (daemon/askdesk.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 While a job trains, a question goes to the training worker over its pipe; the worker
 answers it at the next step boundary on the live model, within the previews' budget
-(worker/asks.py). While nothing trains (idle, or the job paused), it goes to the answerer,
+(worker/answering.py). While nothing trains (idle, or the job paused), it goes to the answerer,
 a short-lived process that loads the line's newest checkpoint, else the current version
 (lifecycle/answerer.py). The daemon owns both, so there is one decision and no fight over
 memory: the answerer is ended before a job starts, its questions going to the worker, and is
