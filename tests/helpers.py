@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -362,3 +363,17 @@ def with_suites(ws: Workspace) -> Workspace:
     for name, rows in EVAL_SUITES.items():
         write_jsonl(ws.evals / f"{name}.jsonl", rows)
     return ws
+
+
+def fill(path: Path, chunk: int = 1 << 20) -> int:
+    """Write zeros into `path` until the file system says it is full; returns the bytes written."""
+    written = 0
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                written += f.write(b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                if chunk == 1:
+                    return written
+                chunk //= 16

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
 
 import pytest
+from helpers import fill
 
-from finetuned.fsio import NAME_MAX, atomic_write_json, fit_name, name_bytes, read_json, temp_path, unique_path
+from finetuned.fsio import (
+    NAME_MAX,
+    atomic_write_json,
+    fit_name,
+    is_disk_full,
+    name_bytes,
+    read_json,
+    temp_path,
+    unique_path,
+)
 
 LONG = [
     "a" * 234 + ".jsonl",
@@ -79,3 +90,34 @@ def test_a_name_that_is_not_utf8_is_still_written_as_json(tmp_path):
     atomic_write_json(tmp_path / "record.json", {"src": str(tmp_path / odd)})
     assert read_json(tmp_path / "record.json")["src"].endswith(odd), "read back as the same name"
     json.loads((tmp_path / "record.json").read_bytes().decode("utf-8"))  # and the file is plain UTF-8
+
+
+def test_a_full_disk_is_recognised_whatever_library_says_it(small_disk, tiny_model_dir):
+    """safetensors and tokenizers raise a plain Exception with the OS's words: still a full disk, never a crash."""
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+
+    fill(small_disk / "filler")
+    raised = []
+    for write in (lambda: save_file({"w": torch.zeros(4096, 1024)}, str(small_disk / "adapter.safetensors")),
+                  lambda: Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json")).save(
+                      str(small_disk / "tokenizer.json"))):
+        with pytest.raises(Exception) as caught:
+            write()
+        raised.append(caught.value)
+    assert not any(isinstance(exc, OSError) for exc in raised), "the libraries' own exceptions, not OSError"
+    assert all(is_disk_full(exc) for exc in raised), [str(exc) for exc in raised]
+
+
+def test_a_full_disk_is_found_in_the_chain_of_causes_and_nothing_else_is_taken_for_one():
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("publishing the adapter failed") from inner
+    except RuntimeError as outer:
+        assert is_disk_full(outer)
+    assert is_disk_full(Exception("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"))
+    assert not is_disk_full(RuntimeError("CUDA out of memory"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,26 @@ def temp_path(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(fit_name(f".{path.name}", NAME_MAX - len(suffix)) + suffix)
 
 
+# How the Rust libraries (safetensors, tokenizers) say it: they raise a plain Exception carrying the OS's words.
+_FULL_WORDS = re.compile(rf"No space left on device|Disk quota exceeded|StorageFull|QuotaExceeded"
+                         rf"|os error ({errno.ENOSPC}|{errno.EDQUOT})\b")
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    """The file system (or the user's quota) has no room left: wait for space, never fail the work."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    """The file system (or the user's quota) has no room left: wait for space, never fail the work.
+
+    Whatever library raised it: an OSError with ENOSPC or EDQUOT, or an error that carries only the OS's
+    words, anywhere in the chain of causes."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if _FULL_WORDS.search(str(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def fsync_dir(path: Path) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import subprocess
 import time
 
-import pytest
 from helpers import (
     chat_lines,
     drop,
+    fill,
     held_at,
     jobs_by_file,
     last_step,
@@ -47,33 +45,6 @@ def test_low_disk_space_pauses_before_a_checkpoint_and_continues_when_space_retu
     save_config(ws.config_path, config)
     wait_for(lambda: status_of(ws, "a.jsonl") == "completed", 240, "training to go on", daemon=daemon)
     assert read_json(ws.adapter_dir(job_id) / "job.json")["steps"] > 3
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 MB tmpfs: a real file system that fills up (root can mount one; skipped where it cannot)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(path, chunk: int = 1 << 20) -> int:
-    """Write zeros into `path` until the file system says it is full; returns the bytes written."""
-    written = 0
-    with open(path, "wb", buffering=0) as f:
-        while True:
-            try:
-                written += f.write(b"\0" * chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-                if chunk == 1:
-                    return written
-                chunk //= 16
 
 
 def test_a_full_disk_pauses_the_line_and_it_resumes_when_space_returns(small_disk, tiny_model_dir, start_daemon,
