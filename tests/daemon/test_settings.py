@@ -91,3 +91,64 @@ def test_a_missing_base_folder_holds_until_the_folder_appears(tmp_path, tiny_mod
     shutil.copytree(tiny_model_dir, ws.base_models / "mine")
     settle(settings)
     assert settings.ready and settings.hold is None and len(checks) == 2
+
+
+class DyingChecker:
+    """A checker the OOM killer takes before it answers."""
+
+    stopping, pid, last_heard = False, None, 0.0
+
+    def send(self, message: object) -> bool:
+        return True
+
+    def receive(self) -> list:
+        return []
+
+    def alive(self) -> bool:
+        return False
+
+    def exit_reason(self) -> str:
+        return "worker died from SIGKILL (killed: out of memory?)"
+
+    def shutdown(self, timeout: float = 0) -> None:
+        pass
+
+
+def test_a_model_checker_killed_once_is_started_again_and_its_verdict_decides(tmp_path, tiny_model_dir, caplog):
+    """The real checker process, SIGKILLed mid-check: no hold; a new checker answers and the queue may go on."""
+    import signal
+    import time
+
+    ws = make_workspace(tmp_path / "ws")
+    settings = Settings(ws, ws.load_config())
+    settings.refresh()
+    killed = settings._handle
+    assert killed is not None and killed.pid is not None
+    os.kill(killed.pid, signal.SIGKILL)
+    deadline = time.time() + 120
+    with caplog.at_level(logging.WARNING, logger="finetuned.daemon"):
+        while not settings.ready and time.time() < deadline:
+            settings.refresh()
+            assert settings.hold is None, settings.hold
+            time.sleep(0.1)
+    settings.close()
+    assert settings.ready, "a new checker gave the verdict"
+    assert "checking again" in caplog.text
+
+
+def test_a_checker_that_dies_every_time_holds_the_queue_saying_so(tmp_path, tiny_model_dir, monkeypatch):
+    import time
+
+    import finetuned.daemon.settings as settings_module
+
+    monkeypatch.setattr(settings_module, "CHECKER_BACKOFF_SECONDS", 0.01)
+    ws = make_workspace(tmp_path / "ws")
+    started: list[DyingChecker] = []
+    settings = Settings(ws, ws.load_config(), lambda _root: started.append(DyingChecker()) or started[-1])
+    deadline = time.time() + 10
+    while settings.hold is None and time.time() < deadline:
+        settings.refresh()
+        time.sleep(0.02)
+    assert len(started) == settings_module.CHECKER_ATTEMPTS
+    assert settings.hold is not None and "died 4 times" in settings.hold and "SIGKILL" in settings.hold
+    assert not settings.ready

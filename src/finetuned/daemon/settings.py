@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,10 @@ log = logging.getLogger("finetuned.daemon")
 
 
 CHECKER = "finetuned.worker.checker"
+# A checker that dies without a verdict (the OOM killer, a stray signal) is started again, after 2, 4, 8 s...:
+# a transient death says nothing about the settings. Only this many deaths in a row hold the queue.
+CHECKER_ATTEMPTS = 4
+CHECKER_BACKOFF_SECONDS = 2.0
 
 
 def start_checker(ws_root: str) -> Child:
@@ -72,10 +77,12 @@ class Settings:
         self._pending: str | None = None  # ... of the one running now
         self._handle: Child | None = None
         self._retiring: list[Child] = []
+        self._deaths = 0  # checkers in a row that died without a verdict
+        self._retry_at = 0.0  # when the next checker may start after one died
 
     @property
     def checking(self) -> bool:
-        return self._pending is not None
+        return self._pending is not None or self._retry_at > time.time()
 
     @property
     def ready(self) -> bool:
@@ -131,7 +138,7 @@ class Settings:
         self._collect()
         if self._key == self._passed and self.hold is None:
             self.good = self.config  # an edit of what the check does not read is as good as the last
-        if self._pending is None and self._key != self._checked:
+        if self._pending is None and self._key != self._checked and time.time() >= self._retry_at:
             self._submit(self._key)
         return before != (self.config, self.invalid, self.hold, self._pending)
 
@@ -151,11 +158,19 @@ class Settings:
                 return
         if not handle.alive():
             self._handle = None
-            self._answer(self._pending, f"the model check did not answer ({handle.exit_reason()}); it runs again "
-                                        "when config.json or the model folder changes, or at the next start", "")
+            self._deaths += 1
+            reason = handle.exit_reason()
+            if self._deaths < CHECKER_ATTEMPTS:
+                delay = CHECKER_BACKOFF_SECONDS * 2 ** (self._deaths - 1)
+                log.warning("the model check did not answer (%s); checking again in %.0fs", reason, delay)
+                self._pending, self._retry_at = None, time.time() + delay
+                return
+            self._answer(self._pending, f"the model check died {self._deaths} times without an answer (last: "
+                                        f"{reason}); it runs again when config.json or the model folder changes, "
+                                        "or at the next start", "")
 
     def _answer(self, key: str, error: str | None, summary: str) -> None:
-        self._pending, self._checked = None, key
+        self._pending, self._checked, self._deaths, self._retry_at = None, key, 0, 0.0
         if key != self._key:
             return  # the settings changed meanwhile: they are checked next
         if error is None:
