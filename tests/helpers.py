@@ -377,3 +377,8 @@ def fill(path: Path, chunk: int = 1 << 20) -> int:
                 if chunk == 1:
                     return written
                 chunk //= 16
+
+
+def serve_asleep(ws: Workspace, link: object) -> None:
+    """A child program (processes/child.py) that reads no order: a worker deep in a long step."""
+    time.sleep(120)

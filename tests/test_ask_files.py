@@ -77,7 +77,7 @@ def test_only_the_newest_answers_are_kept(ws):
         asks.answer(ws, question, "worker", text=str(i))
         ids.append(question.id)
     asks.clean(ws)
-    kept = {p.name for p in ws.asks.iterdir()}
+    kept = {p.name for p in ws.asks.iterdir() if p.name != asks.SUBMIT_LOCK}
     assert len(kept) == asks.KEEP_ANSWERS
     assert f"{ids[-1]}.answer.json" in kept
 
@@ -86,3 +86,27 @@ def test_every_file_is_written_whole(ws):
     question = asks.submit(ws, "Say hi.")
     assert json.loads((ws.asks / f"{question.id}.json").read_text())["prompt"] == "Say hi."
     assert not [n for n in os.listdir(ws.asks) if n.endswith(".tmp")]
+
+
+def test_questions_asked_at_the_same_moment_never_get_past_the_limit(ws):
+    """Forty page visitors press "Ask" at once (the monitor's request threads): exactly MAX_PENDING get in."""
+    import threading
+
+    start = threading.Barrier(40)
+    taken: list[str] = []
+    refused: list[str] = []
+
+    def ask(i: int) -> None:
+        start.wait()
+        try:
+            taken.append(asks.submit(ws, f"question {i}").id)
+        except asks.AskError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(taken) == asks.MAX_PENDING and len(refused) == 40 - asks.MAX_PENDING
+    assert len(asks.pending(ws)) == asks.MAX_PENDING

@@ -12,10 +12,14 @@ KEEP_SECONDS, the newest KEEP_ANSWERS of them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -33,6 +37,7 @@ EXPIRE_SECONDS = 600.0
 KEEP_SECONDS = 24 * 3600.0
 KEEP_ANSWERS = 50
 ANSWER_SUFFIX = ".answer.json"
+SUBMIT_LOCK = ".submit.lock"
 ID = re.compile(r"^\d{8}_\d{6}_[0-9a-f]{8}$")
 
 Answerer = Literal["worker", "answerer", "daemon"]  # who answered: "daemon" only says why nobody could
@@ -110,14 +115,26 @@ def pending(ws: Workspace) -> list[Question]:
 
 def submit(ws: Workspace, prompt: str, system: str | None = None) -> Question:
     """Write a question for the daemon; AskError when MAX_PENDING already wait."""
-    waiting = len(pending(ws))
-    if waiting >= MAX_PENDING:
-        raise AskError(f"{waiting} questions are waiting already; ask again once one is answered")
     question = Question(id=f"{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}", prompt=prompt,
                         system=system or None, asked=time.time())
-    ws.asks.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(_question_path(ws, question.id), question.model_dump())
+    with _one_submitter(ws):
+        waiting = len(pending(ws))
+        if waiting >= MAX_PENDING:
+            raise AskError(f"{waiting} questions are waiting already; ask again once one is answered")
+        atomic_write_json(_question_path(ws, question.id), question.model_dump())
     return question
+
+
+@contextlib.contextmanager
+def _one_submitter(ws: Workspace) -> Iterator[None]:
+    """Counting and writing under one lock, so questions asked at the same moment never get past MAX_PENDING."""
+    ws.asks.mkdir(parents=True, exist_ok=True)
+    fd = os.open(ws.asks / SUBMIT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # each open is its own lock holder: threads exclude each other too
+        yield
+    finally:
+        os.close(fd)
 
 
 def answer(ws: Workspace, question: Question, by: Answerer, **fields: Any) -> bool:

@@ -13,7 +13,9 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
+import threading
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -25,6 +27,36 @@ from finetuned.processes.protocol import Order, Report, Shutdown
 log = logging.getLogger("finetuned.daemon")
 
 RETIRE_SECONDS = 10.0  # how long an ended child may take to exit before it is killed
+OUTBOX_LIMIT = 256  # orders waiting for a child that reads none (a worker deep in a step): more are refused
+
+
+class Outbox:
+    """A child's orders, written by a thread of their own: the daemon's loop never waits on a child's pipe.
+
+    A worker inside a long step reads nothing until its step boundary; questions for it (each up to a few
+    tens of KB) would fill the pipe's buffer and block whoever writes, so the writer is not the loop."""
+
+    def __init__(self, conn: Connection, name: str) -> None:
+        self._queue: queue.SimpleQueue[Order | None] = queue.SimpleQueue()
+        self.broken = False
+        threading.Thread(target=self._write, args=(conn,), name=f"orders for {name}", daemon=True).start()
+
+    def put(self, message: Order) -> bool:
+        if self.broken or self._queue.qsize() >= OUTBOX_LIMIT:
+            return False
+        self._queue.put(message)
+        return True
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _write(self, conn: Connection) -> None:
+        while (message := self._queue.get()) is not None:
+            try:
+                conn.send(message)
+            except (OSError, ValueError):  # the child is gone, or its pipe closed under us
+                self.broken = True
+                return
 
 
 class ChildHandle:
@@ -35,6 +67,7 @@ class ChildHandle:
         self.extra = extra
         self.process: BaseProcess | None = None
         self._conn: Connection | None = None
+        self._outbox: Outbox | None = None
         self.pid: int | None = None
         self.last_heard = time.time()
         self.stopping = False  # ended on purpose: its death is no crash
@@ -57,6 +90,7 @@ class ChildHandle:
                                    name=f"finetuned {self.name}")
         self.process.start()
         child.close()
+        self._outbox = Outbox(self._conn, self.name)
         self.pid = self.process.pid
         self.last_heard = time.time()
         self.stopping = False
@@ -90,15 +124,12 @@ class ChildHandle:
 
     # --- talk -----------------------------------------------------------------
     def send(self, message: Order) -> bool:
-        """To the child, started first if none runs; False when it cannot take it (it died)."""
+        """To the child, started first if none runs, without waiting for it to read; False when it cannot take
+        it (it died, or OUTBOX_LIMIT orders wait already)."""
         if self.process is None:
             self.start()
-        assert self._conn is not None
-        try:
-            self._conn.send(message)
-            return True
-        except (BrokenPipeError, OSError):
-            return False
+        assert self._outbox is not None
+        return self._outbox.put(message)
 
     def receive(self) -> list[Report]:
         messages: list[Report] = []
@@ -160,9 +191,11 @@ class ChildHandle:
         self._retiring = [p for p in self._retiring if p.is_alive()]
 
     def _forget(self) -> None:
+        if self._outbox is not None:
+            self._outbox.close()
         if self._conn is not None:
             self._conn.close()
-        self.process, self._conn, self.pid = None, None, None
+        self.process, self._conn, self._outbox, self.pid = None, None, None, None
 
 
 class Child(Protocol):
