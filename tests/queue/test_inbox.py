@@ -92,3 +92,28 @@ def test_a_name_with_no_room_for_a_sidecar_is_still_taken(tmp_path):
     t0 = time.time() + 10
     inbox.scan(t0)
     assert inbox.scan(t0 + 1) == [(path, "normal")]
+
+
+def test_reading_a_watched_file_does_not_wake_the_daemon_but_writing_one_does(tmp_path):
+    """A pending question is read on every tick: were reads news, the daemon's loop would wake itself forever."""
+    import time
+
+    from finetuned.queue.inbox import Wakeup
+
+    folder = tmp_path / "control"
+    (folder / "asks").mkdir(parents=True)
+    question = folder / "asks" / "q.json"
+    question.write_text("{}")
+    wakeup = Wakeup([folder])
+    assert wakeup.watching
+    try:
+        time.sleep(0.3)
+        wakeup.event.clear()
+        for _ in range(20):
+            question.read_text()
+        time.sleep(0.5)
+        assert not wakeup.event.is_set(), "a read woke the loop"
+        question.write_text('{"a": 1}')
+        assert wakeup.event.wait(5), "a write wakes it"
+    finally:
+        wakeup.close()

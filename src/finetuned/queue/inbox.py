@@ -109,6 +109,9 @@ class Inbox:
         return bool(set(self._seen) - self._sidecars)
 
 
+READ_ONLY_EVENTS = frozenset({"opened", "closed_no_write"})
+
+
 class Wakeup:
     """File-system events wake the daemon at once; without them it still polls."""
 
@@ -116,14 +119,16 @@ class Wakeup:
         self.event = threading.Event()
         self._observer = None
         try:
-            from watchdog.events import FileSystemEventHandler
+            from watchdog.events import FileSystemEvent, FileSystemEventHandler
             from watchdog.observers import Observer
 
             event = self.event
 
             class _Handler(FileSystemEventHandler):
-                def on_any_event(self, _event: object) -> None:
-                    event.set()
+                def on_any_event(self, fs_event: FileSystemEvent) -> None:
+                    # Reading a file is no news: the daemon's own reads of control/asks/ would wake it forever.
+                    if fs_event.event_type not in READ_ONLY_EVENTS:
+                        event.set()
 
             observer = Observer()
             for folder in folders:
