@@ -157,18 +157,36 @@ def test_a_short_token_is_a_clear_config_error(tmp_path):
     MonitorSettings(token="x" * 16)
 
 
-def test_wrong_tokens_are_throttled_per_address(token_client: TestClient):
+def test_wrong_tokens_are_throttled_per_address(token_client: TestClient, monkeypatch):
     """~1,000 guesses a second were possible; now a few typos are free, then the address waits, longer each time."""
+    from finetuned.monitor import deps
+    from finetuned.monitor.routes import page
+
+    for module in (deps, page):  # shorter than the first 1 s wait, so both refusals fall within it
+        monkeypatch.setattr(module, "TARPIT_SECONDS", 0.2)
     wrong = {"Authorization": "Bearer not-the-token-at-all"}
     for _ in range(FREE_FAILURES):
         assert token_client.get("/api/status", headers=wrong).status_code == 401
     refused = token_client.get("/api/status", headers=wrong)
     assert refused.status_code == 401, "the first failure past the free ones locks the address"
-    locked = token_client.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert locked.status_code == 429 and int(locked.headers["retry-after"]) >= 1, "even the right token waits"
-    form = token_client.post("/login", content=f"token={TOKEN}".encode(),
+    started = time.monotonic()
+    locked = token_client.get("/api/status", headers=wrong)
+    assert locked.status_code == 429 and int(locked.headers["retry-after"]) >= 1, "the next guess waits"
+    assert time.monotonic() - started >= 0.2, "and is answered slowly"
+    form = token_client.post("/login", content=b"token=another-wrong-guess",
                              headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert form.status_code == 429, "the login form shares the count"
+
+
+def test_a_stranger_s_wrong_guesses_never_lock_the_owner_out(token_client: TestClient):
+    """On loopback every local account is 127.0.0.1: the right token passes however many wrong ones came first."""
+    wrong = {"Authorization": "Bearer not-the-token-at-all"}
+    for _ in range(FREE_FAILURES + 1):
+        token_client.get("/api/status", headers=wrong)
+    assert token_client.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    form = token_client.post("/login", content=f"token={TOKEN}".encode(), follow_redirects=False,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 303, "the owner logs in at once"
 
 
 def test_the_throttle_doubles_the_wait_and_forgets_a_success():
@@ -182,7 +200,7 @@ def test_the_throttle_doubles_the_wait_and_forgets_a_success():
         assert not throttle.attempt("a", "guess", TOKEN)
         waits.append(throttle.wait_seconds("a"))
         with pytest.raises(TooManyAttempts):
-            throttle.attempt("a", TOKEN, TOKEN)
+            throttle.attempt("a", "another guess", TOKEN)
         now[0] += waits[-1]
     assert waits == [1, 2, 4, 8]
     assert throttle.wait_seconds("b") == 0, "another address is not held up"

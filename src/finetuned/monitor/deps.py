@@ -6,6 +6,7 @@ Settings come through `get_settings` so a test can swap them with
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -15,6 +16,7 @@ from finetuned.monitor.files import Files
 from finetuned.monitor.security import (
     COOKIE,
     SAFE_METHODS,
+    TARPIT_SECONDS,
     TooManyAttempts,
     bearer,
     client_address,
@@ -53,6 +55,7 @@ async def guard(request: Request, settings: SettingsDep) -> None:
             if request.app.state.throttle.attempt(client_address(request), given, token):
                 return
         except TooManyAttempts as exc:
+            await asyncio.sleep(min(exc.wait, TARPIT_SECONDS))
             raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.wait)}) from None
     else:
         cookie = request.cookies.get(COOKIE)

@@ -31,6 +31,9 @@ SESSION_SECONDS = 24 * 3600  # a browser logs in again after a day; a stolen coo
 # as long as the one before (1 s, 2 s, 4 s... at most 15 min), so guessing a 16-character token never ends.
 FREE_FAILURES = 5
 MAX_LOCKOUT_SECONDS = 900.0
+# A wrong token from a waiting address is answered after this long, so guessing while locked out stays slow
+# (the request waits without holding a thread; the server's connection cap bounds how many wait at once).
+TARPIT_SECONDS = 2.0
 _MAX_ADDRESSES = 10_000
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Browsers send one of these on every fetch; anything else means another site asked.
@@ -117,7 +120,8 @@ class TooManyAttempts(FinetunedError):
 
 
 class Throttle:
-    """Wrong tokens counted per client address; past FREE_FAILURES, the address waits longer each time."""
+    """Wrong tokens counted per client address; past FREE_FAILURES, the address waits longer each time (the right
+    token is never refused)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -131,13 +135,15 @@ class Throttle:
             return max(math.ceil(until - self._clock()), 0)
 
     def attempt(self, address: str, given: str, token: str) -> bool:
-        """Whether `given` is the token; raises TooManyAttempts while `address` is locked out, even when it is."""
-        wait = self.wait_seconds(address)
-        if wait:
-            raise TooManyAttempts(wait)
+        """Whether `given` is the token. The right token always passes: on loopback every local account is one
+        address, and a stranger's wrong guesses must never lock the owner out. A wrong one while `address` waits
+        raises TooManyAttempts (answered slowly: see TARPIT_SECONDS); guessing stays bounded by the wait."""
         if token_matches(given, token):
             self.succeeded(address)
             return True
+        wait = self.wait_seconds(address)
+        if wait:
+            raise TooManyAttempts(wait)
         self.failed(address)
         return False
 

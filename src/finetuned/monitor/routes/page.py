@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs
 
@@ -16,6 +17,7 @@ from finetuned.monitor.deps import SettingsDep
 from finetuned.monitor.security import (
     COOKIE,
     SESSION_SECONDS,
+    TARPIT_SECONDS,
     TooManyAttempts,
     client_address,
     cross_site,
@@ -99,6 +101,7 @@ async def login(request: Request, settings: SettingsDep) -> Response:
     try:
         right = request.app.state.throttle.attempt(client_address(request), given, settings.token)
     except TooManyAttempts as exc:
+        await asyncio.sleep(min(exc.wait, TARPIT_SECONDS))
         response = _login_page(f'<p class="error">Too many wrong tokens: try again in {exc.wait} s.</p>', 429)
         response.headers["Retry-After"] = str(exc.wait)
         return response
