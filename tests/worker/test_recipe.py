@@ -253,3 +253,25 @@ def test_init_adapter_continues_a_users_adapter(tmp_path, tiny_model_dir):
     run_job(ws, config, "third", write_jsonl(tmp_path / "third.jsonl", records), fresh, cache)
     assert again.losses()[0] < fresh.losses()[0] - 1.0, "it starts where the user's adapter left off"
     assert again.losses()[0] == pytest.approx(first.losses()[-1], abs=1.0)
+
+
+def test_a_checkpoint_is_taken_only_once_its_step_is_in_the_metrics_log(tmp_path, tiny_model_dir, monkeypatch):
+    """A kill right after a checkpoint becomes durable resumes past its step: that step's line must be written
+    already, or the job completes with a step missing from its log (bench/chaos.py seed 7, kill 29)."""
+    from finetuned.worker import tensors
+
+    config = tiny_config(checkpoint_every_steps=2, log_every_steps=1)
+    ws = make_workspace(tmp_path / "ws", config)
+    taken: list[tuple[int, list[int]]] = []
+    snapshot = tensors.snapshot
+
+    def watched(progress, *args, **kwargs):
+        logged = [json.loads(line)["step"] for line in ws.metrics_file("job").read_text().splitlines()]
+        taken.append((progress.step, logged))
+        return snapshot(progress, *args, **kwargs)
+
+    monkeypatch.setattr(tensors, "snapshot", watched)
+    driver = Driver()
+    run_job(ws, config, "job", write_jsonl(tmp_path / "a.jsonl", chat_lines(24)), driver)
+    assert driver.last(Completed) and len(taken) >= 3
+    assert all(step in logged for step, logged in taken), taken

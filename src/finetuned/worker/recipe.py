@@ -259,12 +259,8 @@ class Recipe:
                 verdict = observe(t.early_stopping, progress, record.get(t.early_stopping.key)) \
                     if t.early_stopping else None
                 stop = verdict is not None and verdict.stop
-                if checkpoint_due or stop or (verdict is not None and verdict.improved):
-                    self._save(wait=done or stop)
-                if stop:
-                    stopped = {"step": progress.step, "metric": t.early_stopping.metric, "reason": verdict.reason,
-                               "best_step": progress.best_step, "best_value": progress.best_value}
-                    log.info("job %s: early_stopped at step %d: %s", self.job_id, progress.step, verdict.reason)
+                # The step's line before its checkpoint: a checkpoint that becomes durable (and a kill right after)
+                # must never leave a step the resumed run will not train again without its line.
                 if done or stop or progress.step == 1 or progress.step % t.log_every_steps == 0:
                     self._add_world(record)
                     if metrics is not None:
@@ -272,6 +268,12 @@ class Recipe:
                         log.info("job %s step %d/%d loss %.4f lr %.2e%s", self.job_id, progress.step,
                                  progress.total_steps, loss_sum, lr,
                                  f" val_loss {record['val_loss']:.4f}" if "val_loss" in record else "")
+                if checkpoint_due or stop or (verdict is not None and verdict.improved):
+                    self._save(wait=done or stop)
+                if stop:
+                    stopped = {"step": progress.step, "metric": t.early_stopping.metric, "reason": verdict.reason,
+                               "best_step": progress.best_step, "best_value": progress.best_value}
+                    log.info("job %s: early_stopped at step %d: %s", self.job_id, progress.step, verdict.reason)
                 self.world.report(Step(job_id=self.job_id, step=progress.step, total_steps=progress.total_steps,
                                        loss=loss_sum, lr=lr, tokens=progress.tokens, examples=progress.examples,
                                        step_seconds=elapsed))
