@@ -17,6 +17,10 @@ killed daemon, before its restart), and again once the daemon recovered (stopped
 the look, so nothing moves under it). At the end, with the queue drained, every completed job that
 was interrupted is trained again here without interruption and must log the same losses.
 Prints the counts and writes JSON; exits 1 on any violation.
+
+Seeds that once broke an invariant, run again after any change to the loop, the saver or the queue:
+    --kills 30 --seed 7    a step's metrics line was written after its checkpoint started: a kill in between
+                           left the step out of the log (fixed: the line comes first)
 """
 
 from __future__ import annotations
