@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from finetuned.config import Config, save_config
-from finetuned.processes.protocol import Ask, Order, Report, Shutdown, Step, Train, Yield, YieldReason
+from finetuned.processes.protocol import Ask, Order, Phase, Report, Shutdown, Step, Train, Yield, YieldReason
 from finetuned.queue.job import Job, JobStatus
 from finetuned.workspace import Workspace
 
@@ -44,16 +44,26 @@ class Driver:
     asks the questions in `asks` at the boundary after their step."""
 
     def __init__(self, yield_at: int | None = None, reason: YieldReason = YieldReason.STOP,
-                 asks: dict[int, list[Ask]] | None = None) -> None:
+                 asks: dict[int, list[Ask]] | None = None, yield_when_evaluating: bool = False) -> None:
         self.messages: list[Report] = []
         self.yield_at = yield_at
         self.reason = reason
         self.asks = {step: list(questions) for step, questions in (asks or {}).items()}
+        self.yield_when_evaluating = yield_when_evaluating  # a control arrives as the first round starts
+        self.pending: Yield | None = None
 
     def send(self, message: Report) -> None:
         self.messages.append(message)
+        if self.yield_when_evaluating and isinstance(message, Phase) and message.phase == "evaluating":
+            self.yield_when_evaluating, self.pending = False, Yield(self.reason)
+
+    def waiting(self) -> bool:
+        return self.pending is not None
 
     def poll(self, step: int) -> Yield | Ask | None:
+        if self.pending is not None:
+            order, self.pending = self.pending, None
+            return order
         if self.asks.get(step):
             return self.asks[step].pop(0)
         if self.yield_at is not None and step == self.yield_at:
@@ -64,7 +74,7 @@ class Driver:
     def world(self) -> Any:
         from finetuned.worker.world import Solo
 
-        return Solo(self.send, self.poll)
+        return Solo(self.send, self.poll, waiting=self.waiting)
 
     def of(self, kind: type) -> list[Any]:
         return [m for m in self.messages if isinstance(m, kind)]

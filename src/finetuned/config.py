@@ -135,7 +135,7 @@ class EvaluationSettings(_Section):
     budget: float = Field(0.1, ge=0)
     max_regression: float = Field(0.05, ge=0, le=1)  # a suite's score may fall this much before a switch is refused
     publish: Literal["last", "best"] = "last"  # which weights become the adapter: the last step's, or the best
-    suite_seconds: float = Field(120, gt=0)  # a suite's time limit; cases not reached count as failed
+    suite_seconds: float = Field(120, gt=0)  # a suite's time limit; cases not reached are not counted
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(8, gt=0)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -47,9 +49,24 @@ def test_a_choice_is_the_likeliest_option(model_and_tokenizer):
     assert evaluator.choose(model, picked[0]) == likeliest
 
 
-def test_a_suite_past_its_time_limit_counts_the_rest_as_failed(model_and_tokenizer, caplog):
+def test_a_suite_past_its_time_limit_does_not_count_the_cases_it_did_not_reach(model_and_tokenizer, caplog):
+    """A case a round did not reach is no failure: a suite that reached none has no score at all."""
     model, tokenizer = model_and_tokenizer
     evaluator = Evaluator(tokenizer, EvaluationSettings(suite_seconds=1e-6, batch_size=1))
-    cases = [Case(prompt="Say hi.", expected="x", scorer="contains") for _ in range(5)]
-    assert evaluator.run(model, [Suite(name="slow", cases=cases)]) == {"slow": 0.0}
-    assert "ran out after" in caplog.text
+    cases = [Case(prompt="Say hi.", expected=".*", scorer="regex") for _ in range(5)]
+    assert evaluator.run(model, [Suite(name="slow", cases=cases)]) == {}
+    assert "ran out after 0 of 5 cases; the rest are not counted" in caplog.text
+    reached_one = Evaluator(tokenizer, EvaluationSettings(batch_size=1))
+    until = time.monotonic() + 0.05  # the round's deadline (what is left of the budget) ends it early
+    scores = reached_one.run(model, [Suite(name="cut", cases=cases * 200)], until=until)
+    assert scores == {"cut": 1.0}, "the reached cases alone: every one passed"
+
+
+def test_a_round_gives_way_to_a_waiting_control(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    cases = [Case(prompt="Say hi.", expected=".*", scorer="regex") for _ in range(50)]
+    asked = []
+    stop = lambda: asked.append(1) or len(asked) > 2  # noqa: E731 - a control arrives during the third batch
+    assert Evaluator(tokenizer, EvaluationSettings(batch_size=2)).run(model, [Suite(name="s", cases=cases)],
+                                                                      stop) is None
+    assert len(asked) == 3, "checked before each batch, and the round ended at once"

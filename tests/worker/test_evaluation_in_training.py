@@ -93,3 +93,18 @@ def test_the_budget_skips_rounds_but_never_the_last(tmp_path, tiny_model_dir, bu
     scored = [m["step"] for m in metrics(ws, "job") if "eval/hi" in m]
     every = sorted({*range(2, last + 1, 2), last})
     assert scored == ([last] if expected == "the end only" else every), expected
+
+
+def test_a_control_that_arrives_during_a_round_abandons_it_and_is_taken_at_once(tmp_path, tiny_model_dir, caplog):
+    """A round took 121 s after a 64 s step, and `.stop` waited for it: now it gives way, scoring nothing."""
+    import logging
+
+    config = stopping_config()
+    config.training.early_stopping = None
+    ws = with_suites(make_workspace(tmp_path / "ws", config))
+    driver = Driver(yield_when_evaluating=True)
+    with caplog.at_level(logging.INFO, logger="finetuned.worker.measure"):
+        train_in_process(ws, config, "job", write_jsonl(tmp_path / "d.jsonl", chat_lines(40)), driver)
+    assert driver.last(Yielded).step == 2, "the stop is taken at the boundary right after the round"
+    assert not [m for m in metrics(ws, "job") if "eval/hi" in m], "an abandoned round logs no score"
+    assert "evaluation at step 2 abandoned" in caplog.text

@@ -1,9 +1,11 @@
 """Running suites on a loaded model: greedy answers in batches, or the likeliest of a case's choices.
 
-Every suite has a time limit (`evaluation.suite_seconds`): cases not reached by then count as
-failed and the log says so, so a stuck generation can never hold training. An out-of-memory
-halves the batch and tries again; a single case that does not fit fails. Greedy decoding
-draws no random numbers: evaluating never changes a training run.
+Every suite has a time limit (`evaluation.suite_seconds`), and a round in training a deadline (what
+is left of `evaluation.budget`): cases not reached by then are not counted, and the log says so, so
+a stuck generation can never hold training. A round also gives way to a control waiting for the loop
+(`stop`): it is abandoned and scores nothing. An out-of-memory halves the batch and tries again; a
+single case that does not fit fails. Greedy decoding draws no random numbers: evaluating never
+changes a training run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class Abandoned(Exception):
+    """A control is waiting: the round gives way."""
+
+
 class Evaluator:
     def __init__(self, tokenizer: Any, settings: EvaluationSettings, timed: bool = True) -> None:
         """`timed=False` (eval and the gate, outside training) lifts the per-suite limit: a case cut short
@@ -34,23 +40,31 @@ class Evaluator:
         self.seconds = settings.suite_seconds if timed else float("inf")
         self.batch_size = settings.batch_size  # halved after an out-of-memory, for the evaluator's life
 
-    def run(self, model: torch.nn.Module, suites: list[Suite]) -> dict[str, float]:
-        """The share of each suite's cases passed."""
+    def run(self, model: torch.nn.Module, suites: list[Suite], stop: Callable[[], bool] | None = None,
+            until: float = float("inf")) -> dict[str, float] | None:
+        """The share of each suite's cases passed, of those reached before `until` (a monotonic time; a suite
+        that reached none has no score); None when `stop()` said a control waits."""
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                return {suite.name: self._suite(model, suite) for suite in suites}
+                scores = {suite.name: self._suite(model, suite, stop, until) for suite in suites}
+            return {name: score for name, score in scores.items() if score is not None}
+        except Abandoned:
+            return None
         finally:
             model.train(was_training)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    def _suite(self, model: torch.nn.Module, suite: Suite) -> float:
-        deadline = time.monotonic() + self.seconds
+    def _suite(self, model: torch.nn.Module, suite: Suite, stop: Callable[[], bool] | None,
+               until: float) -> float | None:
+        deadline = min(time.monotonic() + self.seconds, until)
         passed = reached = 0
         pending = [c for c in suite.cases if c.scorer != "choice"]
         while pending and time.monotonic() < deadline:
+            if stop is not None and stop():
+                raise Abandoned
             batch = pending[: self.batch_size]
             answers = self._fitted(
                 lambda batch=batch: self.answers(model, [c.conversation() for c in batch], deadline), suite)
@@ -63,12 +77,14 @@ class Evaluator:
         for case in (c for c in suite.cases if c.scorer == "choice"):
             if time.monotonic() >= deadline:
                 break
+            if stop is not None and stop():
+                raise Abandoned
             passed += self._fitted(lambda case=case: self.choose(model, case), suite) == case.expected
             reached += 1
         if reached < len(suite.cases):
-            log.warning("suite %s: its %.0f s ran out after %d of %d cases; the rest count as failed",
-                        suite.name, self.seconds, reached, len(suite.cases))
-        return passed / len(suite.cases)
+            log.warning("suite %s: its time ran out after %d of %d cases; the rest are not counted",
+                        suite.name, reached, len(suite.cases))
+        return passed / reached if reached else None
 
     def _fitted(self, run: Callable[[], T], suite: Suite) -> T | None:
         """`run()`, or None after an out-of-memory, with the batch halved for the evaluator's life; a single

@@ -68,7 +68,9 @@ def score(target: Target, config: Config, found: list[Suite]) -> dict[str, float
 
     model, tokenizer = load(target, config)
     try:
-        return Evaluator(tokenizer, config.evaluation, timed=False).run(model, found)
+        scores = Evaluator(tokenizer, config.evaluation, timed=False).run(model, found)
+        assert scores is not None  # only a round given a `stop` is ever abandoned
+        return scores
     finally:
         del model
         gc.collect()

@@ -76,11 +76,20 @@ class Link:
                 return order
             time.sleep(GATE_POLL_SECONDS)
 
+    def yield_waiting(self) -> bool:
+        """Whether a yield came that the loop's next step boundary will take (read now, left for it)."""
+        self._drain()
+        return any(isinstance(order, Yield) for order in self.boundary)
+
     def check_parent(self) -> None:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             os._exit(0)  # the daemon is gone: never train unsupervised
 
     def _read(self) -> Yield | Ask | None:
+        self._drain()
+        return self.boundary.pop(0) if self.boundary else None
+
+    def _drain(self) -> None:
         self.check_parent()
         while self.conn.poll():
             order = self.conn.recv()
@@ -88,7 +97,6 @@ class Link:
                 self.boundary.append(order)
             else:
                 self.held.append(order)  # a train or shutdown order waits for the loop
-        return self.boundary.pop(0) if self.boundary else None
 
     def _gated(self, step: int) -> bool:
         if self.gate is None:

@@ -27,7 +27,7 @@ log = logging.getLogger("finetuned.worker")
 def serve(ws: Workspace, link: Link) -> None:
     from finetuned.worker.world import Solo
 
-    train_orders(ws, Solo(link.send, link.poll), link.next_order)
+    train_orders(ws, Solo(link.send, link.poll, waiting=link.yield_waiting), link.next_order)
 
 
 def train_orders(ws: Workspace, world: World, next_order: Callable[[], Order]) -> None:

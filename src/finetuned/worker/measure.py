@@ -2,8 +2,11 @@
 
 Both run between steps on the loaded model, in eval mode and without gradients, so measuring
 never changes a training run. The suites run when due (`evaluation.every_steps`, by default at
-each checkpoint) and while their time stays within `evaluation.budget` of the training time;
-they always run at the job's end, for the scores its record keeps.
+each checkpoint) and while their time stays within `evaluation.budget` of the training time (a
+round stops where the budget ends, the first one too); they always run at the job's end, for the
+scores its record keeps. A round gives way to a control waiting for the loop (pause, stop, skip,
+priority work, shutdown): it is abandoned, scores nothing and says so, so evaluation never sits
+inside a control's latency. The daemon shows the phase "evaluating" meanwhile.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from finetuned.data import JobData
 from finetuned.evaluation.runner import Evaluator
 from finetuned.evaluation.suites import EvalError, Suite, load_suites
 from finetuned.models import memory
+from finetuned.processes.protocol import Phase
 from finetuned.worker.cache import Loaded
 from finetuned.worker.objectives import Objective
 from finetuned.worker.world import World
@@ -34,7 +38,7 @@ class Measurements:
                  model: torch.nn.Module | None = None) -> None:
         """`model`, `objective`: what a step computes the loss with (world.runner)."""
         self.config, self.loaded, self.data, self.objective, self.progress = config, loaded, data, objective, progress
-        self.world = world
+        self.world, self.job_id = world, job_id
         self.model = model if model is not None else loaded.model
         self.scores: dict[str, float] = {}  # the last suite scores
         self.spent = 0.0  # seconds evaluation took in this run
@@ -77,10 +81,17 @@ class Measurements:
                      100 * self.config.evaluation.budget)
             return
         started = time.monotonic()
-        evaluator, suites = self.evaluator, self.suites
-        self.scores = self.world.from_main(lambda: evaluator.run(self.loaded.model, suites))
+        until = float("inf") if done else started + max(budget - self.spent, 0.0)
+        evaluator, suites, world = self.evaluator, self.suites, self.world
+        world.report(Phase(job_id=self.job_id, phase="evaluating"))
+        scores = world.from_main(lambda: evaluator.run(self.loaded.model, suites, world.yield_waiting, until))
         seconds = time.monotonic() - started
         self.spent += seconds
+        if scores is None:
+            log.info("evaluation at step %d abandoned after %.1fs: a control is waiting (no score logged)", step,
+                     seconds)
+            return
+        self.scores = scores
         record.update({f"eval/{name}": score for name, score in self.scores.items()})
         record["eval_seconds"] = round(seconds, 3)
 

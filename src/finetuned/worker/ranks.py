@@ -96,6 +96,9 @@ class Ranks:
         reason = YieldReason.from_code(int(self._code.item()))
         return Yield(reason) if reason is not None else None
 
+    def yield_waiting(self) -> bool:
+        return self._link is not None and self._link.yield_waiting()
+
     def report(self, message: Report) -> None:
         if self._link is not None:
             self._link.send(message)

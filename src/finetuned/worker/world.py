@@ -64,6 +64,11 @@ class World(Protocol):
         """Tell the daemon (the main rank speaks; the others stay silent)."""
         ...
 
+    def yield_waiting(self) -> bool:
+        """On the main rank: whether the daemon asked for a yield the next boundary will take (it stays there).
+        Work between steps (an evaluation round) gives way to it."""
+        ...
+
     def sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Sum the gradients over the ranks, so every rank steps with the gradient of the whole batch."""
         ...
@@ -101,9 +106,10 @@ class Solo:
     sharded = False
 
     def __init__(self, send: Callable[[Report], None], poll: Callable[[int], Yield | Ask | None],
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, waiting: Callable[[], bool] = lambda: False) -> None:
         self._send = send
         self._poll = poll
+        self._waiting = waiting
         self.device = device or best_device()
 
     @property
@@ -115,6 +121,9 @@ class Solo:
 
     def report(self, message: Report) -> None:
         self._send(message)
+
+    def yield_waiting(self) -> bool:
+        return self._waiting()
 
     def sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         return None
