@@ -95,3 +95,30 @@ def test_the_monitor_stops_with_the_daemon(live_daemon: MonitoredDaemon):
     assert live_daemon.stop() == 0
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "api/status", timeout=2)
+
+
+@pytest.mark.daemon
+def test_a_token_set_while_the_daemon_runs_guards_the_monitor_at_once(tmp_path, tiny_model_dir):
+    """`config set monitor.token` on a running daemon: an unauthenticated POST paused it anyway until a restart."""
+    import subprocess
+    import sys
+
+    from helpers import make_workspace
+    from monitor_helpers import monitor_config
+
+    ws = make_workspace(tmp_path / "ws", monitor_config())
+    daemon = MonitoredDaemon(ws, tmp_path / "daemon.out")
+    try:
+        url = daemon.wait_url()
+        assert http("GET", url + "api/status")[0] == 200
+        token = "a-token-set-while-running"
+        subprocess.run([sys.executable, "-m", "finetuned", "config", "set", "monitor.token", token,
+                        "--root", str(ws.root)], check=True, capture_output=True, timeout=60)
+        wait_for(lambda: http("GET", url + "api/status")[0] == 401, 30, "the new token to be asked for",
+                 daemon=daemon)
+        assert http("POST", url + "api/control/pause", b"")[0] == 401
+        assert not ws.pause_file.exists(), "nobody without the token pauses it"
+        assert http("GET", url + "api/status", headers={"Authorization": f"Bearer {token}"})[0] == 200
+        assert "monitor settings applied" in ws.daemon_log().read_text()
+    finally:
+        daemon.stop()

@@ -62,6 +62,8 @@ class Daemon:
         self.consolidation = ScheduledConsolidation(ws)
         self.asks = AskDesk(ws, self.session)
         self.started = time.time()
+        self.monitor: MonitorServer | None = None
+        self._monitor_wanted = config.monitor  # the monitor section last applied
         self.state_writer = StateWriter(ws, self.started)
         self.shutdown_requested = 0
         self._dirty = True
@@ -94,7 +96,7 @@ class Daemon:
             self.disk.guarded(self.disk.recover)
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-            server = self._start_monitor()
+            server = self.monitor = self._start_monitor()
             wakeup = Wakeup([self.ws.inbox, self.ws.control])
             log.info("daemon started on %s (pid %d, base model %s, %s)", self.ws.root, os.getpid(),
                      self.config.base_model, "watching" if wakeup.watching else "polling")
@@ -122,6 +124,15 @@ class Daemon:
         self.state_writer.monitor_url = server.url
         log.info("monitor at %s", server.url)
         return server
+
+    def _monitor_settings(self) -> None:
+        """A token set (or changed) while the daemon runs guards the monitor from the next request on."""
+        server, wanted = self.monitor, self.config.monitor
+        if server is None or wanted == self._monitor_wanted:
+            return
+        self._monitor_wanted = wanted
+        later = server.apply(wanted)
+        log.info("monitor settings applied%s", f"; {', '.join(later)}: at the next start" if later else "")
 
     def notify(self, event: str, **payload: Any) -> None:
         """Tell the user's webhook or command (in the background; a failure is only logged)."""
@@ -187,6 +198,7 @@ class Daemon:
     def tick(self) -> None:
         if self.settings.refresh():  # config.json re-read first: what follows uses the settings as they are now
             self._dirty = True
+            self._monitor_settings()
         self.inbox.settings = self.config.inbox
         for request in actions.pending(self.ws):
             actions.answer(self.ws, self.store, request, before_reply=lambda: self.write_state(force=True))

@@ -40,6 +40,6 @@ def create_app(ws: Workspace, settings: MonitorSettings) -> FastAPI:
     for router in (status.router, queue.router, jobs.router, jobs.line_router, control.router, upload.router,
                    asks.router, prometheus.router, schema.router, page.router):
         app.include_router(router)
-    app.mount("/static", GuardedStatic(settings), name="static")
+    app.mount("/static", GuardedStatic(lambda: app.state.settings), name="static")
     app.add_exception_handler(OSError, _disk_full)
     return app

@@ -167,6 +167,20 @@ class MonitorServer:
             time.sleep(0.02)
         self.url = f"http://{self._url_host(sock)}:{port}/"
 
+    def apply(self, settings: MonitorSettings) -> list[str]:
+        """config.json's monitor section changed while serving: the token and the guard's rules apply from the
+        next request on; returns the keys that need a restart (where it listens, how many it serves)."""
+        bound = ("host", "port", "max_connections", "header_timeout_seconds")
+        later = [key for key in bound if getattr(settings, key) != getattr(self.settings, key)]
+        if not is_loopback(self.settings.host) and not settings.token:
+            later.append("token")  # never drop the token of a monitor other machines reach
+            settings = settings.model_copy(update={"token": self.settings.token})
+        live = settings.model_copy(update={key: getattr(self.settings, key) for key in bound})
+        self.settings = live
+        self.app.state.settings = live
+        self.app.state.events.changes.settings = live
+        return later
+
     def _url_host(self, sock: socket.socket) -> str:
         host = self.settings.host
         if host in ("0.0.0.0", "::", ""):  # every interface: loopback is the one address sure to work here

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs
 
@@ -44,17 +45,18 @@ class GuardedStatic(StaticFiles):
     """The page's scripts and styles, behind the page's own checks: the host always, the token but for the
     login page's stylesheet."""
 
-    def __init__(self, settings: MonitorSettings) -> None:
+    def __init__(self, settings: Callable[[], MonitorSettings]) -> None:
         super().__init__(directory=STATIC)
-        self.settings = settings
+        self.settings = settings  # read at each request: a token set while the daemon runs applies at once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             conn = HTTPConnection(scope)
             refusal = None
-            if not host_allowed(conn, self.settings):
+            settings = self.settings()
+            if not host_allowed(conn, settings):
                 refusal = PlainTextResponse(HOST_REFUSED, 403)
-            elif PurePosixPath(scope["path"]).name not in PUBLIC_ASSETS and not logged_in(conn, self.settings):
+            elif PurePosixPath(scope["path"]).name not in PUBLIC_ASSETS and not logged_in(conn, settings):
                 refusal = PlainTextResponse("this monitor needs its token: log in at /login", 401)
             if refusal is not None:
                 await refusal(scope, receive, send)
