@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
-from helpers import chat_lines, drop, jobs_by_file, last_step, read_json, wait_for, write_jsonl
+from helpers import chat_lines, drop, jobs_by_file, last_step, make_workspace, read_json, wait_for, write_jsonl
 
 from finetuned.queue.status_files import FILES, schema_name
 
@@ -223,3 +224,20 @@ def test_status_says_what_the_daemon_does_before_a_job_starts(ws, start_daemon):
     status = wait_for(tokenising, 120, "status.json to say tokenising", interval=0.02, daemon=daemon)
     assert status["state"] == "idle" and status["current_job"] is None and "big.jsonl" in status["phase"]
     assert "idle: tokenising big.jsonl (job " in daemon_line(ws, StatusFile.model_validate(status))
+
+
+def test_a_command_run_from_a_checkout_points_at_its_workspace(tmp_path):
+    """`finetuned status` from the repository root after `make run`: name ./workspace, never `init` in the checkout."""
+    checkout = tmp_path / "finetuned"
+    (checkout / ".git").mkdir(parents=True)
+    make_workspace(checkout / "workspace")
+    env = {k: v for k, v in os.environ.items() if k != "FINETUNED_ROOT"}
+    run = subprocess.run([sys.executable, "-m", "finetuned", "status"], capture_output=True, text=True, timeout=120,
+                         cwd=checkout, env=env)
+    assert run.returncode == 1 and "--root workspace" in run.stderr and "FINETUNED_ROOT" in run.stderr
+    assert "finetuned init" not in run.stderr
+    (checkout / "workspace" / "config.json").unlink()
+    shutil.rmtree(checkout / "workspace" / "control")
+    bare = subprocess.run([sys.executable, "-m", "finetuned", "status"], capture_output=True, text=True, timeout=120,
+                          cwd=checkout, env=env)
+    assert "source checkout" in bare.stderr and "finetuned init workspace" in bare.stderr

@@ -44,9 +44,23 @@ class Handled(TyperGroup):
 
 def workspace(root: Path | None, must_exist: bool = True) -> Workspace:
     ws = Workspace.at(root)
-    if must_exist and not ws.config_path.exists() and not ws.control.exists():
-        fail(f"{ws.root} is not a finetuned workspace (run: finetuned init {ws.root})")
+    if must_exist and not _is_workspace(ws):
+        fail(f"{ws.root} is not a finetuned workspace ({_where_to_look(ws, root)})")
     return ws
+
+
+def _is_workspace(ws: Workspace) -> bool:
+    return ws.config_path.exists() or ws.control.exists()
+
+
+def _where_to_look(ws: Workspace, root: Path | None) -> str:
+    """The likeliest fix: `make run` made ./workspace beside a checkout; else say how to name one or make one."""
+    if root is None and _is_workspace(Workspace.at(Path("workspace"))):
+        return "the workspace here is ./workspace: add --root workspace, or set FINETUNED_ROOT=workspace"
+    if (ws.root / ".git").exists() or (ws.root / "pyproject.toml").exists():
+        return ("this looks like a source checkout: name a workspace with --root or FINETUNED_ROOT, "
+                "or make one: finetuned init workspace")
+    return f"name one with --root or FINETUNED_ROOT, or make one here: finetuned init {ws.root}"
 
 
 
