@@ -81,7 +81,7 @@ def test_gguf_of_an_adapter_loads_back_and_answers_as_the_merged_model(trained, 
     """The GGUF holds exactly the merged model's weights rounded to f16 (llama.cpp's Q/K reordering undone by
     transformers on load), so the model it loads back is that model and answers token for token as it does."""
     (adapter,) = list_adapters(trained)
-    out = tmp_path / "gguf"
+    out = tmp_path / "my-assistant"
     done = cli("export", adapter.job_id, str(out), "--format", "gguf", "--root", str(trained.root))
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "finetuned.json", "model.gguf"]
@@ -92,6 +92,9 @@ def test_gguf_of_an_adapter_loads_back_and_answers_as_the_merged_model(trained, 
                                  "sha256": converter.SHA256, "script": "convert_hf_to_gguf.py"}
     assert meta["gguf"]["sha256"] == sha256_file(out / "model.gguf")
     assert 'gguf_file="model.gguf"' in (out / "README.md").read_text()
+    assert gguf_field(out, "general.name") == "my-assistant", "what llama.cpp and LM Studio show"
+    card = (out / "README.md").read_text()
+    assert card.count("- lora\n") == 1 and "job.json" not in card, "lora tagged once; no file the export lacks"
 
     base = AutoModelForCausalLM.from_pretrained(str(trained.base_models / "tiny"), dtype=torch.float32)
     merged = as_f16(PeftModel.from_pretrained(base, str(adapter.path)).merge_and_unload())

@@ -178,13 +178,17 @@ def _reason(lines: list[str]) -> str:
     return next((line.strip() for line in reversed(lines) if line.strip()), "it stopped without a message")
 
 
-def convert(model: Path, out_file: Path, out_type: str, progress: Callable[[str], None] | None = None) -> None:
-    """Write `model` (a Hugging Face model folder) as the GGUF file `out_file`, weights as `out_type`."""
+def convert(model: Path, out_file: Path, out_type: str, progress: Callable[[str], None] | None = None,
+            name: str | None = None) -> None:
+    """Write `model` (a Hugging Face model folder) as the GGUF file `out_file`, weights as `out_type`. `name` is
+    the model's `general.name`, what llama.cpp, LM Studio and Ollama show (else the converter takes the folder's
+    name, which for a merged export is a temporary one)."""
     if out_type not in OUT_TYPES:
         raise ConverterError(f"unknown GGUF type '{out_type}' (known: {', '.join(OUT_TYPES)})")
     script = ensure()
     env = {key: value for key, value in os.environ.items() if key != "NO_LOCAL_GGUF"}  # its own gguf-py, always
-    command = [sys.executable, str(script), str(model), "--outfile", str(out_file), "--outtype", out_type]
+    command = [sys.executable, str(script), str(model), "--outfile", str(out_file), "--outtype", out_type,
+               *(["--model-name", name] if name else [])]
     tail: deque[str] = deque(maxlen=400)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                           text=True, errors="replace", env=env) as process:

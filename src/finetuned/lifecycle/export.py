@@ -246,7 +246,8 @@ def _export_gguf(job: _Export, fmt: str, gguf_type: str) -> None:
         source = _with_template(source, tmp / ".staging", template)
     gguf = tmp / ollama.GGUF_FILE
     job.report("fetching llama.cpp's converter" if converter.ready() is None else "converting", 2, STAGES)
-    converter.convert(source, gguf, gguf_type, lambda tensor: job.report(f"converting {tensor}", 2, STAGES))
+    converter.convert(source, gguf, gguf_type, lambda tensor: job.report(f"converting {tensor}", 2, STAGES),
+                      name=job.to.name)
     remove_tree(work)
     remove_tree(tmp / ".staging")
     job.report("hashing", 3, STAGES)

@@ -12,6 +12,7 @@ from typing import Any
 
 from finetuned.lifecycle.records import Adapter
 from finetuned.lifecycle.versions import Version
+from finetuned.models import builtin
 from finetuned.timestamps import now_text
 
 README = "README.md"
@@ -40,6 +41,11 @@ LOAD_OLLAMA = LOAD_GGUF + """
 - Ollama: `ollama create NAME -f {path}/Modelfile && ollama run NAME`"""
 
 
+def hub_id(base_model: str) -> str:
+    """What the hub and other tools know the base as: a built-in's own Hub id (`builtin:` means nothing there)."""
+    return builtin.HUB_IDS.get(base_model, base_model)
+
+
 def _front_matter(base_model: str, library: str, tags: list[str]) -> str:
     # JSON strings are valid YAML scalars: no quoting rules to get wrong.
     return "\n".join(["---", f"base_model: {json.dumps(base_model)}", f"library_name: {library}",
@@ -61,10 +67,11 @@ def job_card(adapter: Adapter, kind: str, base: Version, how: str, title: str | 
                       "merged": f"{base.id} with the adapter of job {adapter.job_id} merged in",
                       "model": f"the model fully fine-tuned by job {adapter.job_id}"}[kind]
     library = library or ("peft" if kind == "adapter" else "transformers")
-    tags = ["finetuned", adapter.method, *(["lora"] if adapter.method in ("lora", "qlora") else [])]
+    lora = ["lora"] if adapter.method in ("lora", "qlora") else []
+    tags = list(dict.fromkeys(["finetuned", adapter.method, *lora]))  # method lora is tagged once
     schedule = training.get("lr_scheduler", "constant")
     lines = [
-        _front_matter(adapter.base_model, library, tags),
+        _front_matter(hub_id(adapter.base_model), library, tags),
         f"# {title}",
         "",
         f"Trained by finetuned on `{info.get('file')}`, {adapter.steps} optimizer steps "
@@ -99,7 +106,7 @@ def job_card(adapter: Adapter, kind: str, base: Version, how: str, title: str | 
         "",
         how,
         "",
-        f"The full record is `{METADATA}` (and `job.json`). Exported by finetuned on {now_text()}.",
+        f"The full record is `{METADATA}`. Exported by finetuned on {now_text()}.",
         "",
     ]
     return "\n".join(lines)
@@ -140,7 +147,7 @@ def checkpoint_card(label: str, line_step: int | None, method: str, base: Versio
                     title: str | None = None, library: str = "transformers") -> str:
     """A checkpoint's export (a job still training, or the line's newest state): what it is and how to load it."""
     lines = [
-        _front_matter(base.base_model, library, ["finetuned", method]),
+        _front_matter(hub_id(base.base_model), library, list(dict.fromkeys(["finetuned", method]))),
         f"# {title or label}",
         "",
         f"The weights of {label} (the model line's step {line_step}, {method}), trained by finetuned on top of "

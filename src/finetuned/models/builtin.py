@@ -26,6 +26,8 @@ PREFIX = "builtin:"
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What the Hub calls a built-in that came from it (model cards name it so); builtin:tiny is ours alone.
+HUB_IDS = {PREFIX + SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 # Bump when what a builder writes changes, so stale caches are not reused.
 BUILD_VERSION = "2"
 
