@@ -90,6 +90,7 @@ class FileReader:
             self.looks_like_array = stripped.startswith(b"[")
             self.array = self.looks_like_array and json_file
             if stripped.startswith(b"{") and json_file:  # JSON Lines named .json, or one pretty-printed object
+                f.seek(0)  # the head read moved past the first line's start
                 self.object = not _whole_json(f.readline(self.max_line_bytes + 1))
             f.seek(0)
             if self.array:
