@@ -8,7 +8,7 @@ Two forms, and the file's form picks the objective:
 Shapes read (docs/data.md, "Preference data"):
 - TRL standard `{"prompt": str, "chosen": str, "rejected": str}` and its conversational form (lists of
   messages), and the implicit-prompt form where chosen and rejected are whole conversations (the prompt
-  is their longest common start);
+  is their longest common start), also beside a string `prompt` that must agree with it (UltraFeedback);
 - TRL unpaired `{"prompt", "completion", "label": bool}`;
 - LLaMA-Factory ranking data: Alpaca with `chosen`/`rejected` strings, ShareGPT `conversations` with
   `chosen`/`rejected` turn objects (`dpo_en_demo.json`); KTO data: `messages` (or `conversations`) whose
@@ -67,6 +67,9 @@ def parse_pair(record: dict[str, Any]) -> Pair:
         prompt = _alpaca_prompt(record)
         return _pair(prompt, _answer(chosen, "chosen"), _answer(rejected, "rejected"))
     if "prompt" in record:
+        if isinstance(record["prompt"], str) and _whole_conversation(chosen):
+            # UltraFeedback: the answers repeat the prompt as their first turn; TRL ignores `prompt` then.
+            return _implicit(record, stated=record["prompt"])
         return _pair(_prompt(record), _answer(chosen, "chosen"), _answer(rejected, "rejected"))
     if "messages" in record:  # the conversation so far, beside the answers
         prompt = _conversation({"messages": record["messages"], **_extra(record)}, "messages")
@@ -165,8 +168,17 @@ def _sharegpt_answer(value: Any, where: str) -> tuple[Message, ...]:
     return _answer(value, where)
 
 
-def _implicit(record: dict[str, Any]) -> Pair:
-    """TRL's implicit prompt: chosen and rejected are whole conversations; the prompt is their common start."""
+def _whole_conversation(value: Any) -> bool:
+    """Messages that start before the answer (a user or system turn): the prompt is inside them."""
+    return (isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+            and value[0].get("role") not in (None, "assistant"))
+
+
+def _implicit(record: dict[str, Any], stated: str | None = None) -> Pair:
+    """TRL's implicit prompt: chosen and rejected are whole conversations; the prompt is their common start.
+
+    `stated`: the record's own string `prompt`, which must be the last user turn of that start.
+    """
     chosen, rejected = record["chosen"], record["rejected"]
     if isinstance(chosen, str) and isinstance(rejected, str):
         raise RecordProblem("missing_field", "a preference record whose answers are strings needs a 'prompt' "
@@ -180,8 +192,21 @@ def _implicit(record: dict[str, Any]) -> Pair:
         n += 1
     if n == 0 or n == len(chosen_chat.messages) or n == len(rejected_chat.messages):
         raise RecordProblem("bad_structure", "chosen and rejected must share a prompt and then differ")
+    if stated is not None:
+        _agrees(stated, chosen_chat.messages[:n])
     return _pair(Chat(chosen_chat.messages[:n], chosen_chat.tools), chosen_chat.messages[n:],
                  rejected_chat.messages[n:])
+
+
+def _agrees(stated: str, shared: tuple[Message, ...]) -> None:
+    asked = next((m.content for m in reversed(shared) if m.role == "user"), "")
+    if asked.strip() != stated.strip():  # exports differ in a trailing newline, never in the words
+        raise RecordProblem("prompt_mismatch", f"'prompt' ({_clip(stated)!r}) is not the last user turn that "
+                            f"'chosen' and 'rejected' share ({_clip(asked)!r}): which one is the prompt?")
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _openai(record: dict[str, Any]) -> Pair:
