@@ -15,12 +15,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from finetuned.data.chat import Chat, Message, alpaca_prompt, string
 from finetuned.data.conversations import parse_messages, parse_sharegpt
-from finetuned.data.preferences import LABELLED, PAIRS, parse_labelled, parse_pair, preference_form
+from finetuned.data.preferences import (
+    LABELLED,
+    PAIRS,
+    answer_turns,
+    parse_labelled,
+    parse_pair,
+    preference_form,
+    prompt_chat,
+)
 from finetuned.data.report import RecordProblem, kind_of
 
 CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT = "chat", "sharegpt", "alpaca", "completion", "text"
@@ -60,7 +68,7 @@ _KNOWN_KEYS = {
     CHAT: {"messages", "tools", "functions", "parallel_tool_calls", "system"},
     SHAREGPT: {"conversations", "tools", "system"},
     ALPACA: {"instruction", "input", "output", "system", "history"},
-    COMPLETION: {"prompt", "completion"},
+    COMPLETION: {"prompt", "completion", "system", "tools", "functions"},
     TEXT: {"text"},
     PAIRS: {"prompt", "chosen", "rejected", "conversations", "messages", "instruction", "input", "system", "history",
             "tools", "functions", "preferred_output", "non_preferred_output"},
@@ -170,9 +178,12 @@ def _alpaca(record: dict[str, Any]) -> Chat:
 
 
 def _completion(record: dict[str, Any]) -> Chat:
-    prompt = string(require(record, "prompt", COMPLETION), "prompt")
-    completion = string(require(record, "completion", COMPLETION), "completion")
-    return Chat((Message("user", prompt), Message("assistant", completion)))
+    """Strings, or TRL's conversational form (message lists): the prompt is context, the completion trains."""
+    require(record, "prompt", COMPLETION)
+    answer = answer_turns(require(record, "completion", COMPLETION), "completion")
+    context = prompt_chat(record)
+    # TRL trains the completion only: an assistant turn inside the prompt is context, whatever it says.
+    return Chat((*(replace(m, train=False) for m in context.messages), *answer), context.tools)
 
 
 def _text(record: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from finetuned.data.chat import Chat, Message, alpaca_prompt, string
 from finetuned.data.conversations import parse_messages, parse_sharegpt
 from finetuned.data.report import RecordProblem, kind_of
+from finetuned.data.tools import parse_tools
 
 PAIRS, LABELLED = "preference", "unpaired"
 LABEL_KEYS = ("label", "kto_tag")
@@ -65,15 +66,15 @@ def parse_pair(record: dict[str, Any]) -> Pair:
         return _pair(prompt, _sharegpt_answer(chosen, "chosen"), _sharegpt_answer(rejected, "rejected"))
     if "instruction" in record:  # LLaMA-Factory Alpaca ranking
         prompt = _alpaca_prompt(record)
-        return _pair(prompt, _answer(chosen, "chosen"), _answer(rejected, "rejected"))
+        return _pair(prompt, answer_turns(chosen, "chosen"), answer_turns(rejected, "rejected"))
     if "prompt" in record:
         if isinstance(record["prompt"], str) and _whole_conversation(chosen):
             # UltraFeedback: the answers repeat the prompt as their first turn; TRL ignores `prompt` then.
             return _implicit(record, stated=record["prompt"])
-        return _pair(_prompt(record), _answer(chosen, "chosen"), _answer(rejected, "rejected"))
+        return _pair(prompt_chat(record), answer_turns(chosen, "chosen"), answer_turns(rejected, "rejected"))
     if "messages" in record:  # the conversation so far, beside the answers
         prompt = _conversation({"messages": record["messages"], **_extra(record)}, "messages")
-        return _pair(prompt, _answer(chosen, "chosen"), _answer(rejected, "rejected"))
+        return _pair(prompt, answer_turns(chosen, "chosen"), answer_turns(rejected, "rejected"))
     return _implicit(record)
 
 
@@ -83,8 +84,8 @@ def parse_labelled(record: dict[str, Any]) -> Labelled:
     if not isinstance(label, bool):
         raise RecordProblem("bad_label", f"'{key}' is {kind_of(label)}, expected true (a good answer) or false")
     if "completion" in record:  # TRL unpaired
-        prompt = _prompt(record)
-        completion = _answer(record["completion"], "completion")
+        prompt = prompt_chat(record)
+        completion = answer_turns(record["completion"], "completion")
     else:  # LLaMA-Factory KTO: the last assistant turn is the judged answer
         key = "messages" if "messages" in record else "conversations"
         if key not in record:
@@ -120,11 +121,13 @@ def _conversation(record: dict[str, Any], key: str) -> Chat:
         raise RecordProblem(problem.kind, f"in '{key}': {problem.message}") from None
 
 
-def _prompt(record: dict[str, Any]) -> Chat:
+def prompt_chat(record: dict[str, Any]) -> Chat:
+    """A `prompt`: a string (one user turn, after a `system` string) or a list of messages; with the tools."""
     prompt = record.get("prompt")
     if isinstance(prompt, str):
         system = [Message("system", string(record["system"], "system"))] if record.get("system") else []
-        return Chat((*system, Message("user", prompt)))
+        tools = parse_tools(record.get("tools"), "tools") + parse_tools(record.get("functions"), "functions")
+        return Chat((*system, Message("user", prompt)), tools)
     if isinstance(prompt, list):
         return _conversation({"messages": prompt, **_extra(record)}, "messages")
     raise RecordProblem("bad_content", f"'prompt' is {kind_of(prompt)}, expected a string or a list of messages")
@@ -146,7 +149,7 @@ def _alpaca_prompt(record: dict[str, Any]) -> Chat:
     return Chat(tuple(messages))
 
 
-def _answer(value: Any, where: str) -> tuple[Message, ...]:
+def answer_turns(value: Any, where: str) -> tuple[Message, ...]:
     """An answer: a string (one assistant turn) or a list of assistant messages."""
     if isinstance(value, str):
         return (Message("assistant", value),)
@@ -165,7 +168,7 @@ def _sharegpt_answer(value: Any, where: str) -> tuple[Message, ...]:
     if isinstance(value, dict) and "from" in value:
         chat = _conversation({"conversations": [value]}, "conversations")
         return chat.messages
-    return _answer(value, where)
+    return answer_turns(value, where)
 
 
 def _whole_conversation(value: Any) -> bool:
@@ -217,5 +220,5 @@ def _openai(record: dict[str, Any]) -> Pair:
         if key not in record:
             raise RecordProblem("missing_field", f"an OpenAI preference record needs '{key}'")
     prompt = _conversation({"messages": source["messages"], **_extra(source)}, "messages")
-    return _pair(prompt, _answer(record["preferred_output"], "preferred_output"),
-                 _answer(record["non_preferred_output"], "non_preferred_output"))
+    return _pair(prompt, answer_turns(record["preferred_output"], "preferred_output"),
+                 answer_turns(record["non_preferred_output"], "non_preferred_output"))
