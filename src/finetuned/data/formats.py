@@ -29,7 +29,7 @@ from finetuned.data.preferences import (
     preference_form,
     prompt_chat,
 )
-from finetuned.data.report import RecordProblem, kind_of
+from finetuned.data.report import RecordProblem, kind_of, listed
 
 CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT = "chat", "sharegpt", "alpaca", "completion", "text"
 FORMATS = (CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT, PAIRS, LABELLED)
@@ -70,8 +70,8 @@ _KNOWN_KEYS = {
     ALPACA: {"instruction", "input", "output", "system", "history"},
     COMPLETION: {"prompt", "completion", "system", "tools", "functions"},
     TEXT: {"text"},
-    PAIRS: {"prompt", "chosen", "rejected", "conversations", "messages", "instruction", "input", "system", "history",
-            "tools", "functions", "preferred_output", "non_preferred_output"},
+    PAIRS: {"prompt", "question", "chosen", "rejected", "conversations", "messages", "instruction", "input", "system",
+            "history", "tools", "functions", "preferred_output", "non_preferred_output"},
     LABELLED: {"prompt", "completion", "label", "kto_tag", "messages", "conversations", "system", "tools", "functions"},
 }
 # LLaMA-Factory's identity data ships "{{name}}" for the user to replace: trained as is, the model learns it.
@@ -98,9 +98,10 @@ def parse_record(record: Any, notes: Notes | None = None) -> tuple[str, Payload]
     if not isinstance(record, dict):
         raise RecordProblem("not_object", f"expected a JSON object, got {kind_of(record)}")
     _refuse_meaning_changes(record)
+    _refuse_known_misshapes(record)
     name = detect_format(record)
     if name is None:
-        keys = ", ".join(sorted(record)[:8]) or "none"
+        keys = listed(sorted(record)) or "none"
         raise RecordProblem(
             "unknown_schema",
             f"keys ({keys}) match no known format: messages, conversations, "
@@ -134,6 +135,24 @@ def _refuse_meaning_changes(record: dict[str, Any]) -> None:
         present = [k for k in keys if k in record and record[k] not in (None, [], "", {})]
         if present:
             raise RecordProblem(kind, f"'{present[0]}': {why}")
+
+
+def _refuse_known_misshapes(record: dict[str, Any]) -> None:
+    """Shapes that would pass for another format, or for none, refused with what they are and the fix."""
+    answers = record.get("answers")
+    if isinstance(answers, list) and answers and all(isinstance(a, dict) and "rank" in a for a in answers):
+        raise RecordProblem("ranking", "'answers' holds ranked answers (a 'rank' each, as Nectar writes them): "
+                            "finetuned trains pairs, not rankings; write each record as {\"prompt\", \"chosen\": "
+                            "a better answer, \"rejected\": a worse one}")
+    if not record or not all(isinstance(v, dict) and v for v in record.values()):
+        return
+    fix = 'write the records instead: df.to_json(path, orient="records", lines=True)'
+    if all(k.isdigit() for v in record.values() for k in v):
+        raise RecordProblem("pandas_layout", f"the object holds columns ({listed(sorted(record))}), each mapping "
+                            f"row numbers to values, as pandas' DataFrame.to_json() writes by default: {fix}")
+    if all(k.isdigit() for k in record):
+        raise RecordProblem("pandas_layout", "the object holds rows keyed by their number, as pandas' "
+                            f"DataFrame.to_json(orient=\"index\") writes: {fix}")
 
 
 def _texts(payload: Payload) -> Iterator[str]:

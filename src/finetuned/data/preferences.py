@@ -67,6 +67,8 @@ def parse_pair(record: dict[str, Any]) -> Pair:
     if "instruction" in record:  # LLaMA-Factory Alpaca ranking
         prompt = _alpaca_prompt(record)
         return _pair(prompt, answer_turns(chosen, "chosen"), answer_turns(rejected, "rejected"))
+    if "question" in record and "prompt" not in record:  # Intel/orca_dpo_pairs: `system`, `question`
+        record = {**record, "prompt": record["question"]}
     if "prompt" in record:
         if isinstance(record["prompt"], str) and _whole_conversation(chosen):
             # UltraFeedback: the answers repeat the prompt as their first turn; TRL ignores `prompt` then.
@@ -185,7 +187,7 @@ def _implicit(record: dict[str, Any], stated: str | None = None) -> Pair:
     chosen, rejected = record["chosen"], record["rejected"]
     if isinstance(chosen, str) and isinstance(rejected, str):
         raise RecordProblem("missing_field", "a preference record whose answers are strings needs a 'prompt' "
-                            "(or 'instruction', 'messages')")
+                            "(or 'question', 'instruction', 'messages')")
     chosen_chat = _conversation({"messages": chosen, **_extra(record)}, "messages")
     rejected_chat = _conversation({"messages": rejected, **_extra(record)}, "messages")
     n = 0

@@ -15,7 +15,7 @@ from typing import Any
 from finetuned.config import DataSettings
 from finetuned.data.formats import Notes, parse_record
 from finetuned.data.reader import FileReader
-from finetuned.data.report import KEEP_LINES, ProblemLog, RecordProblem
+from finetuned.data.report import KEEP_LINES, ProblemLog, RecordProblem, listed
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _notes(notes: Notes, fmt: str | None) -> list[dict[str, Any]]:
                 "they are, the model learns them literally; replace them before training (LLaMA-Factory's "
                 "identity data expects this)", counts_as_line=False)
     if notes.unused_keys:
-        keys = ", ".join(sorted(notes.unused_keys)[:8])
+        keys = listed(sorted(notes.unused_keys))
         out.add("unused_keys", f"keys not used for training ({fmt} records): {keys}", counts_as_line=False)
     return out.problems()
 
