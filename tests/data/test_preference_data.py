@@ -6,6 +6,7 @@ sequence (only the answer and its end-of-turn token, never the prompt) is read b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,30 @@ def test_llama_factory_ranking_and_kto_demo_files(tokenizer):
     assert (kto["ok"], kto["format"], kto["objective"], kto["kept"]) == (True, "unpaired", "kto", 2), kto
     first = kto["shown"][0]
     assert first["trained"] and "label" in first, "the judged answer is the conversation's last assistant turn"
+
+
+@pytest.mark.parametrize("name", ["ultrafeedback_binarized.jsonl", "ultrafeedback_cleaned.jsonl"])
+def test_a_string_prompt_beside_whole_conversations_takes_their_shared_start(tokenizer, name):
+    """UltraFeedback (H4's binarized, argilla's cleaned): `prompt` is the user's text, and `chosen`/`rejected`
+    repeat it as their first turn. The shared start is the prompt (TRL's maybe_extract_prompt), rendered once."""
+    report = check(FIXTURES / name, tokenizer)
+    assert (report["ok"], report["format"], report["objective"], report["kept"]) == (True, "preference", "dpo", 2), \
+        report
+    first = report["shown"][0]
+    answer = [m["content"] for m in json.loads((FIXTURES / name).read_text().splitlines()[0])["chosen"]][-1]
+    assert first["trained"] == [answer + END], "only the answer trains, never the repeated user turn"
+    question = json.loads((FIXTURES / name).read_text().splitlines()[0])["prompt"]
+    assert first["rendered"].count(question) == 1, "the prompt is rendered once, as the user turn"
+
+
+def test_a_string_prompt_that_disagrees_with_the_conversations_is_refused_naming_both(tmp_path, tokenizer):
+    record = {"prompt": "What is 2+2?", "chosen": [*PROMPT, {"role": "assistant", "content": "4"}],
+              "rejected": [*PROMPT, {"role": "assistant", "content": "5"}]}
+    report = check(write_jsonl(tmp_path / "pairs.jsonl", [record]), tokenizer)
+    assert not report["ok"]
+    (problem,) = report["problems"]
+    assert problem["kind"] == "prompt_mismatch"
+    assert "'What is 2+2?'" in problem["message"] and "'2+2?'" in problem["message"]
 
 
 def test_a_pair_too_long_for_max_seq_len_is_dropped_as_a_pair(tmp_path, tokenizer):

@@ -54,7 +54,7 @@ def test_no_trained_token_refuses_the_file_with_a_report(tmp_path: Path, tokeniz
         prepare(path, tmp_path / "out", tokenizer, settings(), 64)
     report = caught.value.report
     assert report["file"] == "data.jsonl" and report["problems"][0]["kind"] == "no_loss_tokens"
-    assert "3 longer than max_seq_len" in report["error"]
+    assert "3 longer than training.max_seq_len 64" in report["error"]
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*")), "nothing half-written is left"
 
 

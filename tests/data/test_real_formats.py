@@ -97,6 +97,24 @@ def test_trl_messages_with_tools_and_dict_arguments(tmp_path, qwen3):
                                + END, "Done." + END]
 
 
+def test_trl_conversational_prompt_completion_trains_the_completion_only(tokenizer):
+    """TRL's SFT shape: `prompt` and `completion` as message lists, no `label`. The prompt is context,
+    an assistant turn inside it included; the completion's assistant turns train."""
+    report = check(FIXTURES / "formats" / "trl_prompt_completion_conversational.jsonl", tokenizer)
+    assert (report["ok"], report["format"], report["objective"], report["kept"]) == (True, "completion", "sft", 2), \
+        report
+    assert trained(report, 0) == ["It is blue." + END]
+    second = report["shown"][1]
+    assert second["trained"] == ["Madrid." + END], "the prompt's earlier answer (Rome.) is context, not trained"
+    assert "Answer in one word." in second["rendered"] and "Rome." in second["rendered"]
+
+
+def test_a_completion_list_that_does_not_start_with_the_answer_is_refused(tmp_path, tokenizer):
+    record = {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "user", "content": "Hi"}]}
+    report = check(write_jsonl(tmp_path / "pc.jsonl", [record]), tokenizer)
+    assert not report["ok"] and "'completion' must start with an assistant turn" in report["error"]
+
+
 def test_llama_factory_glaive_tool_calling_renders_tools_and_trains_calls(qwen3):
     report = check(FIXTURES / "formats" / "glaive_toolcall_en_demo.json", qwen3)
     assert (report["ok"], report["format"], report["kept"]) == (True, "sharegpt", 2), report

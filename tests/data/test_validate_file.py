@@ -149,6 +149,22 @@ def test_json_array_file_is_accepted(datasets: Path) -> None:
     assert (result.ok, result.format, result.examples) == (True, "alpaca", 120)
 
 
+@pytest.mark.parametrize("first_text", ["short", "x" * 9000], ids=["short-records", "first-record-over-8KiB"])
+def test_json_lines_saved_as_json_are_read_as_json_lines(tmp_path: Path, first_text: str) -> None:
+    """`datasets.Dataset.to_json("x.json")` writes JSON Lines by default, under a .json name."""
+    path = tmp_path / "x.json"
+    path.write_bytes(lines({"text": first_text}, {"text": "two"}, {"text": "three"}))
+    result = validate_file(path)
+    assert (result.ok, result.format, result.examples) == (True, "text", 3), result.error
+
+
+def test_one_pretty_printed_record_in_a_json_file_is_still_one_record(tmp_path: Path) -> None:
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"text": "x" * 9000}, indent=2))
+    result = validate_file(path)
+    assert (result.ok, result.examples) == (True, 1), result.error
+
+
 def test_json_array_reports_the_line_of_a_bad_element(tmp_path: Path) -> None:
     path = tmp_path / "data.json"
     path.write_text(json.dumps([GOOD, chat(("user", "no answer")), GOOD], indent=2))

@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from finetuned.data.chat import Chat, Message, alpaca_prompt, string
 from finetuned.data.conversations import parse_messages, parse_sharegpt
-from finetuned.data.preferences import LABELLED, PAIRS, parse_labelled, parse_pair, preference_form
-from finetuned.data.report import RecordProblem, kind_of
+from finetuned.data.preferences import (
+    LABELLED,
+    PAIRS,
+    answer_turns,
+    parse_labelled,
+    parse_pair,
+    preference_form,
+    prompt_chat,
+)
+from finetuned.data.report import RecordProblem, kind_of, listed
 
 CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT = "chat", "sharegpt", "alpaca", "completion", "text"
 FORMATS = (CHAT, SHAREGPT, ALPACA, COMPLETION, TEXT, PAIRS, LABELLED)
@@ -60,10 +68,10 @@ _KNOWN_KEYS = {
     CHAT: {"messages", "tools", "functions", "parallel_tool_calls", "system"},
     SHAREGPT: {"conversations", "tools", "system"},
     ALPACA: {"instruction", "input", "output", "system", "history"},
-    COMPLETION: {"prompt", "completion"},
+    COMPLETION: {"prompt", "completion", "system", "tools", "functions"},
     TEXT: {"text"},
-    PAIRS: {"prompt", "chosen", "rejected", "conversations", "messages", "instruction", "input", "system", "history",
-            "tools", "functions", "preferred_output", "non_preferred_output"},
+    PAIRS: {"prompt", "question", "chosen", "rejected", "conversations", "messages", "instruction", "input", "system",
+            "history", "tools", "functions", "preferred_output", "non_preferred_output"},
     LABELLED: {"prompt", "completion", "label", "kto_tag", "messages", "conversations", "system", "tools", "functions"},
 }
 # LLaMA-Factory's identity data ships "{{name}}" for the user to replace: trained as is, the model learns it.
@@ -90,9 +98,10 @@ def parse_record(record: Any, notes: Notes | None = None) -> tuple[str, Payload]
     if not isinstance(record, dict):
         raise RecordProblem("not_object", f"expected a JSON object, got {kind_of(record)}")
     _refuse_meaning_changes(record)
+    _refuse_known_misshapes(record)
     name = detect_format(record)
     if name is None:
-        keys = ", ".join(sorted(record)[:8]) or "none"
+        keys = listed(sorted(record)) or "none"
         raise RecordProblem(
             "unknown_schema",
             f"keys ({keys}) match no known format: messages, conversations, "
@@ -126,6 +135,24 @@ def _refuse_meaning_changes(record: dict[str, Any]) -> None:
         present = [k for k in keys if k in record and record[k] not in (None, [], "", {})]
         if present:
             raise RecordProblem(kind, f"'{present[0]}': {why}")
+
+
+def _refuse_known_misshapes(record: dict[str, Any]) -> None:
+    """Shapes that would pass for another format, or for none, refused with what they are and the fix."""
+    answers = record.get("answers")
+    if isinstance(answers, list) and answers and all(isinstance(a, dict) and "rank" in a for a in answers):
+        raise RecordProblem("ranking", "'answers' holds ranked answers (a 'rank' each, as Nectar writes them): "
+                            "finetuned trains pairs, not rankings; write each record as {\"prompt\", \"chosen\": "
+                            "a better answer, \"rejected\": a worse one}")
+    if not record or not all(isinstance(v, dict) and v for v in record.values()):
+        return
+    fix = 'write the records instead: df.to_json(path, orient="records", lines=True)'
+    if all(k.isdigit() for v in record.values() for k in v):
+        raise RecordProblem("pandas_layout", f"the object holds columns ({listed(sorted(record))}), each mapping "
+                            f"row numbers to values, as pandas' DataFrame.to_json() writes by default: {fix}")
+    if all(k.isdigit() for k in record):
+        raise RecordProblem("pandas_layout", "the object holds rows keyed by their number, as pandas' "
+                            f"DataFrame.to_json(orient=\"index\") writes: {fix}")
 
 
 def _texts(payload: Payload) -> Iterator[str]:
@@ -170,9 +197,12 @@ def _alpaca(record: dict[str, Any]) -> Chat:
 
 
 def _completion(record: dict[str, Any]) -> Chat:
-    prompt = string(require(record, "prompt", COMPLETION), "prompt")
-    completion = string(require(record, "completion", COMPLETION), "completion")
-    return Chat((Message("user", prompt), Message("assistant", completion)))
+    """Strings, or TRL's conversational form (message lists): the prompt is context, the completion trains."""
+    require(record, "prompt", COMPLETION)
+    answer = answer_turns(require(record, "completion", COMPLETION), "completion")
+    context = prompt_chat(record)
+    # TRL trains the completion only: an assistant turn inside the prompt is context, whatever it says.
+    return Chat((*(replace(m, train=False) for m in context.messages), *answer), context.tools)
 
 
 def _text(record: dict[str, Any]) -> str:

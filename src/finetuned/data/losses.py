@@ -45,11 +45,14 @@ def data_losses(examples: int, counts: dict[str, int], special: int, max_seq_len
     if counts["dropped_no_loss"]:
         parts.append(f"{counts['dropped_no_loss']} dropped with no trained token left (an answer cut off, or "
                      "every turn marked not to train)")
-    if special:
-        parts.append(f"{special} spell a special token in their text, which is tokenised as that token")
     refused = dropped / examples > settings.max_dropped_fraction
-    share = 100 * (dropped if refused else affected) / examples
+    lost = dropped + counts["truncated"]
+    share = 100 * (dropped if refused else lost) / examples
     head = (f"{dropped} of {examples} examples ({share:.0f}%) would be dropped, more than data.max_dropped_fraction "
             f"{settings.max_dropped_fraction:g}" if refused else
-            f"{affected} of {examples} examples ({share:.0f}%) are dropped or cut")
-    return DataLosses(f"{head}: " + "; ".join(parts), affected, refused)
+            f"{lost} of {examples} examples ({share:.0f}%) are dropped or cut")
+    said = [f"{head}: " + "; ".join(parts)] if parts else []
+    if special:  # trained whole: never counted as dropped or cut
+        said.append(f"{special} of {examples} examples spell a special token in their text, which is tokenised as "
+                    "that token (it can end a turn early)")
+    return DataLosses("; ".join(said), affected, refused)

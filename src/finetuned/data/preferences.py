@@ -8,7 +8,7 @@ Two forms, and the file's form picks the objective:
 Shapes read (docs/data.md, "Preference data"):
 - TRL standard `{"prompt": str, "chosen": str, "rejected": str}` and its conversational form (lists of
   messages), and the implicit-prompt form where chosen and rejected are whole conversations (the prompt
-  is their longest common start);
+  is their longest common start), also beside a string `prompt` that must agree with it (UltraFeedback);
 - TRL unpaired `{"prompt", "completion", "label": bool}`;
 - LLaMA-Factory ranking data: Alpaca with `chosen`/`rejected` strings, ShareGPT `conversations` with
   `chosen`/`rejected` turn objects (`dpo_en_demo.json`); KTO data: `messages` (or `conversations`) whose
@@ -24,6 +24,7 @@ from typing import Any
 from finetuned.data.chat import Chat, Message, alpaca_prompt, string
 from finetuned.data.conversations import parse_messages, parse_sharegpt
 from finetuned.data.report import RecordProblem, kind_of
+from finetuned.data.tools import parse_tools
 
 PAIRS, LABELLED = "preference", "unpaired"
 LABEL_KEYS = ("label", "kto_tag")
@@ -65,12 +66,17 @@ def parse_pair(record: dict[str, Any]) -> Pair:
         return _pair(prompt, _sharegpt_answer(chosen, "chosen"), _sharegpt_answer(rejected, "rejected"))
     if "instruction" in record:  # LLaMA-Factory Alpaca ranking
         prompt = _alpaca_prompt(record)
-        return _pair(prompt, _answer(chosen, "chosen"), _answer(rejected, "rejected"))
+        return _pair(prompt, answer_turns(chosen, "chosen"), answer_turns(rejected, "rejected"))
+    if "question" in record and "prompt" not in record:  # Intel/orca_dpo_pairs: `system`, `question`
+        record = {**record, "prompt": record["question"]}
     if "prompt" in record:
-        return _pair(_prompt(record), _answer(chosen, "chosen"), _answer(rejected, "rejected"))
+        if isinstance(record["prompt"], str) and _whole_conversation(chosen):
+            # UltraFeedback: the answers repeat the prompt as their first turn; TRL ignores `prompt` then.
+            return _implicit(record, stated=record["prompt"])
+        return _pair(prompt_chat(record), answer_turns(chosen, "chosen"), answer_turns(rejected, "rejected"))
     if "messages" in record:  # the conversation so far, beside the answers
         prompt = _conversation({"messages": record["messages"], **_extra(record)}, "messages")
-        return _pair(prompt, _answer(chosen, "chosen"), _answer(rejected, "rejected"))
+        return _pair(prompt, answer_turns(chosen, "chosen"), answer_turns(rejected, "rejected"))
     return _implicit(record)
 
 
@@ -80,8 +86,8 @@ def parse_labelled(record: dict[str, Any]) -> Labelled:
     if not isinstance(label, bool):
         raise RecordProblem("bad_label", f"'{key}' is {kind_of(label)}, expected true (a good answer) or false")
     if "completion" in record:  # TRL unpaired
-        prompt = _prompt(record)
-        completion = _answer(record["completion"], "completion")
+        prompt = prompt_chat(record)
+        completion = answer_turns(record["completion"], "completion")
     else:  # LLaMA-Factory KTO: the last assistant turn is the judged answer
         key = "messages" if "messages" in record else "conversations"
         if key not in record:
@@ -117,11 +123,13 @@ def _conversation(record: dict[str, Any], key: str) -> Chat:
         raise RecordProblem(problem.kind, f"in '{key}': {problem.message}") from None
 
 
-def _prompt(record: dict[str, Any]) -> Chat:
+def prompt_chat(record: dict[str, Any]) -> Chat:
+    """A `prompt`: a string (one user turn, after a `system` string) or a list of messages; with the tools."""
     prompt = record.get("prompt")
     if isinstance(prompt, str):
         system = [Message("system", string(record["system"], "system"))] if record.get("system") else []
-        return Chat((*system, Message("user", prompt)))
+        tools = parse_tools(record.get("tools"), "tools") + parse_tools(record.get("functions"), "functions")
+        return Chat((*system, Message("user", prompt)), tools)
     if isinstance(prompt, list):
         return _conversation({"messages": prompt, **_extra(record)}, "messages")
     raise RecordProblem("bad_content", f"'prompt' is {kind_of(prompt)}, expected a string or a list of messages")
@@ -143,7 +151,7 @@ def _alpaca_prompt(record: dict[str, Any]) -> Chat:
     return Chat(tuple(messages))
 
 
-def _answer(value: Any, where: str) -> tuple[Message, ...]:
+def answer_turns(value: Any, where: str) -> tuple[Message, ...]:
     """An answer: a string (one assistant turn) or a list of assistant messages."""
     if isinstance(value, str):
         return (Message("assistant", value),)
@@ -162,15 +170,24 @@ def _sharegpt_answer(value: Any, where: str) -> tuple[Message, ...]:
     if isinstance(value, dict) and "from" in value:
         chat = _conversation({"conversations": [value]}, "conversations")
         return chat.messages
-    return _answer(value, where)
+    return answer_turns(value, where)
 
 
-def _implicit(record: dict[str, Any]) -> Pair:
-    """TRL's implicit prompt: chosen and rejected are whole conversations; the prompt is their common start."""
+def _whole_conversation(value: Any) -> bool:
+    """Messages that start before the answer (a user or system turn): the prompt is inside them."""
+    return (isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+            and value[0].get("role") not in (None, "assistant"))
+
+
+def _implicit(record: dict[str, Any], stated: str | None = None) -> Pair:
+    """TRL's implicit prompt: chosen and rejected are whole conversations; the prompt is their common start.
+
+    `stated`: the record's own string `prompt`, which must be the last user turn of that start.
+    """
     chosen, rejected = record["chosen"], record["rejected"]
     if isinstance(chosen, str) and isinstance(rejected, str):
         raise RecordProblem("missing_field", "a preference record whose answers are strings needs a 'prompt' "
-                            "(or 'instruction', 'messages')")
+                            "(or 'question', 'instruction', 'messages')")
     chosen_chat = _conversation({"messages": chosen, **_extra(record)}, "messages")
     rejected_chat = _conversation({"messages": rejected, **_extra(record)}, "messages")
     n = 0
@@ -180,8 +197,21 @@ def _implicit(record: dict[str, Any]) -> Pair:
         n += 1
     if n == 0 or n == len(chosen_chat.messages) or n == len(rejected_chat.messages):
         raise RecordProblem("bad_structure", "chosen and rejected must share a prompt and then differ")
+    if stated is not None:
+        _agrees(stated, chosen_chat.messages[:n])
     return _pair(Chat(chosen_chat.messages[:n], chosen_chat.tools), chosen_chat.messages[n:],
                  rejected_chat.messages[n:])
+
+
+def _agrees(stated: str, shared: tuple[Message, ...]) -> None:
+    asked = next((m.content for m in reversed(shared) if m.role == "user"), "")
+    if asked.strip() != stated.strip():  # exports differ in a trailing newline, never in the words
+        raise RecordProblem("prompt_mismatch", f"'prompt' ({_clip(stated)!r}) is not the last user turn that "
+                            f"'chosen' and 'rejected' share ({_clip(asked)!r}): which one is the prompt?")
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _openai(record: dict[str, Any]) -> Pair:
@@ -192,5 +222,5 @@ def _openai(record: dict[str, Any]) -> Pair:
         if key not in record:
             raise RecordProblem("missing_field", f"an OpenAI preference record needs '{key}'")
     prompt = _conversation({"messages": source["messages"], **_extra(source)}, "messages")
-    return _pair(prompt, _answer(record["preferred_output"], "preferred_output"),
-                 _answer(record["non_preferred_output"], "non_preferred_output"))
+    return _pair(prompt, answer_turns(record["preferred_output"], "preferred_output"),
+                 answer_turns(record["non_preferred_output"], "non_preferred_output"))

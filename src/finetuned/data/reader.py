@@ -82,7 +82,7 @@ class FileReader:
         hasher = hashlib.sha256()
         with open(self.path, "rb") as f:
             head = f.read(HEAD_BYTES)
-            if problem := _sniff(head):
+            if problem := _sniff(head, self.path):
                 yield Item(1, problem=problem, fatal=True)
                 return
             stripped = head.removeprefix(_UTF8_BOM).lstrip()
@@ -90,6 +90,7 @@ class FileReader:
             self.looks_like_array = stripped.startswith(b"[")
             self.array = self.looks_like_array and json_file
             if stripped.startswith(b"{") and json_file:  # JSON Lines named .json, or one pretty-printed object
+                f.seek(0)  # the head read moved past the first line's start
                 self.object = not _whole_json(f.readline(self.max_line_bytes + 1))
             f.seek(0)
             if self.array:
@@ -163,6 +164,15 @@ class FileReader:
         return True
 
 
+def count_array(path: Path, max_line_bytes: int) -> int | None:
+    """The elements of the one JSON array the file holds, in bounded memory; None if it holds no whole array."""
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in _ArrayScanner(f, hashlib.sha256(), max_line_bytes).records())
+    except (RecordProblem, OSError):
+        return None
+
+
 def _whole_json(line: bytes) -> bool:
     """The line is a JSON value by itself: the file is JSON Lines (pretty-printed JSON spans lines)."""
     try:
@@ -172,8 +182,20 @@ def _whole_json(line: bytes) -> bool:
     return True
 
 
-def _sniff(head: bytes) -> RecordProblem | None:
-    """Whole-file faults visible in the first bytes: other encodings and binary files."""
+def to_jsonl(path: Path) -> str:
+    """The pandas call that writes a table as the JSON Lines finetuned reads, beside `path`."""
+    return f'to_json({path.stem + ".jsonl"!r}, orient="records", lines=True, force_ascii=False)'
+
+
+def _sniff(head: bytes, path: Path) -> RecordProblem | None:
+    """Whole-file faults visible in the first bytes: other encodings, tables, binary files."""
+    suffix = path.suffix.lower()
+    if head.startswith(b"PAR1") or suffix == ".parquet":
+        return RecordProblem("table_file", "the file is Parquet, a table: finetuned reads JSON Lines; convert it with "
+                             f"pandas: pd.read_parquet({path.name!r}).{to_jsonl(path)}")
+    if head.startswith(b"ARROW1") or suffix == ".arrow":
+        return RecordProblem("table_file", "the file is an Arrow table: finetuned reads JSON Lines; convert it with "
+                             f"datasets: Dataset.from_file({path.name!r}).to_json({path.stem + '.jsonl'!r})")
     for bom, name in _OTHER_BOMS.items():
         if head.startswith(bom):
             return RecordProblem("not_utf8", f"the file is {name}; save it as UTF-8")

@@ -120,6 +120,12 @@ def kind_of(value: Any) -> str:
     return "null" if value is None else _KINDS.get(type(value), type(value).__name__)
 
 
+def listed(names: list[str], most: int = 8) -> str:
+    """Names for a message, the first `most` of them, saying how many more there are."""
+    shown = ", ".join(names[:most])
+    return f"{shown} and {len(names) - most} more" if len(names) > most else shown
+
+
 def file_report(file: str, kind: str, message: str) -> dict[str, Any]:
     """A report for a problem of the whole file (a symlink, a duplicate), not of its lines."""
     problems = ProblemLog()

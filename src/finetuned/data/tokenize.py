@@ -251,7 +251,7 @@ def prepare(
         if form == UNPAIRED:
             np.save(tmp / LABELS, np.frombuffer(writer.labels, dtype=np.uint8))
         examples = len(writer.lengths) // sequences_per_example(form)
-        _check(path, validation, reader.sha256, problems, skip, examples, worker.counts)
+        _check(path, validation, reader.sha256, problems, skip, examples, worker.counts, max_seq_len)
         losses = data_losses(validation.examples, worker.counts, renderer.special_token_text, max_seq_len, settings)
         if losses is not None and losses.refused:
             raise DataError(_report(path, losses.message) | {"problems": [losses.entry("data_loss")]})
@@ -323,6 +323,7 @@ def _check(
     skip: bool,
     examples: int,
     counts: dict[str, int],
+    max_seq_len: int,
 ) -> None:
     """Refuse what cannot train: bad lines (unless skipped), a changed file, no trained token."""
     if problems and not skip:
@@ -333,7 +334,8 @@ def _check(
         return
     why = []
     if counts["dropped_overlong"]:
-        why.append(f"{counts['dropped_overlong']} longer than max_seq_len (data.overlong is 'drop')")
+        why.append(f"{counts['dropped_overlong']} longer than training.max_seq_len {max_seq_len} (the longest has "
+                   f"{counts['longest_seen']} tokens: raise training.max_seq_len, or set data.overlong to 'truncate')")
     if counts["dropped_no_loss"]:
         why.append(f"{counts['dropped_no_loss']} with no trained token left")
     message = "no token would carry loss" + (": examples dropped, " + "; ".join(why) if why else "")

@@ -14,10 +14,12 @@ from typing import Any
 
 from finetuned.config import DataSettings
 from finetuned.data.formats import Notes, parse_record
-from finetuned.data.reader import FileReader
-from finetuned.data.report import KEEP_LINES, ProblemLog, RecordProblem
+from finetuned.data.reader import FileReader, count_array, to_jsonl
+from finetuned.data.report import KEEP_LINES, ProblemLog, RecordProblem, listed
 
 log = logging.getLogger(__name__)
+
+_DELIMITED = {".csv": "CSV", ".tsv": "TSV"}
 
 
 @dataclass
@@ -96,14 +98,20 @@ def validate_file(path: Path, settings: DataSettings | None = None) -> Validatio
         )
         return Validation(True, fmt, examples, reader.sha256, warnings=report, notes=_notes(notes, fmt),
                           records=records)
+    # A JSON array read as lines counts lines, not records: count the array's elements instead.
+    array_records = count_array(path, settings.max_line_bytes) if reader.looks_like_array and not reader.array else None
+    records = records if array_records is None else array_records
     if report is not None:
-        report["error"] = _explain(path, reader, report["error"], examples == 0 and skip and not fatal)
+        report["error"] = _explain(path, reader, report["error"], examples == 0 and skip and not fatal, array_records)
     log.info("%s refused: %s", path.name, report["error"] if report else "?")
     return Validation(False, fmt, examples, reader.sha256, error=report, records=records)
 
 
-def _explain(path: Path, reader: FileReader, error: str, nothing_good: bool) -> str:
+def _explain(path: Path, reader: FileReader, error: str, nothing_good: bool, array_records: int | None) -> str:
     """The refusal in the words that fit what the file really is."""
+    if array_records is not None:
+        return (f"the file holds a JSON array of {array_records} records, not JSON Lines (one object per line); "
+                f"only a .json file may hold an array: rename it {path.stem}.json, or write one record per line")
     if reader.looks_like_array and not reader.array:
         return ("the file holds a JSON array, not JSON Lines (one object per line); only a .json file may "
                 "hold an array: " + error)
@@ -111,6 +119,10 @@ def _explain(path: Path, reader: FileReader, error: str, nothing_good: bool) -> 
         key, count = reader.wrapper
         return (f"the file holds one JSON object whose '{key}' holds {count} records: save that array itself as "
                 "the .json file, or one record per line as .jsonl")
+    if path.suffix.lower() in _DELIMITED and not reader.looked_like_json:
+        return (f"{path.name} is {_DELIMITED[path.suffix.lower()]}, a table: finetuned reads JSON Lines, one JSON "
+                f"object per line; convert it with pandas: pd.read_csv({path.name!r}"
+                f"{', sep=' + repr(chr(9)) if path.suffix.lower() == '.tsv' else ''}).{to_jsonl(path)}")
     if path.suffix.lower() in (".txt", ".text", ".md") and not reader.looked_like_json:
         return (f"{path.name} is plain text: finetuned reads JSON Lines, one JSON object per line; wrap each line "
                 "as {\"text\": \"...\"} (e.g. jq -R '{text: .}' " + f"{path.name} > {path.stem}.jsonl)")
@@ -125,7 +137,7 @@ def _notes(notes: Notes, fmt: str | None) -> list[dict[str, Any]]:
                 "they are, the model learns them literally; replace them before training (LLaMA-Factory's "
                 "identity data expects this)", counts_as_line=False)
     if notes.unused_keys:
-        keys = ", ".join(sorted(notes.unused_keys)[:8])
+        keys = listed(sorted(notes.unused_keys))
         out.add("unused_keys", f"keys not used for training ({fmt} records): {keys}", counts_as_line=False)
     return out.problems()
 
