@@ -63,6 +63,26 @@ def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def unset_key(raw: dict[str, Any], key: str) -> None:
+    """Remove `training.epochs`-style `key` from a nested dict, if there, with any section it leaves empty
+    (an unknown section emptied must go too, or it would still be refused)."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"'{key}' is not a setting name (e.g. training.epochs)")
+
+    def drop(node: dict[str, Any], rest: list[str]) -> None:
+        if len(rest) == 1:
+            node.pop(rest[0], None)
+            return
+        child = node.get(rest[0])
+        if isinstance(child, dict):
+            drop(child, rest[1:])
+            if not child:
+                del node[rest[0]]
+
+    drop(raw, parts)
+
+
 def assignments(pairs: list[str]) -> dict[str, Any]:
     """`["training.epochs=2", "data.packing=false"]` as a nested dict."""
     out: dict[str, Any] = {}

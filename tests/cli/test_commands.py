@@ -118,6 +118,36 @@ def test_config_show_hides_secrets_and_set_validates_and_prints_the_change(tmp_p
     assert (root / "config.json").read_text() == before
 
 
+def test_an_unknown_key_in_config_json_is_named_and_config_unset_removes_it(tmp_path):
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    path = root / "config.json"
+    config = json.loads(path.read_text())
+    config["training"]["epoch"] = 2
+    config["trainig"] = {"seed": 1}
+    path.write_text(json.dumps(config))
+    shown = finetuned("config", "show", "--root", str(root), check=False)
+    assert shown.returncode == 1 and "unknown key 'training.epoch'" in shown.stderr, shown.stderr
+    assert "finetuned config unset training.epoch" in shown.stderr, shown.stderr
+    doctor = finetuned("doctor", "--root", str(root), check=False).stdout
+    assert "finetuned config unset training.epoch" in doctor, doctor
+
+    # An edit that mends none of its problems names the one in the way and what mends it.
+    blocked = finetuned("config", "set", "training.seed", "7", "--root", str(root), check=False)
+    assert blocked.returncode == 1 and "unknown key 'training.epoch'" in blocked.stderr, blocked.stderr
+    assert "config unset training.epoch" in blocked.stderr and json.loads(path.read_text()) == config
+    # One that mends one is written, saying what is left.
+    mended = finetuned("config", "unset", "training.epoch", "--root", str(root)).stdout
+    assert "still invalid" in mended and "unknown key 'trainig'" in mended and "config unset trainig" in mended
+    valid = finetuned("config", "unset", "trainig.seed", "--root", str(root)).stdout
+    assert "valid again" in valid, valid
+    assert "trainig" not in json.loads(finetuned("config", "show", "--root", str(root)).stdout)
+    assert finetuned("config", "set", "training.epochs", "2", "--root", str(root)).stdout.strip() == \
+        "training.epochs: 1 -> 2"
+    assert finetuned("config", "unset", "training.epochs", "--root", str(root)).stdout.strip() == \
+        "training.epochs: 2 -> 1"
+
+
 def test_help_examples_keep_one_line_each():
     for command in (["add"], ["status"], ["retry"], ["config"], ["service"]):
         lines = [line.strip() for line in finetuned(*command, "--help").stdout.splitlines()]
