@@ -118,6 +118,19 @@ def test_config_show_hides_secrets_and_set_validates_and_prints_the_change(tmp_p
     assert (root / "config.json").read_text() == before
 
 
+def test_add_checks_the_file_with_its_own_settings(tmp_path):
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    data = write_jsonl(tmp_path / "d.jsonl", chat_lines(6))
+    with data.open("a") as f:
+        f.write("{not json\n")
+    refused = finetuned("add", str(data), "--root", str(root), check=False)
+    assert refused.returncode == 1 and "not added" in refused.stderr, refused.stderr
+    added = finetuned("add", str(data), "--set", "data.skip_bad_lines=true", "--root", str(root))
+    assert "data.skip_bad_lines=true" in added.stdout
+    assert (root / "inbox/normal/d.jsonl").exists()
+
+
 def test_an_unknown_key_in_config_json_is_named_and_config_unset_removes_it(tmp_path):
     root = tmp_path / "ws"
     finetuned("init", str(root))
