@@ -209,6 +209,44 @@ def test_retry_with_no_daemon_puts_the_failed_file_back_under_the_lock(tmp_path)
     assert again.returncode == 1 and "is queued, not failed" in again.stderr
 
 
+def test_retry_keeps_the_settings_a_job_started_with_and_fresh_config_starts_it_over(tmp_path):
+    from finetuned.config import Config
+    from finetuned.overrides import frozen
+    from finetuned.queue.endings import Endings
+    from finetuned.queue.job import JobStatus
+    from finetuned.queue.store import JobStore
+    from finetuned.workspace import Workspace
+
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    ws = Workspace.at(root)
+    store = JobStore(ws).load()
+    job = store.admit(write_jsonl(ws.inbox_normal / "d.jsonl", chat_lines(2)), "normal")
+    started = Config(base_model="builtin:tiny")
+    started.training.batch_size = 8
+    job.config, job.step, job.total_steps = frozen(started), 6, 20
+    store.move(job, JobStatus.TRAINING, "started")
+    (ws.job_checkpoints(job.id) / "checkpoint-6").mkdir(parents=True)
+    ws.metrics_file(job.id).parent.mkdir(parents=True, exist_ok=True)
+    ws.metrics_file(job.id).write_text('{"step": 6, "loss": 1.0}\n')
+    Endings(store).failed(job, "out of memory (after 2 retries)")
+
+    finetuned("retry", job.id, "--root", str(root))
+    record = read_json(ws.job_record(job.id))
+    assert record["config"]["training"]["batch_size"] == 8 and record["step"] == 6, "it resumes as it started"
+    assert (ws.job_checkpoints(job.id) / "checkpoint-6").is_dir()
+
+    store = JobStore(ws).load()
+    Endings(store).failed(store.get(job.id), "out of memory again")
+    fresh = finetuned("retry", job.id, "--fresh-config", "--root", str(root)).stdout
+    assert "starts over with config.json as it is now" in fresh, fresh
+    record = read_json(ws.job_record(job.id))
+    assert record["status"] == "queued" and record["config"] is None, "config.json applies at its next start"
+    assert (record["step"], record["total_steps"]) == (0, None)
+    assert not ws.job_checkpoints(job.id).exists() and not ws.metrics_file(job.id).exists(), \
+        "nothing of the runs with the old settings is resumed or mixed into the new run's curve"
+
+
 def test_commands_outside_a_workspace_say_so(tmp_path):
     result = finetuned("queue", "--root", str(tmp_path), check=False)
     assert result.returncode == 1 and "not a finetuned workspace" in result.stderr

@@ -18,6 +18,11 @@ app = typer.Typer(
     name="config", no_args_is_help=True, rich_markup_mode=None,
     help=examples_kept("""Show or edit config.json, with validation (a running daemon picks an edit up at once).
 
+An edit applies to the jobs that have not started yet: a job keeps the settings it
+started with (all but control, inbox, monitor, lifecycle, notify and distributed,
+which follow config.json) until it ends; finetuned retry JOB --fresh-config starts a
+failed one over with the settings of now.
+
 examples:
   finetuned config show
   finetuned config set training.epochs 2
