@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from finetuned.errors import FinetunedError
 from finetuned.fsio import atomic_write_json
@@ -245,8 +246,9 @@ MOVED = {("monitor", f"preview_{key}"): ("previews", key)
          for key in ("every_steps", "examples", "max_new_tokens", "seconds", "budget")}
 
 
-def _moved_keys(raw: dict[str, Any]) -> list[str]:
-    """Move keys read from their old place to their new one, in place; returns a warning for each."""
+def _moved_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A copy of `raw` with keys read from their old place moved to their new one, and a warning for each."""
+    raw = json.loads(json.dumps(raw))  # moving keys must not change the caller's copy
     notes = []
     for (old_section, old_key), (section, key) in MOVED.items():
         old = raw.get(old_section)
@@ -258,30 +260,34 @@ def _moved_keys(raw: dict[str, Any]) -> list[str]:
             new[key] = value
         notes.append(f"{old_section}.{old_key} is now {section}.{key}; it was read from its old place "
                      f"(move it in config.json)")
-    return notes
+    return raw, notes
 
 
 class ConfigError(FinetunedError):
-    """A config.json that cannot be used; the message is one line naming the key."""
+    """A config.json that cannot be used; the message is one line naming the key (`key`, where one is to
+    blame; `unknown` where that key is no setting at all)."""
+
+    def __init__(self, message: str, key: str | None = None, unknown: bool = False, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.key, self.unknown = key, unknown
 
 
-def _describe(err: ValidationError, path: Path | str) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"{path}: unknown key '{key}'"
-    if first["type"] == "value_error":  # a validator's own words; a model validator's name their keys
-        where = f"{key}: " if first["loc"] else ""
-        return f"{path}: {where}{first['msg'].removeprefix('Value error, ')}"
-    got = first.get("input")
+def _problem(error: ErrorDetails, path: Path | str, more: int = 0) -> ConfigError:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return ConfigError(f"{path}: unknown key '{key}'", key, unknown=True)
+    if error["type"] == "value_error":  # a validator's own words; a model validator's name their keys
+        where = f"{key}: " if error["loc"] else ""
+        return ConfigError(f"{path}: {where}{error['msg'].removeprefix('Value error, ')}",
+                           key if error["loc"] else None)
+    got = error.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {json.dumps(got)})"
-    more = len(err.errors()) - 1
     tail = f"; and {more} more problem(s)" if more else ""
-    return f"{path}: {key}: {first['msg']}{got_text}{tail}"
+    return ConfigError(f"{path}: {key}: {error['msg']}{got_text}{tail}", key)
 
 
 def load_config(path: Path) -> Config:
-    """Read config.json; a missing file gets the defaults written out."""
+    """Read config.json; a missing file gets the defaults written out. A ConfigError says how to mend it."""
     if not path.exists():
         config = Config()
         save_config(path, config)
@@ -289,22 +295,47 @@ def load_config(path: Path) -> Config:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
-    return parse_config(raw, path)
+        raise ConfigError(f"{path}: not valid JSON: {exc}", hint="edit config.json") from None
+    try:
+        return parse_config(raw, path)
+    except ConfigError as exc:
+        exc.hint = repair_hint(exc)
+        raise
 
 
 def parse_config(raw: Any, path: Path | str, warn: bool = True) -> Config:
     """A config from config.json's content: keys in their old place are read (with a warning), then validated."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must hold a JSON object")
-    raw = json.loads(json.dumps(raw))  # moving keys must not change the caller's copy
-    for note in _moved_keys(raw):
+    raw, notes = _moved_keys(raw)
+    for note in notes:
         if warn:
             log.warning("%s: %s", path, note)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        errors = exc.errors()
+        raise _problem(errors[0], path, len(errors) - 1) from None
+
+
+def problems(raw: Any, path: Path | str) -> list[ConfigError]:
+    """Every reason config.json's content `raw` is refused, each naming its key; none when it validates."""
+    if not isinstance(raw, dict):
+        return [ConfigError(f"{path}: must hold a JSON object")]
+    try:
+        Config.model_validate(_moved_keys(raw)[0])
+    except ValidationError as exc:
+        return [_problem(error, path) for error in exc.errors()]
+    return []
+
+
+def repair_hint(exc: ConfigError) -> str:
+    """How to mend config.json when `exc` is its problem: the command that can, or the file itself."""
+    if exc.key is None:
+        return "edit config.json"
+    if exc.unknown:
+        return f"remove it with: finetuned config unset {exc.key}, or edit config.json"
+    return f"fix it with: finetuned config set {exc.key} VALUE, or edit config.json"
 
 
 def save_config(path: Path, config: Config) -> None:

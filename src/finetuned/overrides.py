@@ -63,6 +63,26 @@ def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def unset_key(raw: dict[str, Any], key: str) -> None:
+    """Remove `training.epochs`-style `key` from a nested dict, if there, with any section it leaves empty
+    (an unknown section emptied must go too, or it would still be refused)."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"'{key}' is not a setting name (e.g. training.epochs)")
+
+    def drop(node: dict[str, Any], rest: list[str]) -> None:
+        if len(rest) == 1:
+            node.pop(rest[0], None)
+            return
+        child = node.get(rest[0])
+        if isinstance(child, dict):
+            drop(child, rest[1:])
+            if not child:
+                del node[rest[0]]
+
+    drop(raw, parts)
+
+
 def assignments(pairs: list[str]) -> dict[str, Any]:
     """`["training.epochs=2", "data.packing=false"]` as a nested dict."""
     out: dict[str, Any] = {}
@@ -115,11 +135,28 @@ def check_overrides(overrides: Any, source: str) -> dict[str, Any]:
     return overrides
 
 
-def job_config(config: Config, overrides: dict[str, Any], source: str = "the file's settings") -> Config:
-    """The config one job trains with: the workspace's, with the file's own settings over it."""
-    if not overrides:
+# Sections that keep following config.json at every run of a started job: how the daemon runs its work
+# (controls, the inbox, the monitor, notifications, where ranks run), not what a job trains. A change of
+# launcher between two runs of a job is allowed: its checkpoints load on any world size.
+LIVE_SECTIONS = (*WORKSPACE_SECTIONS, "distributed")
+
+
+def frozen(config: Config) -> dict[str, Any]:
+    """What a job keeps from its first start, whatever config.json becomes: every section but the live ones
+    (none of which hold a secret)."""
+    return {key: value for key, value in config.model_dump(mode="json").items() if key not in LIVE_SECTIONS}
+
+
+def job_config(config: Config, overrides: dict[str, Any], source: str = "the file's settings",
+               settings: dict[str, Any] | None = None) -> Config:
+    """The config one job trains with: the workspace's, with the file's own settings over it; once it has
+    started, the `settings` frozen then (`frozen`) in place of every section they hold."""
+    if not overrides and settings is None:
         return config
     raw = merged(config.model_dump(mode="json"), check_overrides(overrides, source))
+    if settings is not None:
+        # Whole sections: a key config.json gained since must not leak into a job that started without it.
+        raw.update({key: value for key, value in settings.items() if key not in LIVE_SECTIONS})
     return parse_config(raw, source, warn=False)
 
 

@@ -119,6 +119,49 @@ def test_config_show_hides_secrets_and_set_validates_and_prints_the_change(tmp_p
     assert (root / "config.json").read_text() == before
 
 
+def test_add_checks_the_file_with_its_own_settings(tmp_path):
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    data = write_jsonl(tmp_path / "d.jsonl", chat_lines(6))
+    with data.open("a") as f:
+        f.write("{not json\n")
+    refused = finetuned("add", str(data), "--root", str(root), check=False)
+    assert refused.returncode == 1 and "not added" in refused.stderr, refused.stderr
+    added = finetuned("add", str(data), "--set", "data.skip_bad_lines=true", "--root", str(root))
+    assert "data.skip_bad_lines=true" in added.stdout
+    assert (root / "inbox/normal/d.jsonl").exists()
+
+
+def test_an_unknown_key_in_config_json_is_named_and_config_unset_removes_it(tmp_path):
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    path = root / "config.json"
+    config = json.loads(path.read_text())
+    config["training"]["epoch"] = 2
+    config["trainig"] = {"seed": 1}
+    path.write_text(json.dumps(config))
+    shown = finetuned("config", "show", "--root", str(root), check=False)
+    assert shown.returncode == 1 and "unknown key 'training.epoch'" in shown.stderr, shown.stderr
+    assert "finetuned config unset training.epoch" in shown.stderr, shown.stderr
+    doctor = finetuned("doctor", "--root", str(root), check=False).stdout
+    assert "finetuned config unset training.epoch" in doctor, doctor
+
+    # An edit that mends none of its problems names the one in the way and what mends it.
+    blocked = finetuned("config", "set", "training.seed", "7", "--root", str(root), check=False)
+    assert blocked.returncode == 1 and "unknown key 'training.epoch'" in blocked.stderr, blocked.stderr
+    assert "config unset training.epoch" in blocked.stderr and json.loads(path.read_text()) == config
+    # One that mends one is written, saying what is left.
+    mended = finetuned("config", "unset", "training.epoch", "--root", str(root)).stdout
+    assert "still invalid" in mended and "unknown key 'trainig'" in mended and "config unset trainig" in mended
+    valid = finetuned("config", "unset", "trainig.seed", "--root", str(root)).stdout
+    assert "valid again" in valid, valid
+    assert "trainig" not in json.loads(finetuned("config", "show", "--root", str(root)).stdout)
+    assert finetuned("config", "set", "training.epochs", "2", "--root", str(root)).stdout.strip() == \
+        "training.epochs: 1 -> 2"
+    assert finetuned("config", "unset", "training.epochs", "--root", str(root)).stdout.strip() == \
+        "training.epochs: 2 -> 1"
+
+
 def test_help_examples_keep_one_line_each():
     for command in (["add"], ["status"], ["retry"], ["config"], ["service"]):
         lines = [line.strip() for line in finetuned(*command, "--help").stdout.splitlines()]
@@ -165,6 +208,44 @@ def test_retry_with_no_daemon_puts_the_failed_file_back_under_the_lock(tmp_path)
     assert "retried" in ws.daemon_log().read_text()
     again = finetuned("retry", job.id, "--root", str(root), check=False)
     assert again.returncode == 1 and "is queued, not failed" in again.stderr
+
+
+def test_retry_keeps_the_settings_a_job_started_with_and_fresh_config_starts_it_over(tmp_path):
+    from finetuned.config import Config
+    from finetuned.overrides import frozen
+    from finetuned.queue.endings import Endings
+    from finetuned.queue.job import JobStatus
+    from finetuned.queue.store import JobStore
+    from finetuned.workspace import Workspace
+
+    root = tmp_path / "ws"
+    finetuned("init", str(root))
+    ws = Workspace.at(root)
+    store = JobStore(ws).load()
+    job = store.admit(write_jsonl(ws.inbox_normal / "d.jsonl", chat_lines(2)), "normal")
+    started = Config(base_model="builtin:tiny")
+    started.training.batch_size = 8
+    job.config, job.step, job.total_steps = frozen(started), 6, 20
+    store.move(job, JobStatus.TRAINING, "started")
+    (ws.job_checkpoints(job.id) / "checkpoint-6").mkdir(parents=True)
+    ws.metrics_file(job.id).parent.mkdir(parents=True, exist_ok=True)
+    ws.metrics_file(job.id).write_text('{"step": 6, "loss": 1.0}\n')
+    Endings(store).failed(job, "out of memory (after 2 retries)")
+
+    finetuned("retry", job.id, "--root", str(root))
+    record = read_json(ws.job_record(job.id))
+    assert record["config"]["training"]["batch_size"] == 8 and record["step"] == 6, "it resumes as it started"
+    assert (ws.job_checkpoints(job.id) / "checkpoint-6").is_dir()
+
+    store = JobStore(ws).load()
+    Endings(store).failed(store.get(job.id), "out of memory again")
+    fresh = finetuned("retry", job.id, "--fresh-config", "--root", str(root)).stdout
+    assert "starts over with config.json as it is now" in fresh, fresh
+    record = read_json(ws.job_record(job.id))
+    assert record["status"] == "queued" and record["config"] is None, "config.json applies at its next start"
+    assert (record["step"], record["total_steps"]) == (0, None)
+    assert not ws.job_checkpoints(job.id).exists() and not ws.metrics_file(job.id).exists(), \
+        "nothing of the runs with the old settings is resumed or mixed into the new run's curve"
 
 
 def test_commands_outside_a_workspace_say_so(tmp_path):

@@ -42,11 +42,11 @@ def add(
         fail(f"{file}: no such file")
     config = ws.load_config()
     overrides = assignments(settings or [])
-    job_config(config, overrides, "--set")
+    effective = job_config(config, overrides, "--set")  # checked as the daemon will train it, its own settings on
     if not no_check:
         from finetuned.data import validate_file
 
-        result = validate_file(file, config.data)
+        result = validate_file(file, effective.data)
         if not result.ok:
             assert result.error is not None
             fail(f"{file}: {result.error['error']} (not added; --no-check adds it anyway)")

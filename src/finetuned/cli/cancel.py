@@ -31,17 +31,17 @@ examples:
 """
 
 
-def queue_action(ws: Workspace, action: str, job_id: str) -> None:
+def queue_action(ws: Workspace, action: str, job_id: str, fresh_config: bool = False) -> None:
     """Apply a queue change through the running daemon, or directly under the lock when none runs."""
     try:
         with WorkspaceLock(ws.lock_file):
             setup_logging(ws, "daemon", stream=False)  # no daemon to log it: the change goes in its log all the same
             store = JobStore(ws).load()
             store.recover()
-            message = actions.apply(store, action, job_id)
+            message = actions.apply(store, action, job_id, fresh_config)
             atomic_write_json(ws.queue_json, document(queue_document(store.active(), None, None)))  # no daemon to do it
     except AlreadyRunning:
-        request_id = actions.submit(ws, action, job_id)
+        request_id = actions.submit(ws, action, job_id, fresh_config)
         reply = actions.wait_reply(ws, request_id)
         if reply is None:
             fail("the daemon did not answer within 15 s; the request stays in control/requests/")

@@ -51,7 +51,7 @@ def gc(
     try:
         plan = retention.plan(ws)
     except ConfigError as exc:
-        fail(str(exc), 2)  # not ConfigError's 1: this command always answered an unusable config.json with 2
+        fail(exc.line(), 2)  # not ConfigError's 1: this command always answered an unusable config.json with 2
     if plan.remove:
         table = Table("kind", "path", "size", "why")
         for item in plan.remove:

@@ -44,7 +44,7 @@ def init(
     try:
         config = ws.create()
     except ConfigError as exc:
-        fail(str(exc), 2)  # not ConfigError's 1: this command always answered an unusable config.json with 2
+        fail(exc.line(), 2)  # not ConfigError's 1: this command always answered an unusable config.json with 2
     if sample and new_config:
         config.training = config.training.model_copy(update=DEMO_TRAINING)
         save_config(ws.config_path, config)

@@ -30,7 +30,7 @@ def run(
     try:
         config = ws.create()
     except ConfigError as exc:
-        fail(str(exc), 2)  # not ConfigError's 1: this command always answered an unusable config.json with 2
+        fail(exc.line(), 2)  # not ConfigError's 1: this command always answered an unusable config.json with 2
     setup_logging(ws, "daemon")
     from finetuned.daemon.daemon import Daemon  # after the config check: a typo answers at once
 

@@ -61,7 +61,7 @@ def versions(
     try:
         base = ws.load_config().base_model
     except ConfigError as exc:
-        fail(str(exc), 2)  # not ConfigError's 1: this command always answered an unusable config.json with 2
+        fail(exc.line(), 2)  # not ConfigError's 1: this command always answered an unusable config.json with 2
     current = line.current(ws).id
     found = list_versions(ws, base)
     if as_json:

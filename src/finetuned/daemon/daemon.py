@@ -32,7 +32,7 @@ from finetuned.data.report import file_report
 from finetuned.fsio import durable_rename, is_disk_full, remove_file
 from finetuned.lifecycle.history import line_exclusions
 from finetuned.lock import WorkspaceLock
-from finetuned.overrides import job_config, listed, read_sidecar, sidecar_for, sidecar_of
+from finetuned.overrides import frozen, job_config, listed, read_sidecar, sidecar_for, sidecar_of
 from finetuned.processes.protocol import WAITING_FOR_DISK, YieldReason
 from finetuned.queue import actions
 from finetuned.queue.endings import Endings
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from finetuned.monitor.server import MonitorServer
 
 log = logging.getLogger("finetuned.daemon")
-
 
 
 class Daemon:
@@ -77,10 +76,10 @@ class Daemon:
         return self.settings.config
 
     def job_config(self, job: Job) -> Config | None:
-        """The settings `job` trains with: the workspace's and the file's own over them; None when they
-        no longer validate (the job has failed, saying why)."""
+        """The settings `job` trains with: the workspace's, the file's own over them, those frozen at its first
+        start over both; None when they no longer validate (the job has failed, saying why)."""
         try:
-            return job_config(self.config, job.overrides, f"job {job.id}'s own settings")
+            return job_config(self.config, job.overrides, f"job {job.id}'s settings", job.config)
         except ConfigError as exc:
             if self.session.job is job:  # paused in the worker: it leaves the worker as it fails
                 self.session.fail_paused(str(exc))
@@ -370,6 +369,8 @@ class Daemon:
         config = self.job_config(job)
         if config is None:
             return
+        if job.config is None:  # its first start: what it trains with until it ends (recorded as it starts)
+            job.config = frozen(config)
         exclude = [j.id for j in self.store.jobs.values() if j.status in (JobStatus.SKIPPED, JobStatus.FAILED)]
         exclude += line_exclusions(self.ws, self.store.jobs.values())  # after use/rollback: a fresh line
         self.asks.make_way()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from finetuned.config import Config, ConfigError, parse_config
+from finetuned.config import Config, ConfigError, parse_config, repair_hint
 from finetuned.models import builtin
 from finetuned.models.loading import adapter_path, base_path
 from finetuned.overrides import diff
@@ -108,7 +108,7 @@ class Settings:
             self._invalid(f"{path}: not valid JSON: {exc}")
             return
         except ConfigError as exc:
-            self._invalid(str(exc))
+            self._invalid(f"{exc} ({repair_hint(exc)})")
             return
         if self.invalid is not None:
             log.info("%s is valid again", path)

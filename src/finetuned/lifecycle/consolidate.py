@@ -174,7 +174,7 @@ def consolidate(ws: Workspace, job_id: str | None = None, note: str = "", progre
     try:
         config = ws.load_config()
     except ConfigError as exc:
-        raise LifecycleError(str(exc)) from None
+        raise LifecycleError(exc.line()) from None
     with lifecycle_lock(ws, "consolidate"):
         if use and not force:  # say it before minutes of merging, not after
             refuse_if_unfinished(ws, config.base_model, "consolidate and switch", "Let it finish, or write the "

@@ -60,7 +60,7 @@ def check_config(ws: Workspace) -> tuple[Check, Config | None]:
     try:
         config = load_config(ws.config_path)
     except ConfigError as exc:
-        return Check("config", FAIL, str(exc)), None
+        return Check("config", FAIL, exc.line()), None
     except OSError as exc:
         return Check("config", FAIL, f"{ws.config_path}: cannot be read: {exc}"), None
     return Check("config", OK, f"config.json valid: {config.method} on {config.base_model}, "

@@ -130,7 +130,7 @@ def switch(ws: Workspace, target: Version, action: str, force: bool = False, not
     try:
         config = ws.load_config()
     except ConfigError as exc:
-        raise LifecycleError(str(exc)) from None
+        raise LifecycleError(exc.line()) from None
     previous = config.base_model
     if not force:
         refuse_if_unfinished(ws, previous, action)

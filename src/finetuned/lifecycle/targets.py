@@ -45,7 +45,7 @@ def _config(ws: Workspace) -> Config:
     try:
         return ws.load_config()
     except ConfigError as exc:
-        raise LifecycleError(str(exc)) from None
+        raise LifecycleError(exc.line()) from None
 
 
 def of_version(version: Version, ws: Workspace) -> Target:

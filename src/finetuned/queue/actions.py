@@ -31,8 +31,9 @@ class ActionError(FinetunedError):
     pass
 
 
-def apply(store: JobStore, action: str, job_id: str) -> str:
-    """Do it; return one line saying what happened, or raise ActionError."""
+def apply(store: JobStore, action: str, job_id: str, fresh_config: bool = False) -> str:
+    """Do it; return one line saying what happened, or raise ActionError. `fresh_config` (retry): the job
+    starts over with config.json as it is now instead of resuming with the settings it started with."""
     try:
         job = store.get(job_id)
     except JobNotFound as exc:
@@ -53,17 +54,25 @@ def apply(store: JobStore, action: str, job_id: str) -> str:
         if job.status != JobStatus.FAILED:
             raise ActionError(f"job {job_id} is {job.status.value}, not failed")
         failed_as = job.reason
-        store.retry(job)
+        store.retry(job, fresh_config)
+        if fresh_config:
+            log.info("job %s: retried with config.json as it is now, from the start (it had failed: %s)",
+                     job_id, failed_as)
+            return (f"job {job_id} ({job.file}) is queued again; it starts over with config.json as it is now "
+                    "(its earlier checkpoints and metrics are gone)")
         log.info("job %s: retried (it had failed: %s); queued again", job_id, failed_as)
         return f"job {job_id} ({job.file}) is queued again; it is checked like a new file"
     raise ActionError(f"unknown action '{action}' (known: {', '.join(ACTIONS)})")
 
 
-def submit(ws: Workspace, action: str, job_id: str) -> str:
+def submit(ws: Workspace, action: str, job_id: str, fresh_config: bool = False) -> str:
     request_id = f"{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"
     folder = ws.requests
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / f"{request_id}.json", {"action": action, "job_id": job_id})
+    request: dict[str, Any] = {"action": action, "job_id": job_id}
+    if fresh_config:
+        request["fresh_config"] = True
+    atomic_write_json(folder / f"{request_id}.json", request)
     return request_id
 
 
@@ -91,7 +100,8 @@ def answer(ws: Workspace, store: JobStore, path: Path, before_reply: Callable[[]
     daemon rewrites control/queue.json there), so whoever reads the reply reads a queue that shows it."""
     try:
         request = read_json(path)
-        message, ok = apply(store, request["action"], request["job_id"]), True
+        fresh = request.get("fresh_config") is True
+        message, ok = apply(store, request["action"], request["job_id"], fresh), True
     except (ActionError, KeyError, ValueError, TypeError) as exc:
         message, ok = str(exc), False
     before_reply()

@@ -94,6 +94,10 @@ class Job(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict)
     # The file's own settings (a sidecar NAME.jsonl.config.json, or `add --set`), over the workspace's config.
     overrides: dict[str, Any] = Field(default_factory=dict)
+    # Its effective settings (config.json's and its own), frozen at its first start: every later run trains
+    # with them whatever config.json says by then, except the sections that stay the workspace's
+    # (overrides.LIVE_SECTIONS). None until it starts, and again after `retry --fresh-config`.
+    config: dict[str, Any] | None = None
 
     @property
     def validated(self) -> bool:

@@ -27,6 +27,7 @@ from finetuned.fsio import (
     name_bytes,
     read_json,
     remove_file,
+    remove_tree,
     text_name,
     unique_path,
 )
@@ -144,10 +145,19 @@ class JobStore:
     def queued_path(self, job_id: str, name: str) -> Path:
         return self.ws.queued / queued_name(job_id, name)
 
-    def retry(self, job: Job) -> None:
+    def retry(self, job: Job, fresh_config: bool = False) -> None:
         """A failed job's file back to `data/queued/`, queued behind its class; checked again like a new file.
-        Its error report goes (the record's history keeps the reason); its checkpoints stay to resume from."""
+        Its error report goes (the record's history keeps the reason); its checkpoints stay to resume from,
+        with the settings frozen at its first start. With `fresh_config` it starts over as a new job would,
+        with config.json as it is then: a checkpoint trained with other settings is no place to resume."""
         src = self.file_path(job)
+        if fresh_config:
+            # The checkpoints go before the record says step 0: a crash in between leaves a job that resumes
+            # with its old settings from nothing, never one that resumes their checkpoint with new ones.
+            remove_tree(self.ws.job_checkpoints(job.id))
+            remove_tree(self.ws.tensorboard_dir(job.id))
+            remove_file(self.ws.metrics_file(job.id))
+            job.config, job.step, job.total_steps = None, 0, None
         job.order, job.retries, job.examples = self.back_order(job.priority), 0, None
         job.pending = PendingMove(src=str(src), dst=str(self.queued_path(job.id, job.file)),
                                   status=JobStatus.QUEUED, reason="retried")
