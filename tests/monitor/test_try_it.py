@@ -85,6 +85,7 @@ def _log(ws) -> str:
     return "".join(p.read_text() for p in sorted(ws.logs.glob("daemon_*.log")))
 
 
+@pytest.mark.daemon  # a real `finetuned run`
 @pytest.mark.timeout(600)
 def test_the_worker_answers_at_its_step_and_the_answerer_while_idle(tmp_path: Path, tiny_model_dir: Path):
     from finetuned.checkpoints import path_for
@@ -134,6 +135,7 @@ def test_the_worker_answers_at_its_step_and_the_answerer_while_idle(tmp_path: Pa
         daemon.stop()
 
 
+@pytest.mark.daemon  # a real `finetuned run`
 @pytest.mark.timeout(600)
 def test_a_question_over_budget_waits_and_goes_to_the_answerer_when_the_job_pauses(tmp_path: Path,
                                                                                    tiny_model_dir: Path):
