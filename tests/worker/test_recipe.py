@@ -17,6 +17,7 @@ def run_job(ws, config, job_id, file, driver, cache=None):
     return train_in_process(ws, config, job_id, file, driver, cache)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["continuous", "independent"])
 def test_stopped_and_resumed_run_logs_the_same_losses(tmp_path, tiny_model_dir, mode):
     config = tiny_config(mode=mode, checkpoint_every_steps=100)
