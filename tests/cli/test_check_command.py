@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import chat_lines, make_workspace, write_jsonl
+
+pytestmark = pytest.mark.e2e  # each runs `finetuned check` in a new process, loading the tokenizer: seconds each
 
 SPEC_KEYS = {"format", "objective", "records", "kept", "dropped", "problems", "warnings", "shown"}
 

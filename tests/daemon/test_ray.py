@@ -25,8 +25,13 @@ from helpers import (
 
 from finetuned.config import Config
 
-pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(autouse=True)
+def _needs_ray() -> None:
+    """Skipped without Ray; imported when a test runs, not when plain `pytest` collects this module to leave it out."""
+    pytest.importorskip("ray")
 
 
 def on_ray(address: str, **training) -> Config:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import make_workspace
 from lifecycle_helpers import cli, lifecycle_config
 
 from finetuned.workspace import Workspace
+
+pytestmark = pytest.mark.e2e  # each runs `finetuned chat` on a trained adapter and generates: many seconds
 
 QUESTIONS = ["Say hi number 3.", "And number 4?"]
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM"  # the tiny model's template adds it

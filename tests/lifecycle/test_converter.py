@@ -56,6 +56,7 @@ def test_fetched_from_pypi_checked_and_only_the_converter_kept(cache, tmp_path, 
     assert not (converter.folder() / converter.SDIST).exists(), "unpacked and checked: removed"
 
 
+@pytest.mark.e2e
 def test_unreachable_index_is_one_line_naming_the_fix(cache, offline, trained, tmp_path):
     with pytest.raises(ConverterError) as caught:
         converter.ensure()

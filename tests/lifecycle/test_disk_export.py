@@ -44,6 +44,7 @@ def test_free_space_helpers(trained):
         "the worker's estimate (what it waits for before a save) covers a real checkpoint"
 
 
+@pytest.mark.e2e
 def test_export_a_version_and_a_job_loads_elsewhere(trained, tmp_path):
     (adapter,) = list_adapters(trained)
     version = consolidate(trained, use=False, note="to share").version

@@ -65,6 +65,7 @@ def test_falls_allow_max_regression() -> None:
     assert str(Fall("a", 0.8, 0.6)) == "a fell from 0.80 to 0.60 (-0.20)"
 
 
+@pytest.mark.e2e
 def test_consolidation_refused_when_a_suite_falls(suites_favouring, tmp_path: Path) -> None:
     ws, cases = suites_favouring
     _write_suite(ws, "keeps_base", [case for case, _, _ in cases])  # the base passes all, the adapter none
@@ -95,6 +96,7 @@ def test_consolidation_refused_when_a_suite_falls(suites_favouring, tmp_path: Pa
     assert ws.load_config().base_model == result.version.base_model
 
 
+@pytest.mark.e2e
 def test_switch_passes_when_the_candidate_holds_up(suites_favouring) -> None:
     ws, cases = suites_favouring
     _write_suite(ws, "likes_training", [case.model_copy(update={"expected": tuned}) for case, _, tuned in cases])
@@ -103,6 +105,7 @@ def test_switch_passes_when_the_candidate_holds_up(suites_favouring) -> None:
     assert read_version(result.version.path).evaluation["scores"] == {"likes_training": 1.0}
 
 
+@pytest.mark.e2e
 def test_scores_are_rescored_when_a_suite_changes(suites_favouring) -> None:
     ws, cases = suites_favouring
     path = _write_suite(ws, "keeps_base", [case for case, _, _ in cases])
@@ -115,6 +118,7 @@ def test_scores_are_rescored_when_a_suite_changes(suites_favouring) -> None:
     assert version.evaluation["scores"] == {"keeps_base": 1.0}
 
 
+@pytest.mark.e2e
 def test_cli_eval_versions_and_refusal(suites_favouring, tmp_path: Path) -> None:
     ws, cases = suites_favouring
     source = tmp_path / "keep.jsonl"

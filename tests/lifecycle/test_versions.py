@@ -113,6 +113,7 @@ def test_rollback_restores_the_earlier_logits_and_deletes_nothing(trained):
     assert "rollback: base model is now tiny " in log and "INFO    finetuned.lifecycle:" in log
 
 
+@pytest.mark.e2e
 def test_use_and_versions_through_the_cli(trained):
     root = str(trained.root)
     made = cli("consolidate", "--note", "cli merge", "--no-use", "--root", root)
@@ -145,6 +146,7 @@ def test_switching_waits_for_a_job_that_is_part_way(trained):
     assert read_history(trained)[-1]["forced"] is True
 
 
+@pytest.mark.e2e
 def test_after_a_rollback_the_line_starts_from_the_version_itself(trained):
     """Jobs finished before a switch are left out of the line, so training restarts from the chosen version."""
     (first,) = list_adapters(trained)

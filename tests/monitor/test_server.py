@@ -118,6 +118,7 @@ def test_half_open_sockets_cannot_take_the_daemon_s_descriptors(tmp_path, tiny_m
         daemon.stop()
 
 
+@pytest.mark.e2e
 def test_many_event_streams_ending_at_once_log_no_error(server: MonitorServer, state: StateWorkspace, caplog):
     """200 pages closing while events flow: a normal end of a stream, never an ERROR with a traceback."""
     stop = threading.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import Driver, chat_lines, make_workspace, tiny_config, train_in_process, write_jsonl
 
@@ -32,6 +33,7 @@ def _train(root: Path, budget: float, asks: dict[int, list[Ask]] | None = None) 
     return driver, ws
 
 
+@pytest.mark.e2e
 def test_an_ask_is_answered_with_the_weights_of_its_step_and_changes_no_loss(tmp_path: Path) -> None:
     # One ask: the first is always within the budget (nothing spent yet), so it is answered at its step.
     asked, ws = _train(tmp_path / "asked", 1.0, {3: [_ask("b")]})

@@ -26,6 +26,7 @@ def metrics(ws, job_id):
     return [json.loads(line) for line in ws.metrics_file(job_id).read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_a_metric_that_stops_improving_ends_the_job_early_and_the_best_is_kept_and_published(tmp_path, tiny_model_dir):
     config = stopping_config(publish="best")
     ws = with_suites(make_workspace(tmp_path / "ws", config))
@@ -55,6 +56,7 @@ def test_a_metric_that_stops_improving_ends_the_job_early_and_the_best_is_kept_a
     assert all(published[name].equal(saved[name]) for name in saved), "the adapter holds the best step's weights"
 
 
+@pytest.mark.e2e
 def test_a_resumed_job_stops_where_an_uninterrupted_one_would(tmp_path, tiny_model_dir):
     config = stopping_config()
     records = chat_lines(40)
@@ -82,6 +84,7 @@ def test_without_suites_or_early_stopping_nothing_changes(tmp_path, tiny_model_d
     assert "evaluation" not in summary and summary["published_step"] == summary["steps"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("budget", "expected"), [(0.0, "the end only"), (1000.0, "every checkpoint")])
 def test_the_budget_skips_rounds_but_never_the_last(tmp_path, tiny_model_dir, budget, expected):
     config = tiny_config(mode="independent", epochs=2, checkpoint_every_steps=2)

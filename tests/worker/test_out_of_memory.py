@@ -67,6 +67,7 @@ PAIRS = [{"prompt": f"Item {i}?", "chosen": f"Item {i}. Done.", "rejected": f"It
 
 
 # A pair is two sequences side by side: its forwards see twice the rows.
+@pytest.mark.e2e
 @pytest.mark.parametrize(("lines", "spec"), [(None, "train:2=2,train:5=1"), (PAIRS, "train:2=4,train:5=2")],
                          ids=["sft", "dpo"])
 def test_out_of_memory_at_several_steps_halves_the_micro_batch_with_equal_losses(tmp_path, monkeypatch, caplog,
@@ -111,6 +112,7 @@ def test_the_longest_sequence_is_the_one_named(tmp_path, monkeypatch):
     assert "its answer begins 'a long answer, a long answer," in reason
 
 
+@pytest.mark.e2e
 def test_evaluation_halves_its_batch_and_gives_the_same_answers(tmp_path, monkeypatch):
     folder = materialize("builtin:tiny", tmp_path / "base")
     model, tokenizer = load_model(folder), load_tokenizer(folder)
@@ -133,6 +135,7 @@ def test_evaluation_halves_its_batch_and_gives_the_same_answers(tmp_path, monkey
     assert Evaluator(tokenizer, settings).run(model, [suite]) == {"s": 0.0}
 
 
+@pytest.mark.e2e
 def test_held_out_loss_and_previews_survive_out_of_memory(tmp_path, monkeypatch):
     config = exact_config(checkpoint_every_steps=4)
     config.data.holdout_fraction = 0.25

@@ -10,6 +10,8 @@ from helpers import Driver, make_workspace, tiny_config, train_in_process, write
 from finetuned.processes.protocol import Completed, Yielded
 from finetuned.worker.objectives.reference import REFERENCE
 
+pytestmark = pytest.mark.e2e  # each trains real preference jobs to the end, some twice: tens of seconds
+
 
 def pairs(n: int) -> list[dict]:
     """A learnable preference: the same answer, ending in 'Done.' (chosen) rather than 'Nope.' (rejected)."""

@@ -17,6 +17,7 @@ def run_job(ws, config, job_id, file, driver, cache=None):
     return train_in_process(ws, config, job_id, file, driver, cache)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["continuous", "independent"])
 def test_stopped_and_resumed_run_logs_the_same_losses(tmp_path, tiny_model_dir, mode):
     config = tiny_config(mode=mode, checkpoint_every_steps=100)
@@ -39,6 +40,7 @@ def test_stopped_and_resumed_run_logs_the_same_losses(tmp_path, tiny_model_dir, 
     assert len(interrupted.losses()) == len(plain.losses()) > 6
 
 
+@pytest.mark.e2e
 def test_resume_in_a_new_process_state_matches(tmp_path, tiny_model_dir):
     """A new Recipe (as after a crash) resumes from the checkpoint with the same losses."""
     config = tiny_config(checkpoint_every_steps=3)
@@ -83,6 +85,7 @@ def test_nan_loss_fails_the_job_and_keeps_the_last_good_checkpoint(tmp_path, tin
     assert not ws.adapter_dir("job").exists(), "a broken adapter must never be published"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["continuous", "independent"])
 def test_model_line_carries_on_only_in_continuous_mode(tmp_path, tiny_model_dir, mode):
     config = tiny_config(mode=mode)
@@ -103,6 +106,7 @@ def test_model_line_carries_on_only_in_continuous_mode(tmp_path, tiny_model_dir,
     assert driver.last(Completed).summary["line_step"] == driver.last(Completed).summary["steps"]
 
 
+@pytest.mark.e2e
 def test_full_fine_tuning_resumes_exactly_and_publishes_a_model(tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
@@ -120,6 +124,7 @@ def test_full_fine_tuning_resumes_exactly_and_publishes_a_model(tmp_path, tiny_m
     assert model.config.hidden_size == 64
 
 
+@pytest.mark.e2e
 def test_previews_are_written_within_budget_and_do_not_change_training(tmp_path, tiny_model_dir):
     config = tiny_config(checkpoint_every_steps=1000)
     config.data.holdout_fraction = 0.2
@@ -147,6 +152,7 @@ def test_previews_are_written_within_budget_and_do_not_change_training(tmp_path,
     assert list((ws.logs / "tensorboard" / "job").glob("events.out.tfevents.*")), "TensorBoard event files"
 
 
+@pytest.mark.e2e
 def test_qlora_trains_on_cpu_and_its_adapter_loads_on_the_unquantised_base(tmp_path, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -166,6 +172,7 @@ def test_qlora_trains_on_cpu_and_its_adapter_loads_on_the_unquantised_base(tmp_p
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
 
 
+@pytest.mark.e2e
 def test_activation_checkpointing_gives_the_same_losses(tmp_path, tiny_model_dir):
     records = chat_lines(24)
     results = []
@@ -179,6 +186,7 @@ def test_activation_checkpointing_gives_the_same_losses(tmp_path, tiny_model_dir
     assert results[1] == pytest.approx(results[0], abs=1e-5)
 
 
+@pytest.mark.e2e
 def test_every_checkpoint_is_reported_once_it_is_durable(tmp_path, tiny_model_dir):
     """Periodic checkpoints are written beside the next steps; each still reaches the daemon."""
     config = tiny_config(checkpoint_every_steps=2, max_steps=9)
@@ -192,6 +200,7 @@ def test_every_checkpoint_is_reported_once_it_is_durable(tmp_path, tiny_model_di
         assert checkpoints.path_for(ws.job_checkpoints("job"), step).exists(), f"checkpoint {step} is not on disk"
 
 
+@pytest.mark.e2e
 def test_a_cosine_job_stopped_and_resumed_trains_as_an_uninterrupted_one(tmp_path, tiny_model_dir):
     """The schedule is a function of the step: a resumed job gets the same rates, losses and first_loss."""
     config = tiny_config(checkpoint_every_steps=100, warmup_steps=3, lr_scheduler="cosine", min_lr_ratio=0.1)
@@ -226,6 +235,7 @@ def test_settings_that_cannot_train_fail_as_config_never_as_a_crash(tmp_path, ti
     assert not driver.of(Step)
 
 
+@pytest.mark.e2e
 def test_init_adapter_continues_a_users_adapter(tmp_path, tiny_model_dir):
     """base_model + training.init_adapter: the job starts from that adapter's weights, not fresh ones."""
     from safetensors.torch import load_file
