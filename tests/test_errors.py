@@ -40,7 +40,7 @@ USER_FACING = {
     "UploadError": ("finetuned.monitor.upload", 1),
 }
 # Never shown to a user as such (see finetuned/errors.py); InjectedOutOfMemory is a test's fault injection.
-INTERNAL = {"RecordProblem", "InvalidTransition", "CheckpointMismatch", "InjectedOutOfMemory"}
+INTERNAL = {"RecordProblem", "InvalidTransition", "CheckpointMismatch", "InjectedOutOfMemory", "NotARegularFile"}
 
 
 def _exception_classes() -> set[str]:

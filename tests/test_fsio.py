@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import stat
 
 import pytest
 
-from finetuned.fsio import NAME_MAX, atomic_write_json, fit_name, name_bytes, read_json, temp_path, unique_path
+from finetuned.fsio import (
+    NAME_MAX,
+    NotARegularFile,
+    atomic_write_json,
+    fit_name,
+    name_bytes,
+    open_regular,
+    read_json,
+    temp_path,
+    unique_path,
+)
 
 LONG = [
     "a" * 234 + ".jsonl",
@@ -79,3 +91,23 @@ def test_a_name_that_is_not_utf8_is_still_written_as_json(tmp_path):
     atomic_write_json(tmp_path / "record.json", {"src": str(tmp_path / odd)})
     assert read_json(tmp_path / "record.json")["src"].endswith(odd), "read back as the same name"
     json.loads((tmp_path / "record.json").read_bytes().decode("utf-8"))  # and the file is plain UTF-8
+
+
+def test_open_regular_reads_files_and_refuses_anything_else_without_blocking(tmp_path, monkeypatch):
+    (tmp_path / "data.jsonl").write_bytes(b"x\n")
+    with open_regular(tmp_path / "data.jsonl") as f:
+        assert f.read() == b"x\n"
+    os.mkfifo(tmp_path / "pipe.jsonl")  # no writer: a plain open() would wait forever
+    (tmp_path / "folder.jsonl").mkdir()
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "data.jsonl")
+    monkeypatch.chdir(tmp_path)  # a socket's path must fit 108 bytes
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind("socket.jsonl")
+        for name, kind in (("pipe.jsonl", "a named pipe (FIFO)"), ("folder.jsonl", "a folder"),
+                           ("socket.jsonl", "a socket")):
+            with pytest.raises(NotARegularFile, match=rf"^{re.escape(kind)}, not a regular file$"):
+                open_regular(tmp_path / name)
+    with open_regular(tmp_path / "link.jsonl") as f:
+        assert f.read() == b"x\n"
+    with pytest.raises(NotARegularFile, match="a symlink"):
+        open_regular(tmp_path / "link.jsonl", follow=False)
