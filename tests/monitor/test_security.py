@@ -135,6 +135,24 @@ def test_a_traversal_upload_name_lands_inside_the_inbox(client: TestClient, stat
     assert not (state.ws.root.parent / "config.jsonl").exists()
 
 
+@pytest.mark.parametrize(("body", "status", "words"), [
+    (json.dumps({"distributed": {"launcher": "ray", "ray": {"address": "203.0.113.7:6379"}}}), 400, "'distributed'"),
+    (json.dumps({"notify": {"command": "touch pwned"}}), 400, "'notify'"),
+    (json.dumps({"base_model": "/home/someone/evil-model"}), 400, "not under the workspace's models/"),
+    ("[" * 30_000 + "]" * 30_000, 400, "nested over 16 levels"),
+    ("{" + " " * 2**20 + "}", 413, "over 64 KiB"),
+])
+def test_an_uploaded_file_s_settings_are_checked_before_they_are_kept(client: TestClient, state: StateWorkspace,
+                                                                       body: str, status: int, words: str):
+    """Issue 23, items 10 and 11: the monitor's upload accepted any NAME.jsonl.config.json."""
+    response = client.post("/api/upload", params={"name": "a.jsonl.config.json"}, content=body.encode())
+    assert response.status_code == status and words in response.json()["detail"], response.text
+    assert list(state.ws.inbox_normal.iterdir()) == [], "nothing is kept"
+    own = client.post("/api/upload", params={"name": "a.jsonl.config.json"},
+                      content=json.dumps({"training": {"epochs": 2}}).encode())
+    assert own.status_code == 201 and (state.ws.inbox_normal / "a.jsonl.config.json").exists(), own.text
+
+
 def test_an_oversize_upload_is_refused_and_leaves_nothing(client: TestClient, state: StateWorkspace):
     small = MonitorSettings(max_upload_mb=1 / 1024)  # 1 KiB
     client.app.dependency_overrides[get_settings] = lambda: small

@@ -42,7 +42,7 @@ def add(
         fail(f"{file}: no such file")
     config = ws.load_config()
     overrides = assignments(settings or [])
-    job_config(config, overrides, "--set")
+    job_config(config, overrides, "--set", ws=ws)
     if not no_check:
         from finetuned.data import validate_file
 
