@@ -20,6 +20,7 @@ from finetuned.monitor.security import (
     SESSION_SECONDS,
     Throttle,
     TooManyAttempts,
+    host_name,
     new_session,
     session_value,
 )
@@ -68,6 +69,29 @@ def test_a_rebound_host_name_is_refused_on_a_loopback_monitor(client: TestClient
     assert client.get("/api/status", headers={"Host": "evil.example:8080"}).status_code == 403
     assert client.get("/", headers={"Host": "evil.example"}).status_code == 403
     assert client.get("/api/status", headers={"Host": "localhost:8080"}).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8080@evil.example", "127.0.0.1:8080/evil.example", "127.0.0.1:99999",
+                                  "127.0.0.1:", "[::1]evil.example", "[::1", "localhost:80:80", "127.0.0.1.5",
+                                  "evil.example#127.0.0.1", "user@127.0.0.1", "127.0.0.1,evil.example", ""])
+def test_a_host_header_that_is_not_a_host_is_refused(client: TestClient, host: str):
+    """Issue 23, item 20: split at the last ':', `127.0.0.1:PORT@evil.example` passed as 127.0.0.1."""
+    assert host_name(host) is None
+    assert client.get("/api/status", headers={"Host": host}).status_code == 403, host
+
+
+def test_a_host_header_is_parsed_strictly():
+    for host, name in (("127.0.0.1:8080", "127.0.0.1"), ("LOCALHOST", "localhost"), ("[::1]:8080", "::1"),
+                       ("[::1]", "::1"), ("127.0.0.2", "127.0.0.2"), ("myhost.lan.:8080", "myhost.lan.")):
+        assert host_name(host) == name, host
+    for host in ("127.0.0.1:8080@evil.example", "[::1]:8080@evil.example", "127.0.0.1:8080 evil.example"):
+        assert host_name(host) is None, host
+
+
+def test_a_malformed_host_is_refused_beyond_loopback_too(token_client: TestClient):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert token_client.get("/api/status", headers=headers).status_code == 200
+    assert token_client.get("/api/status", headers={**headers, "Host": "a.lan:80@b"}).status_code == 403
 
 
 @pytest.fixture
