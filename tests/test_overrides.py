@@ -106,6 +106,8 @@ def test_a_file_may_set_only_its_own_job_s_training(tmp_path):
     ("init_adapter", "models/adapters/x", True),
     ("init_adapter", "/tmp/adapter", False),
     ("init_adapter", "data/failed", False),
+    ("base_model", "a" * 5000, False),  # too long to look up: refused, not raised
+    ("init_adapter", "models/" + "a/" * 3000, False),
 ])
 def test_model_folders_a_file_names_lie_under_the_workspace_s_models(tmp_path, key, value, ok):
     ws = Workspace.at(tmp_path)

@@ -130,9 +130,12 @@ def _in_models(value: Any, key: str, source: str, ws: Workspace, where: Callable
     adapter from anywhere else (the inbox included) could bring weights that run code when loaded."""
     if not isinstance(value, str) or not value:
         return  # not a path: validation names what is wrong with it
-    path = Path(value)
-    if ".." not in path.parts and not value.startswith("~") and where(value, ws).is_relative_to(ws.models):
-        return
+    if ".." not in Path(value).parts and not value.startswith("~"):
+        try:
+            if where(value, ws).is_relative_to(ws.models):
+                return
+        except OSError:  # a name too long to look up is no folder of the owner's either
+            pass
     raise ConfigError(f"{source}: {key} '{value}' is not under the workspace's models/ folder: a file may name "
                       "a built-in (builtin:...) or a folder under models/; other folders only config.json may name")
 
