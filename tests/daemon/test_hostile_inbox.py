@@ -98,6 +98,7 @@ def test_hostile_drops_fail_alone_and_never_block_the_loop(idle_daemon: Daemon, 
     drop(ws, "latin1.jsonl", chat_lines(4, "d"))
     (inbox / "linked.jsonl.config.json").symlink_to(outside / "settings.json")
     drop(ws, "linked.jsonl", chat_lines(4, "e"))
+    (inbox / "deep-data.jsonl").write_bytes(b'{"text": ' + DEEP + b"}\n")
     os.mkfifo(inbox / "pipe.jsonl")
     monkeypatch.chdir(inbox)  # a socket's path must fit 108 bytes: bound by its name in the inbox
     with socket.socket(socket.AF_UNIX) as sock:
@@ -111,6 +112,7 @@ def test_hostile_drops_fail_alone_and_never_block_the_loop(idle_daemon: Daemon, 
     assert "over 64 KiB" in error_of(ws, "huge.jsonl")
     assert "not valid JSON" in error_of(ws, "latin1.jsonl")
     assert "symlinks are not accepted" in error_of(ws, "linked.jsonl")
+    assert "nested too deeply" in error_of(ws, "deep-data.jsonl")
     assert "a named pipe (FIFO), not a regular file" in error_of(ws, "pipe.jsonl")
     assert "a socket, not a regular file" in error_of(ws, "socket.jsonl")
     assert read_json(ws.failed / "link.jsonl.error.json")["problems"][0]["kind"] == "symlink"

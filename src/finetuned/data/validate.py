@@ -63,6 +63,10 @@ def validate_file(path: Path, settings: DataSettings | None = None) -> Validatio
     except NotARegularFile as exc:  # a FIFO would block open(), a device never end: the reader refused it
         problems.add("not_a_file", str(exc), None, counts_as_line=False)
         fatal = True
+    except RecursionError:  # json recurses once per level: thousands of brackets are no record, and no crash
+        problems.add("invalid_json", "a record is nested too deeply to read (JSON nested about 1000 levels or more)",
+                     None, counts_as_line=False)
+        fatal = True
     except OSError as exc:
         problems.add("unreadable", f"cannot read the file: {exc.strerror or exc}", None, counts_as_line=False)
         fatal = True
