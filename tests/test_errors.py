@@ -40,7 +40,7 @@ USER_FACING = {
     "UploadError": ("finetuned.monitor.upload", 1),
 }
 # Never shown to a user as such (see finetuned/errors.py); InjectedOutOfMemory is a test's fault injection.
-INTERNAL = {"RecordProblem", "InvalidTransition", "CheckpointMismatch", "InjectedOutOfMemory"}
+INTERNAL = {"RecordProblem", "InvalidTransition", "CheckpointMismatch", "InjectedOutOfMemory", "NotARegularFile"}
 
 
 def _exception_classes() -> set[str]:
@@ -122,7 +122,10 @@ def root(tmp_path_factory) -> Path:
      "error: 'bad name' is not a suite name: letters, digits, '_', '-' and '.', at most 64\n"),
     # config, through a file's own settings
     (["add", "{suite}", "--no-check", "--set", "training.epoch=2"], 1, "error: --set: unknown key 'training.epoch'"),
-], ids=["job-not-found", "action-error", "lifecycle", "eval", "config"])
+    # a file's settings may not reach past its job (issue 23, item 10)
+    (["add", "{suite}", "--no-check", "--set", "distributed.launcher=ray"], 1,
+     "error: --set: 'distributed' is a workspace setting (config.json), not a file's"),
+], ids=["job-not-found", "action-error", "lifecycle", "eval", "config", "allow-list"])
 def test_one_handler_reports_each_family(root, tmp_path, args, code, stderr):
     suite = tmp_path / "suite.jsonl"
     suite.write_text('{"prompt": "2+2?", "expected": "4"}\n')

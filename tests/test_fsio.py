@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import socket
 import stat
 
 import pytest
@@ -12,10 +14,12 @@ from helpers import fill
 
 from finetuned.fsio import (
     NAME_MAX,
+    NotARegularFile,
     atomic_write_json,
     fit_name,
     is_disk_full,
     name_bytes,
+    open_regular,
     read_json,
     temp_path,
     unique_path,
@@ -121,3 +125,23 @@ def test_a_full_disk_is_found_in_the_chain_of_causes_and_nothing_else_is_taken_f
     assert is_disk_full(Exception("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"))
     assert not is_disk_full(RuntimeError("CUDA out of memory"))
     assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+
+
+def test_open_regular_reads_files_and_refuses_anything_else_without_blocking(tmp_path, monkeypatch):
+    (tmp_path / "data.jsonl").write_bytes(b"x\n")
+    with open_regular(tmp_path / "data.jsonl") as f:
+        assert f.read() == b"x\n"
+    os.mkfifo(tmp_path / "pipe.jsonl")  # no writer: a plain open() would wait forever
+    (tmp_path / "folder.jsonl").mkdir()
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "data.jsonl")
+    monkeypatch.chdir(tmp_path)  # a socket's path must fit 108 bytes
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind("socket.jsonl")
+        for name, kind in (("pipe.jsonl", "a named pipe (FIFO)"), ("folder.jsonl", "a folder"),
+                           ("socket.jsonl", "a socket")):
+            with pytest.raises(NotARegularFile, match=rf"^{re.escape(kind)}, not a regular file$"):
+                open_regular(tmp_path / name)
+    with open_regular(tmp_path / "link.jsonl") as f:
+        assert f.read() == b"x\n"
+    with pytest.raises(NotARegularFile, match="a symlink"):
+        open_regular(tmp_path / "link.jsonl", follow=False)

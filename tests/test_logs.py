@@ -40,3 +40,16 @@ def test_harmless_library_noise_is_kept_out_of_the_log_and_stderr(logged, capsys
     for noise in ("is deprecated", "silently incorrect behavior", "gemm_4bit_forward"):
         assert noise not in daemon_log and noise not in stderr, noise
         assert noise in debug_log, noise
+
+
+def test_a_message_is_one_printable_line_and_a_traceback_keeps_its_lines(logged):
+    log = logging.getLogger("finetuned.daemon")
+    log.info("job 1: %s queued", "a\nFORGED\x1b[2J\u202e.jsonl")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("job 2: %s crashed", "b\r.jsonl")
+    text = logged.daemon_log().read_text()
+    assert "job 1: a\\nFORGED\\x1b[2J\\u202e.jsonl queued" in text and "job 2: b\\r.jsonl crashed" in text
+    assert "\x1b" not in text and "\r" not in text and "\nFORGED" not in text
+    assert "\nTraceback (most recent call last):\n" in text and "ValueError: boom" in text

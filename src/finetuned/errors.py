@@ -16,8 +16,9 @@ configured (`MonitorRefused`), 1 for everything else. `ConfigError` is 1 too, bu
 (the table for users: docs/operations.md, "Exit codes").
 
 Not every exception is one: `RecordProblem` (one bad record, folded into a `DataError` report),
-`InvalidTransition` (a programming error in the job state machine) and `CheckpointMismatch` (a
-worker-side failure that reaches the user as a job's `FailKind`) never reach a command as such.
+`InvalidTransition` (a programming error in the job state machine), `CheckpointMismatch` (a
+worker-side failure that reaches the user as a job's `FailKind`) and `fsio.NotARegularFile` (an OSError
+its readers turn into a file's report or a `ConfigError`) never reach a command as such.
 
 This module is the base layer: it imports nothing from finetuned, so any module may import it.
 """

@@ -15,8 +15,9 @@ import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 # fsync makes a write survive a power cut. Only a test about logic, not durability, turns it off.
 DURABLE = True
@@ -141,6 +142,48 @@ def atomic_write_json(path: Path, obj: Any, mode: int | None = None) -> None:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def kind_of(mode: int) -> str:
+    """What a folder entry is, in words: what someone put where a file was expected."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    return "a file"
+
+
+class NotARegularFile(OSError):
+    """A FIFO, socket, device or folder where a file was expected."""
+
+
+def open_regular(path: Path, follow: bool = True) -> BinaryIO:
+    """`path` open for reading, only if it is a regular file (`follow=False`: not through a symlink either).
+
+    Others may put anything under a name in the inbox: opening a FIFO with no writer would wait
+    forever, a device may act on being opened, a socket cannot be. So what the name is is looked at
+    first, and opened only if it is a file; O_NONBLOCK makes open() return at once whatever is there
+    by then, and fstat sees what was opened: a name swapped after the look cannot slip past it.
+    """
+    mode = (os.stat if follow else os.lstat)(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(f"{kind_of(mode)}, not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(f"{kind_of(mode)}, not a regular file")
+        os.set_blocking(fd, True)
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def durable_rename(src: Path, dst: Path) -> None:

@@ -1,5 +1,7 @@
 """Logging into `logs/NAME_YYYYMMDD.log`, one line per event, a new file each day.
 
+A message is written printable (`OneLine`): names of dropped files are anyone's text.
+
 Known-harmless library noise (deprecation notices, a kernel bitsandbytes offers to
 download, torch's note about bitsandbytes' 4-bit ops) stays out of the daemon and
 training logs and out of stderr: it goes to `logs/debug_YYYYMMDD.log` alone.
@@ -23,6 +25,26 @@ HARMLESS = (
     # bitsandbytes offers a hub-downloaded CPU kernel; we never download at run time.
     "Failed to load CPU gemm_4bit_forward from kernels-community",
 )
+
+
+def printable(text: str) -> str:
+    """`text` with what a terminal would act on escaped, as Python writes it (`\\n`, `\\x1b`, `\\u202e`):
+    a file's name is anyone's text, and a newline in it would forge a log line, an ESC sequence reach
+    whoever runs `tail -f`."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class OneLine(logging.Formatter):
+    """One event, one line: the message is made printable; a traceback after it keeps its own lines."""
+
+    def __init__(self, fmt: str = FORMAT) -> None:
+        super().__init__(fmt, "%Y-%m-%d %H:%M:%S")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 def harmless(record: logging.LogRecord) -> bool:
@@ -84,7 +106,7 @@ def setup_logging(ws: Workspace, prefix: str, stream: bool = True) -> None:
     debug.addFilter(_Noise(keep=True))
     handlers.append(debug)
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(OneLine())
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
     logging.captureWarnings(True)  # warnings.warn goes through the filters above, not straight to stderr
     for noisy in ("httpx", "urllib3", "filelock", "watchdog"):

@@ -2,8 +2,10 @@
 
 A file's own settings are a nested dict, like config.json's, that is merged over the
 workspace's config for that job alone. It is validated the way config.json is (unknown
-keys and bad values refused, naming the key), and may not touch what belongs to the
-workspace rather than to a job (the monitor, the inbox, notifications...).
+keys and bad values refused, naming the key), and may set only how its job trains
+(`FILE_KEYS`): whoever can write to the inbox or reach the monitor's upload is not the
+workspace's owner, so where the worker connects, who is notified, the monitor and the
+model folders outside the workspace's models/ stay config.json's.
 
     NAME.jsonl.config.json   dropped beside NAME.jsonl (before it or with it): that file's settings
 """
@@ -11,16 +13,29 @@ workspace rather than to a job (the monitor, the inbox, notifications...).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from finetuned.config import Config, ConfigError, parse_config, redacted
-from finetuned.fsio import NAME_MAX, name_bytes
+from finetuned.config import Config, ConfigError, EvaluationSettings, parse_config, redacted
+from finetuned.fsio import NAME_MAX, name_bytes, open_regular
+from finetuned.models import builtin
+from finetuned.models.loading import adapter_path, base_path
+from finetuned.workspace import Workspace
 
 SIDECAR_SUFFIX = ".config.json"
 DATA_SUFFIXES = (".jsonl", ".json")
-# Sections that configure the daemon, not a job: a file cannot change them.
-WORKSPACE_SECTIONS = ("control", "inbox", "monitor", "lifecycle", "notify")
+# The allow-list: what a file's own settings may set. Everything else (distributed, which makes the worker
+# a driver of whatever cluster an address names; notify; monitor; inbox; control; lifecycle) is the owner's.
+FILE_KEYS = ("base_model", "method", "lora", "training", "data", "preference", "previews", "evaluation")
+# evaluation.max_regression guards every version switch of the line (lifecycle/gate.py), not one job.
+FILE_EVALUATION_KEYS = ("every_steps", "budget", "publish", "suite_seconds", "max_new_tokens", "batch_size")
+# A sidecar is a few keys: these bound what reading one may cost (json recurses once per level).
+MAX_SETTINGS_BYTES = 64 * 1024
+MAX_SETTINGS_DEPTH = 16
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 def is_sidecar(name: str) -> bool:
@@ -125,20 +140,52 @@ def diff(before: Config, after: Config) -> list[str]:
             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
 
-def check_overrides(overrides: Any, source: str) -> dict[str, Any]:
-    """A file's settings as given, or ConfigError naming the key it cannot take."""
+def _refused(source: str, key: str) -> ConfigError:
+    return ConfigError(f"{source}: '{key}' is a workspace setting (config.json), not a file's: a file may set "
+                       f"{', '.join(FILE_KEYS[:-1])} and evaluation.{{{','.join(FILE_EVALUATION_KEYS)}}}")
+
+
+def _in_models(value: Any, key: str, source: str, ws: Workspace, where: Callable[[str, Workspace], Path]) -> None:
+    """A model folder a file names must lie under the workspace's models/, the owner's folder: a model or
+    adapter from anywhere else (the inbox included) could bring weights that run code when loaded."""
+    if not isinstance(value, str) or not value:
+        return  # not a path: validation names what is wrong with it
+    if ".." not in Path(value).parts and not value.startswith("~"):
+        try:
+            if where(value, ws).is_relative_to(ws.models):
+                return
+        except OSError:  # a name too long to look up is no folder of the owner's either
+            pass
+    raise ConfigError(f"{source}: {key} '{value}' is not under the workspace's models/ folder: a file may name "
+                      "a built-in (builtin:...) or a folder under models/; other folders only config.json may name")
+
+
+def check_overrides(overrides: Any, source: str, ws: Workspace) -> dict[str, Any]:
+    """A file's settings as given, or ConfigError naming the key a file may not set."""
     if not isinstance(overrides, dict):
         raise ConfigError(f"{source}: must hold a JSON object, e.g. {{\"training\": {{\"epochs\": 2}}}}")
-    for section in WORKSPACE_SECTIONS:
-        if section in overrides:
-            raise ConfigError(f"{source}: '{section}' is a workspace setting (config.json), not a file's")
+    for key in overrides:
+        if key not in Config.model_fields:
+            raise ConfigError(f"{source}: unknown key '{key}'")
+        if key not in FILE_KEYS:
+            raise _refused(source, key)
+    evaluation = overrides.get("evaluation")
+    for key in evaluation if isinstance(evaluation, dict) else ():
+        if key in EvaluationSettings.model_fields and key not in FILE_EVALUATION_KEYS:
+            raise _refused(source, f"evaluation.{key}")
+    base = overrides.get("base_model")
+    if not (isinstance(base, str) and builtin.is_builtin(base)):
+        _in_models(base, "base_model", source, ws, base_path)
+    training = overrides.get("training")
+    if isinstance(training, dict):
+        _in_models(training.get("init_adapter"), "training.init_adapter", source, ws, adapter_path)
     return overrides
 
 
 # Sections that keep following config.json at every run of a started job: how the daemon runs its work
 # (controls, the inbox, the monitor, notifications, where ranks run), not what a job trains. A change of
 # launcher between two runs of a job is allowed: its checkpoints load on any world size.
-LIVE_SECTIONS = (*WORKSPACE_SECTIONS, "distributed")
+LIVE_SECTIONS = ("control", "inbox", "monitor", "lifecycle", "notify", "distributed")
 
 
 def frozen(config: Config) -> dict[str, Any]:
@@ -148,28 +195,51 @@ def frozen(config: Config) -> dict[str, Any]:
 
 
 def job_config(config: Config, overrides: dict[str, Any], source: str = "the file's settings",
-               settings: dict[str, Any] | None = None) -> Config:
+               settings: dict[str, Any] | None = None, *, ws: Workspace) -> Config:
     """The config one job trains with: the workspace's, with the file's own settings over it; once it has
     started, the `settings` frozen then (`frozen`) in place of every section they hold."""
     if not overrides and settings is None:
         return config
-    raw = merged(config.model_dump(mode="json"), check_overrides(overrides, source))
+    raw = merged(config.model_dump(mode="json"), check_overrides(overrides, source, ws))
     if settings is not None:
         # Whole sections: a key config.json gained since must not leak into a job that started without it.
         raw.update({key: value for key, value in settings.items() if key not in LIVE_SECTIONS})
     return parse_config(raw, source, warn=False)
 
 
-def read_sidecar(path: Path, config: Config | None = None) -> dict[str, Any]:
-    """A sidecar's settings, checked over `config` (default: the defaults); ConfigError naming the key."""
+def _depth(text: str) -> int:
+    """How deep JSON `text` nests ([ and { outside strings)."""
+    brackets = [1 if c in "[{" else -1 for c in _JSON_STRING.sub("", text) if c in "[]{}"]
+    return max(accumulate(brackets), default=0)
+
+
+def parse_settings(data: bytes, source: str) -> Any:
+    """The JSON of a sidecar's bytes, unchecked: ConfigError for anything that is not small, shallow JSON,
+    never another exception (a RecursionError here once ended the daemon at every start)."""
+    if len(data) > MAX_SETTINGS_BYTES:
+        raise ConfigError(f"{source}: over {MAX_SETTINGS_BYTES // 1024} KiB; a file's settings are a few keys")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path.name}: not valid JSON: {exc}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON: {exc}") from None
+    if _depth(text) > MAX_SETTINGS_DEPTH:
+        raise ConfigError(f"{source}: JSON nested over {MAX_SETTINGS_DEPTH} levels deep")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: not valid JSON: {exc}") from None
+
+
+def read_sidecar(path: Path, ws: Workspace, config: Config) -> dict[str, Any]:
+    """A sidecar's settings, checked over `config`; ConfigError naming the key. Read without following a link,
+    only if it is a regular file, and at most MAX_SETTINGS_BYTES of it: a FIFO must not hang the daemon."""
+    try:
+        with open_regular(path, follow=False) as f:
+            data = f.read(MAX_SETTINGS_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path.name}: cannot be read: {exc.strerror or exc}") from None
-    overrides = check_overrides(raw, path.name)
-    job_config(config or Config(), overrides, path.name)
+    overrides = check_overrides(parse_settings(data, path.name), path.name, ws)
+    job_config(config, overrides, path.name, ws=ws)
     return overrides
 
 

@@ -153,11 +153,11 @@ def test_a_record_from_before_frozen_settings_loads_and_follows_config_json_unti
 
     workspace = Config(base_model="builtin:tiny")
     workspace.training.epochs = 4
-    assert job_config(workspace, again.overrides, settings=again.config).training.epochs == 4
+    assert job_config(workspace, again.overrides, settings=again.config, ws=ws).training.epochs == 4
     started = frozen(workspace)
     workspace.training.epochs = 1
     workspace.distributed.nproc_per_node = 2
-    now = job_config(workspace, {}, settings=started)
+    now = job_config(workspace, {}, settings=started, ws=ws)
     assert now.training.epochs == 4 and now.distributed.nproc_per_node == 2
 
 

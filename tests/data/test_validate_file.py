@@ -314,3 +314,13 @@ def test_what_is_not_a_readable_regular_file_is_refused_not_raised(tmp_path: Pat
     for path in (fifo, folder):
         assert problem(validate_file(path).error, "not_a_file")["count"] == 1
     assert problem(validate_file(tmp_path / "gone.jsonl").error, "unreadable")["count"] == 1
+
+
+@pytest.mark.parametrize("name", ["deep.jsonl", "deep.json", "deep-object.json"])
+def test_json_nested_past_the_parser_s_depth_is_refused_not_raised(tmp_path: Path, name: str) -> None:
+    deep = b"[" * 50_000 + b"]" * 50_000
+    body = {"deep.jsonl": b'{"text": ' + deep + b"}\n", "deep.json": b"[" + deep + b"]",
+            "deep-object.json": b'{"a": ' + deep + b"}"}[name]
+    (tmp_path / name).write_bytes(body)
+    result = validate_file(tmp_path / name)
+    assert not result.ok and "nested too deeply" in result.error["error"], result.error

@@ -20,6 +20,7 @@ from finetuned.monitor.security import (
     SESSION_SECONDS,
     Throttle,
     TooManyAttempts,
+    host_name,
     new_session,
     session_value,
 )
@@ -68,6 +69,29 @@ def test_a_rebound_host_name_is_refused_on_a_loopback_monitor(client: TestClient
     assert client.get("/api/status", headers={"Host": "evil.example:8080"}).status_code == 403
     assert client.get("/", headers={"Host": "evil.example"}).status_code == 403
     assert client.get("/api/status", headers={"Host": "localhost:8080"}).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8080@evil.example", "127.0.0.1:8080/evil.example", "127.0.0.1:99999",
+                                  "127.0.0.1:", "[::1]evil.example", "[::1", "localhost:80:80", "127.0.0.1.5",
+                                  "evil.example#127.0.0.1", "user@127.0.0.1", "127.0.0.1,evil.example", ""])
+def test_a_host_header_that_is_not_a_host_is_refused(client: TestClient, host: str):
+    """Issue 23, item 20: split at the last ':', `127.0.0.1:PORT@evil.example` passed as 127.0.0.1."""
+    assert host_name(host) is None
+    assert client.get("/api/status", headers={"Host": host}).status_code == 403, host
+
+
+def test_a_host_header_is_parsed_strictly():
+    for host, name in (("127.0.0.1:8080", "127.0.0.1"), ("LOCALHOST", "localhost"), ("[::1]:8080", "::1"),
+                       ("[::1]", "::1"), ("127.0.0.2", "127.0.0.2"), ("myhost.lan.:8080", "myhost.lan.")):
+        assert host_name(host) == name, host
+    for host in ("127.0.0.1:8080@evil.example", "[::1]:8080@evil.example", "127.0.0.1:8080 evil.example"):
+        assert host_name(host) is None, host
+
+
+def test_a_malformed_host_is_refused_beyond_loopback_too(token_client: TestClient):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert token_client.get("/api/status", headers=headers).status_code == 200
+    assert token_client.get("/api/status", headers={**headers, "Host": "a.lan:80@b"}).status_code == 403
 
 
 @pytest.fixture
@@ -133,6 +157,24 @@ def test_a_traversal_upload_name_lands_inside_the_inbox(client: TestClient, stat
     assert response.status_code == 201 and response.json()["file"] == "config.jsonl"
     assert (state.ws.inbox_normal / "config.jsonl").exists()
     assert not (state.ws.root.parent / "config.jsonl").exists()
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    (json.dumps({"distributed": {"launcher": "ray", "ray": {"address": "203.0.113.7:6379"}}}), 400, "'distributed'"),
+    (json.dumps({"notify": {"command": "touch pwned"}}), 400, "'notify'"),
+    (json.dumps({"base_model": "/home/someone/evil-model"}), 400, "not under the workspace's models/"),
+    ("[" * 30_000 + "]" * 30_000, 400, "nested over 16 levels"),
+    ("{" + " " * 2**20 + "}", 413, "over 64 KiB"),
+])
+def test_an_uploaded_file_s_settings_are_checked_before_they_are_kept(client: TestClient, state: StateWorkspace,
+                                                                       body: str, status: int, words: str):
+    """Issue 23, items 10 and 11: the monitor's upload accepted any NAME.jsonl.config.json."""
+    response = client.post("/api/upload", params={"name": "a.jsonl.config.json"}, content=body.encode())
+    assert response.status_code == status and words in response.json()["detail"], response.text
+    assert list(state.ws.inbox_normal.iterdir()) == [], "nothing is kept"
+    own = client.post("/api/upload", params={"name": "a.jsonl.config.json"},
+                      content=json.dumps({"training": {"epochs": 2}}).encode())
+    assert own.status_code == 201 and (state.ws.inbox_normal / "a.jsonl.config.json").exists(), own.text
 
 
 def test_an_oversize_upload_is_refused_and_leaves_nothing(client: TestClient, state: StateWorkspace):

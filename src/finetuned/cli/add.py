@@ -42,7 +42,7 @@ def add(
         fail(f"{file}: no such file")
     config = ws.load_config()
     overrides = assignments(settings or [])
-    effective = job_config(config, overrides, "--set")  # checked as the daemon will train it, its own settings on
+    effective = job_config(config, overrides, "--set", ws=ws)  # checked as the daemon will train it
     if not no_check:
         from finetuned.data import validate_file
 

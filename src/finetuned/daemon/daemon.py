@@ -79,7 +79,7 @@ class Daemon:
         """The settings `job` trains with: the workspace's, the file's own over them, those frozen at its first
         start over both; None when they no longer validate (the job has failed, saying why)."""
         try:
-            return job_config(self.config, job.overrides, f"job {job.id}'s settings", job.config)
+            return job_config(self.config, job.overrides, f"job {job.id}'s settings", job.config, ws=self.ws)
         except ConfigError as exc:
             if self.session.job is job:  # paused in the worker: it leaves the worker as it fails
                 self.session.fail_paused(str(exc))
@@ -240,7 +240,7 @@ class Daemon:
             try:
                 if sidecar.is_symlink():
                     raise ConfigError(f"{sidecar.name}: symlinks are not accepted: copy the file instead")
-                overrides = read_sidecar(sidecar, self.config)
+                overrides = read_sidecar(sidecar, self.ws, self.config)
             except ConfigError as exc:
                 refused = str(exc)
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from finetuned.data.report import RecordProblem
+from finetuned.fsio import open_regular
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class FileReader:
 
     def __iter__(self) -> Iterator[Item]:
         hasher = hashlib.sha256()
-        with open(self.path, "rb") as f:
+        with open_regular(self.path) as f:
             head = f.read(HEAD_BYTES)
             if problem := _sniff(head, self.path):
                 yield Item(1, problem=problem, fatal=True)

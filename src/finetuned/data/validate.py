@@ -7,7 +7,6 @@ The daemon calls `validate_file` at ingestion; a file that fails goes to
 from __future__ import annotations
 
 import logging
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from finetuned.config import DataSettings
 from finetuned.data.formats import Notes, parse_record
 from finetuned.data.reader import FileReader, count_array, to_jsonl
 from finetuned.data.report import KEEP_LINES, ProblemLog, RecordProblem, listed
+from finetuned.fsio import NotARegularFile
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,16 @@ def validate_file(path: Path, settings: DataSettings | None = None) -> Validatio
     seen: dict[str, _Seen] = {}
     notes = Notes()
     try:
-        # A FIFO or device would block open() or never end: only regular files are read.
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise RecordProblem("not_a_file", "not a regular file")
         fatal = _scan(reader, problems, seen, notes)
     except RecordProblem as problem:
         problems.add(problem.kind, problem.message, None, counts_as_line=False)
+        fatal = True
+    except NotARegularFile as exc:  # a FIFO would block open(), a device never end: the reader refused it
+        problems.add("not_a_file", str(exc), None, counts_as_line=False)
+        fatal = True
+    except RecursionError:  # json recurses once per level: thousands of brackets are no record, and no crash
+        problems.add("invalid_json", "a record is nested too deeply to read (JSON nested about 1000 levels or more)",
+                     None, counts_as_line=False)
         fatal = True
     except OSError as exc:
         problems.add("unreadable", f"cannot read the file: {exc.strerror or exc}", None, counts_as_line=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from finetuned.lifecycle.records import parse_time
-from finetuned.logs import FORMAT
+from finetuned.logs import OneLine
 from finetuned.queue.job import Job
 from finetuned.timestamps import now_text
 from finetuned.workspace import Workspace
@@ -58,7 +58,7 @@ def append_history(ws: Workspace, entry: dict[str, Any]) -> None:
 def log_event(ws: Workspace, message: str, level: int = logging.INFO) -> None:
     """A line in today's daemon log, in the daemon's own format, from any process."""
     record = logging.LogRecord("finetuned.lifecycle", level, __file__, 0, message, None, None)
-    line = logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S").format(record)
+    line = OneLine().format(record)
     _append_line(ws.daemon_log(), line + "\n")
     log.debug(message)  # the line above is the record; a daemon's own handler must not write it twice
 

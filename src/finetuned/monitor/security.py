@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -38,21 +40,42 @@ _MAX_ADDRESSES = 10_000
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Browsers send one of these on every fetch; anything else means another site asked.
 SAME_SITE_FETCH = frozenset({"same-origin", "none"})
+# A Host header: a DNS name or IPv4 address (labels of letters, digits and inner hyphens, a root dot allowed),
+# or [an IPv6 address]; then an optional :port of digits. Nothing else: no userinfo, no path, no spaces.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(rf"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>{_LABEL}(?:\.{_LABEL})*\.?))(?::(?P<port>[0-9]{{1,5}}))?")
+_IPV4_LIKE = re.compile(r"[0-9.]+")
 
 
-def host_name(host_header: str) -> str:
-    """'127.0.0.1:8080' -> '127.0.0.1', '[::1]:8080' -> '::1'."""
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+def host_name(host_header: str) -> str | None:
+    """The host of a Host header, strictly (RFC 9110: `host[:port]`): '127.0.0.1:8080' -> '127.0.0.1',
+    '[::1]:8080' -> '::1'; None for anything else ('127.0.0.1:8080@evil.example' is no host, whatever
+    part of it a lax split would take)."""
+    match = _HOST.fullmatch(host_header.lower())
+    if match is None or (match["port"] and int(match["port"]) > 65535):
+        return None
+    if match["v6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["v6"])
+        except ValueError:
+            return None
+        return match["v6"]
+    name = match["name"]
+    if _IPV4_LIKE.fullmatch(name):
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return None  # 127.0.0.1.5 or 300.1.1.1: neither an address nor a name
+    return name
 
 
 def host_allowed(conn: HTTPConnection, settings: MonitorSettings) -> bool:
-    """On a loopback monitor, only loopback names: a rebound DNS name is someone else's page."""
-    if not is_loopback(settings.host):
-        return True  # reachable by name from elsewhere; the token is what protects it
-    return is_loopback(host_name(conn.headers.get("host", "")))
+    """A Host that parses; on a loopback monitor, a loopback one: a rebound DNS name is someone else's page."""
+    name = host_name(conn.headers.get("host", ""))
+    if name is None:
+        return False
+    # Beyond loopback the monitor is reached by any name it has; the token is what protects it.
+    return not is_loopback(settings.host) or is_loopback(name)
 
 
 def cross_site(conn: HTTPConnection) -> str | None:

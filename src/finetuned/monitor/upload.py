@@ -15,8 +15,11 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from finetuned.config import ConfigError
 from finetuned.errors import FinetunedError
 from finetuned.fsio import NAME_MAX, fsync_dir, is_disk_full, name_bytes, remove_file
+from finetuned.overrides import MAX_SETTINGS_BYTES, check_overrides, is_sidecar, parse_settings
+from finetuned.workspace import Workspace
 
 EXTENSIONS = (".jsonl", ".json")
 # In UTF-8 bytes: a file name's limit less room for `_N`, the name a second upload of it gets.
@@ -65,6 +68,13 @@ def _final_path(folder: Path, name: str, part: Path) -> Path:
 PART_PREFIX = ".upload-"
 
 
+def _too_big(settings: bool, max_bytes: int) -> str:
+    if settings:
+        return f"a file's settings are a few keys: this is over {max_bytes // 1024} KiB"
+    return (f"the file is over the upload limit of {max_bytes / 2**20:.0f} MB (monitor.max_upload_mb); "
+            "copy it into the inbox instead")
+
+
 def clear_parts(folders: list[Path]) -> None:
     """Remove the parts of uploads a dead daemon cut short (only the monitor's own: a user's .part is theirs)."""
     for folder in folders:
@@ -72,9 +82,14 @@ def clear_parts(folders: list[Path]) -> None:
             remove_file(part)
 
 
-async def receive(chunks: AsyncIterator[bytes], folder: Path, raw_name: str, max_bytes: int) -> tuple[Path, int]:
-    """Stream `chunks` into `folder`; returns the final path and its size."""
+async def receive(chunks: AsyncIterator[bytes], ws: Workspace, folder: Path, raw_name: str,
+                  max_bytes: int) -> tuple[Path, int]:
+    """Stream `chunks` into `folder`; returns the final path and its size. A file's settings
+    (`NAME.jsonl.config.json`) are checked whole before they are kept, as the daemon would check them."""
     name = safe_name(raw_name)
+    settings = is_sidecar(name)
+    if settings:
+        max_bytes = min(max_bytes, MAX_SETTINGS_BYTES)
     folder.mkdir(parents=True, exist_ok=True)
     part = folder / f"{PART_PREFIX}{uuid.uuid4().hex}.part"  # not named after the file: any name's part fits
     size = 0
@@ -83,13 +98,17 @@ async def receive(chunks: AsyncIterator[bytes], folder: Path, raw_name: str, max
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
-                    raise UploadError(413, f"the file is over the upload limit of {max_bytes / 2**20:.0f} MB "
-                                           "(monitor.max_upload_mb); copy it into the inbox instead")
+                    raise UploadError(413, _too_big(settings, max_bytes))
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         if size == 0:
             raise UploadError(400, "the file is empty")
+        if settings:
+            try:
+                check_overrides(parse_settings(part.read_bytes(), name), name, ws)
+            except ConfigError as exc:
+                raise UploadError(400, str(exc)) from None
         final = _final_path(folder, name, part)
         fsync_dir(folder)
         return final, size

@@ -2,13 +2,17 @@
 
 A file is taken only once its size and modification time have not changed for
 `inbox.settle_seconds`, so a slow copy is never read half-written. Hidden and
-temporary names are someone's work in progress and are left alone. A sidecar
-(`NAME.jsonl.config.json`, the file's own settings) is never data: it waits for its
-file, and a file whose sidecar is still being written waits for it.
+temporary names are someone's work in progress and are left alone; so is a folder,
+said once in the log. A sidecar (`NAME.jsonl.config.json`, the file's own settings) is
+never data: it waits for its file, and a file whose sidecar is still being written
+waits for it. Other things that are not files (a FIFO, a socket) are taken as files
+are, and fail with a report: nothing here or after opens them (fsio.open_regular).
 """
 
 from __future__ import annotations
 
+import logging
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +22,8 @@ from finetuned.config import InboxSettings
 from finetuned.overrides import is_sidecar, sidecar_of
 from finetuned.queue.job import Priority
 from finetuned.workspace import IGNORED_SUFFIXES, Workspace
+
+log = logging.getLogger(__name__)
 
 
 def is_ignored(name: str) -> bool:
@@ -39,6 +45,7 @@ class Inbox:
         # Files the daemon could not take, by (size, mtime): tried again only once they change.
         self._refused: dict[Path, tuple[int, int]] = {}
         self._sidecars: set[Path] = set()  # settled sidecars: waiting for their file, not for themselves
+        self._folders: set[Path] = set()  # folders in the inbox, each said once
 
     def folders(self) -> list[tuple[Path, Priority]]:
         return [(self.ws.inbox_priority, "high"), (self.ws.inbox_normal, "normal"), (self.ws.inbox, "normal")]
@@ -62,7 +69,8 @@ class Inbox:
                     st = path.lstat()
                 except FileNotFoundError:
                     continue
-                if path.is_dir() and not path.is_symlink():
+                if stat.S_ISDIR(st.st_mode):
+                    self._folder(path)
                     continue
                 if self._refused.get(path) == (st.st_size, st.st_mtime_ns):
                     continue
@@ -81,10 +89,19 @@ class Inbox:
             del self._seen[gone]
         for gone in set(self._refused) - listed:
             del self._refused[gone]
+        self._folders &= listed
         self._sidecars &= present
         ready = [r for r in ready if not self._unsettled(r[2])]
         ready.sort(key=lambda r: (r[1] > 0, r[0]))
         return [(path, priority) for _, _, path, priority in ready]
+
+    def _folder(self, path: Path) -> None:
+        """A folder is never taken (nor what is in it); the inbox's own folders aside, it is said once."""
+        if path in self._folders or path in (self.ws.inbox_priority, self.ws.inbox_normal):
+            return
+        self._folders.add(path)
+        where = path.relative_to(self.ws.root)
+        log.warning("%s is a folder: left alone (only files directly in the inbox are taken)", where)
 
     def _unsettled(self, data_file: Path) -> bool:
         """A file's sidecar is there but still changing: the file waits for it."""

@@ -20,7 +20,7 @@ from typing import Any
 import torch.distributed
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from finetuned.logs import FORMAT, route_library_output, setup_logging
+from finetuned.logs import FORMAT, OneLine, route_library_output, setup_logging
 from finetuned.processes.child import die_with_parent
 from finetuned.processes.launch.group import AGENT_PID, STRATEGY, connect, connect_from_environment
 from finetuned.processes.link import GATE_ENV
@@ -78,8 +78,7 @@ def quiet_unless_main(rank: int) -> None:
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
     for handler in root.handlers:
-        handler.setFormatter(logging.Formatter(FORMAT.replace("%(name)s", f"rank {rank} %(name)s"),
-                                               "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(OneLine(FORMAT.replace("%(name)s", f"rank {rank} %(name)s")))
 
 
 if __name__ == "__main__":

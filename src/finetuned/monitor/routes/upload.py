@@ -27,7 +27,7 @@ async def upload(
         raise HTTPException(413, f"the file is over the upload limit of {settings.max_upload_mb:.0f} MB")
     folder = files.ws.inbox_priority if priority == "high" else files.ws.inbox_normal
     try:
-        path, size = await receive(request.stream(), folder, name, settings.max_upload_bytes)
+        path, size = await receive(request.stream(), files.ws, folder, name, settings.max_upload_bytes)
     except UploadError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     where = f"inbox/{folder.name}/"
