@@ -40,7 +40,8 @@ USER_FACING = {
     "UploadError": ("finetuned.monitor.upload", 1),
 }
 # Never shown to a user as such (see finetuned/errors.py); InjectedOutOfMemory is a test's fault injection.
-INTERNAL = {"RecordProblem", "InvalidTransition", "CheckpointMismatch", "InjectedOutOfMemory", "NotARegularFile"}
+INTERNAL = {"RecordProblem", "InvalidTransition", "CheckpointMismatch", "InjectedOutOfMemory", "NotARegularFile",
+            "Abandoned"}
 
 
 def _exception_classes() -> set[str]:

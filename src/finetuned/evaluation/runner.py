@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Abandoned(Exception):
+class Abandoned(Exception):  # control flow inside a round: `run` turns it into None, never a user's error
     """A control is waiting: the round gives way."""
 
 
