@@ -168,6 +168,7 @@ def test_folders_in_the_inbox_are_left_alone_and_said_once(idle_daemon: Daemon, 
 def logged(idle_daemon: Daemon):
     setup_logging(idle_daemon.ws, "daemon", stream=False)
     yield idle_daemon
+    logging.captureWarnings(False)  # as tests/test_logs.py's fixture: a later setup_logging must route them again
     logging.basicConfig(handlers=[logging.NullHandler()], force=True)
 
 
