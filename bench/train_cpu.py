@@ -20,11 +20,13 @@ With --levers, finetuned also runs with one lever changed at a time, to show wha
   no-selective   the loss over the full float32 logits (the model's own output layer)
   act-ckpt       training.activation_checkpointing on
   no-per-example packed rows attend through their block mask in one SDPA call, not per example
+  fp32           training.precision fp32 (the finetuned row runs `auto`: bf16 where the CPU computes it natively)
 
 With --dpo, three preference rows follow (bench/dpo_systems.py): our DPO job, TRL's DPOTrainer as a
 user runs it, and TRL with precomputed reference log-probabilities, on pairs built from the same data.
 
-Throughput counts real (non-padding) tokens only. Prints a table with the ratio to
+Throughput counts real (non-padding) tokens only; the precision column is what each of our rows trained in
+(job.json). Prints a table with the ratio to
 hf-padded (DPO rows: to trl-dpo) and writes bench/results/train_cpu.json.
 """
 
@@ -80,7 +82,7 @@ def prepared(folder: Path, work: Path, seq: int, packing: bool, bs: int, steps: 
                         packing=packing, holdout_fraction=0.0, max_holdout=0, seed=0, pad_id=tokenizer.pad_token_id)
 
 
-LEVERS = ("no-packing", "no-selective", "act-ckpt", "no-per-example")
+LEVERS = ("no-packing", "no-selective", "act-ckpt", "no-per-example", "fp32")
 
 
 def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +95,7 @@ def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, 
     from finetuned.worker.cache import ModelCache
     from finetuned.worker.recipe import run_job
     from finetuned.worker.world import Solo
-    from finetuned.workspace import Workspace
+    from finetuned.workspace import ADAPTER_RECORD, Workspace
 
     lever = a.system.removeprefix("finetuned").removeprefix("/")
 
@@ -108,6 +110,7 @@ def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, 
     config.previews.every_steps = 0
     config.data.packing = lever != "no-packing"
     config.training.activation_checkpointing = lever == "act-ckpt"
+    config.training.precision = "fp32" if lever == "fp32" else "auto"
     if lever == "no-per-example":  # load_model then leaves the model on plain sdpa
         attention.use_packed_attention = lambda model: False
     if lever == "no-selective":
@@ -120,8 +123,9 @@ def run_finetuned(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, 
     timed = steps[a.warmup:]
     tokens = timed[-1].tokens - steps[a.warmup - 1].tokens if a.warmup else timed[-1].tokens
     seconds = sum(m.step_seconds for m in timed)
+    precision = json.loads((ws.adapter_dir(job.id) / ADAPTER_RECORD).read_text())["precision"]
     return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / len(timed),
-            "tokens_per_step": tokens / len(timed), "loss": timed[-1].loss}
+            "tokens_per_step": tokens / len(timed), "loss": timed[-1].loss, "precision": precision}
 
 
 def run_hf_padded(folder: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
@@ -213,15 +217,16 @@ def main() -> None:
                          "--warmup", str(a.warmup), "--rank", str(LORA_RANK)])
             row["reference"] = {"tokens_per_s": ref["tokens_per_s"], "s_per_step": ref["s_per_step"]}
             results[shape] = row
-    print(f"\n{'shape':<14} {'system':<26} {'real tok/s':>11} {'s/step':>8} {'tok/step':>9} {'peak RSS GB':>12} "
-          f"{'vs baseline':>13}")
+    print(f"\n{'shape':<14} {'system':<26} {'precision':>9} {'real tok/s':>11} {'s/step':>8} {'tok/step':>9} "
+          f"{'peak RSS GB':>12} {'vs baseline':>13}")
     for shape, row in results.items():
         for system, r in row.items():
             base = row["trl-dpo"]["tokens_per_s"] if "dpo" in system else row["hf-padded"]["tokens_per_s"]
             rss = f"{r['peak_rss_gb']:.2f}" if "peak_rss_gb" in r else "-"
             per_step = f"{r['tokens_per_step']:.0f}" if "tokens_per_step" in r else "-"
-            print(f"{shape:<14} {system:<26} {r['tokens_per_s']:>11.1f} {r['s_per_step']:>8.3f} {per_step:>9} "
-                  f"{rss:>12} {r['tokens_per_s'] / base:>12.2f}x")
+            precision = r.get("precision", "-")
+            print(f"{shape:<14} {system:<26} {precision:>9} {r['tokens_per_s']:>11.1f} {r['s_per_step']:>8.3f} "
+                  f"{per_step:>9} {rss:>12} {r['tokens_per_s'] / base:>12.2f}x")
         if "finetuned-dpo" in row and row["finetuned-dpo"].get("reference_s") is not None:
             print(f"{shape:<14} (finetuned-dpo's reference pass before its first step: "
                   f"{row['finetuned-dpo']['reference_s']:.1f} s; DPO rows compare with trl-dpo)")

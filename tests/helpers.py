@@ -31,6 +31,8 @@ def tiny_config(**training: Any) -> Config:
     config.training.warmup_steps = 0
     config.training.log_every_steps = 1
     config.training.checkpoint_every_steps = 5
+    # Exact-loss tests (TRL's fp32 numbers among them) hold on any CPU; bf16 tests ask for it by name.
+    config.training.precision = "fp32"
     config.inbox.settle_seconds = 0.3
     config.inbox.poll_seconds = 0.2
     config.data.holdout_fraction = 0.0

@@ -21,6 +21,7 @@ def test_missing_config_gets_the_defaults_written(tmp_path):
     written = json.loads(path.read_text())
     assert written["base_model"] == "builtin:smollm2-135m-instruct"
     assert written["training"]["mode"] == "continuous"
+    assert written["training"]["precision"] == "auto"
     assert written["lora"] == {"r": 16, "alpha": 32.0, "dropout": 0.05, "target_modules": "all-linear"}
 
 
@@ -29,6 +30,7 @@ def test_missing_config_gets_the_defaults_written(tmp_path):
     ({"training": {"batch_size": -1}}, "training.batch_size"),
     ({"method": "qlorax"}, "method"),
     ({"training": {"mode": "sometimes"}}, "training.mode"),
+    ({"training": {"precision": "fp16"}}, "training.precision"),
 ])
 def test_bad_config_names_the_key(tmp_path, content, expected):
     path = tmp_path / "config.json"
@@ -86,3 +88,10 @@ def test_secrets_are_redacted_wherever_a_config_is_copied():
     worker = without_secrets(config)
     assert worker.monitor.token == "***" and worker.notify.webhook == "***" and worker.training == config.training
     assert config.monitor.token == "a-token-of-sixteen+", "the daemon's own config is untouched"
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16"])
+def test_training_precision_is_read(tmp_path, precision):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"training": {"precision": precision}}))
+    assert load_config(path).training.precision == precision

@@ -72,6 +72,8 @@ class TrainingSettings(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     # Recompute activations in the backward pass: less memory for longer sequences, ~30% more time.
     activation_checkpointing: bool = False
+    # auto: bf16 autocast (fp32 weights and optimizer) where the device computes bf16 natively (models/precision.py).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     early_stopping: EarlyStopping | None = None
 
 

@@ -98,18 +98,21 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
 
 
 def load_model(folder: Path, method: str = "lora", device: torch.device | str = "cpu",
-               activation_checkpointing: bool = False, place: bool = True) -> nn.Module:
-    """The base model on `device` (the caller's world chooses it): bf16 on a GPU, float32 on the CPU;
-    4-bit NF4 for qlora. `place=False` leaves it on the CPU in `device`'s dtype: a sharded world moves
-    each unit's part of it to the device as it shards it (worker/sharded.py), never the whole model."""
+               activation_checkpointing: bool = False, place: bool = True, precision: str = "fp32") -> nn.Module:
+    """The base model on `device` (the caller's world chooses it), in float32 but for a frozen LoRA base on
+    a GPU training in bf16 (`precision`, models/precision.py); 4-bit NF4 for qlora. `place=False` leaves it
+    on the CPU in that dtype: a sharded world moves each unit's part of it to the device as it shards it
+    (worker/sharded.py), never the whole model."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from finetuned.models.attention import use_packed_attention
 
     device = torch.device(device)
-    # float32 on CPU: bf16 matmuls are far slower there and exact resume is checked in fp32.
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # Trained weights stay float32 (bf16 runs under autocast): a bf16 copy of a frozen base halves a GPU's
+    # memory for it, while on a CPU autocast would cast it back to bf16 per op anyway, costing little.
+    frozen_bf16 = precision == "bf16" and device.type == "cuda" and method != "full"
+    dtype = torch.bfloat16 if frozen_bf16 else torch.float32
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig

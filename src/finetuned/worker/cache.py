@@ -12,9 +12,10 @@ from typing import Any
 import torch
 
 from finetuned.config import Config
-from finetuned.models import memory
+from finetuned.models import memory, precision
 from finetuned.models.check import check_base_model
 from finetuned.models.loading import add_lora, load_model, weights_hash
+from finetuned.models.precision import Precision
 from finetuned.worker.tensors import seed_all
 from finetuned.worker.world import World
 from finetuned.workspace import Workspace
@@ -33,6 +34,8 @@ class Loaded:
     tokenizer: Any
     fresh: dict[str, torch.Tensor] = field(default_factory=dict)  # trainable weights at their start
     dirty: bool = False  # weights differ from `fresh`
+    precision: Precision = "fp32"  # what forward passes compute in (models/precision.py)
+    precision_reason: str = ""  # why, for each job's log line
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -49,8 +52,9 @@ class ModelCache:
         A full fine-tune changes the base weights themselves, so once trained it is loaded again.
         Settings that cannot train raise ModelError (one line) before anything is loaded.
         """
+        chosen, why = precision.resolve(config.training.precision, world.device)
         key = (config.base_model, config.method, config.lora.model_dump_json(), config.training.seed,
-               config.training.activation_checkpointing, config.training.init_adapter, str(world.device))
+               config.training.activation_checkpointing, config.training.init_adapter, str(world.device), chosen)
         loaded = self.loaded
         if loaded is not None and loaded.key == key and not (config.method == "full" and loaded.dirty):
             return loaded
@@ -63,14 +67,15 @@ class ModelCache:
         started = time.time()
         seed_all(config.training.seed)  # LoRA's initial weights depend on it
         model = load_model(checked.path, config.method, world.device, config.training.activation_checkpointing,
-                           place=not world.sharded)
+                           place=not world.sharded, precision=chosen)
         if config.method in ("lora", "qlora"):
             model = add_lora(model, config.lora, checked.adapter)
         if memory.injector() is not None:  # tests: out-of-memory at chosen forwards (FINETUNED_INJECT_OOM)
             memory.hook(model)
         world.prepare(model)  # sharded worlds split the weights over the ranks here, before anything copies them
         fresh = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        self.loaded = Loaded(key, checked.path, weights_hash(checked.path), model, checked.tokenizer, fresh)
+        self.loaded = Loaded(key, checked.path, weights_hash(checked.path), model, checked.tokenizer, fresh,
+                             precision=chosen, precision_reason=why)
         log.info("loaded %s (%s) in %.1fs", config.base_model, config.method, time.time() - started)
         return self.loaded
 

@@ -23,6 +23,7 @@ import torch
 from finetuned.checkpoints import TrainingProgress
 from finetuned.data import JobData
 from finetuned.models import memory
+from finetuned.models.precision import Precision
 from finetuned.processes.protocol import Failed, FailKind, Phase
 from finetuned.worker.objectives import Objective
 from finetuned.worker.step import accumulate, means
@@ -40,9 +41,9 @@ class Fitted:
 
 class Fitter:
     def __init__(self, world: World, data: JobData, model: torch.nn.Module, objective: Objective,
-                 optimizer: torch.optim.Optimizer, job_id: str, tokenizer: Any) -> None:
+                 optimizer: torch.optim.Optimizer, job_id: str, tokenizer: Any, precision: Precision = "fp32") -> None:
         self.world, self.data, self.model, self.objective = world, data, model, objective
-        self.optimizer, self.job_id, self.tokenizer = optimizer, job_id, tokenizer
+        self.optimizer, self.job_id, self.tokenizer, self.precision = optimizer, job_id, tokenizer, precision
 
     def step(self, progress: TrainingProgress) -> Fitted | None:
         """The next step's gradient (in the parameters' .grad, summed over the ranks by the caller), its loss and
@@ -58,7 +59,7 @@ class Fitter:
             loss, metrics = torch.zeros(()), {}
             try:
                 with memory.phase(memory.TRAIN, progress.step + 1):
-                    loss, metrics = accumulate(self.model, mine, self.objective, units)
+                    loss, metrics = accumulate(self.model, mine, self.objective, units, self.precision)
             except Exception as exc:  # only an out-of-memory is survived; its traceback is dropped here
                 if not memory.is_out_of_memory(exc):
                     raise

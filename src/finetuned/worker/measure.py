@@ -23,6 +23,7 @@ from finetuned.data import JobData
 from finetuned.evaluation.runner import Evaluator
 from finetuned.evaluation.suites import EvalError, Suite, load_suites
 from finetuned.models import memory
+from finetuned.models.precision import autocast
 from finetuned.processes.protocol import Phase
 from finetuned.worker.cache import Loaded
 from finetuned.worker.objectives import Objective
@@ -129,7 +130,8 @@ class Measurements:
         model.eval()
         try:
             for batch in self.data.holdout_batches(self.split, (self.world.rank, self.world.size)):
-                loss = objective.loss(model, batch)[0]
+                with autocast(self.world.device, self.loaded.precision):  # as training computes it: comparable
+                    loss = objective.loss(model, batch)[0]
                 if objective.units(batch):  # an idle pass (data/batches.py) counts nothing
                     total += loss.item()
                     units += objective.units(batch)

@@ -30,7 +30,8 @@ def summary(ws: Workspace, config: Config, loaded: Loaded, data: JobData, progre
     return {
         "job_id": progress.job_id, "base_model": config.base_model, "base_path": str(loaded.base_path),
         "base_hash": loaded.base_hash, "method": config.method, "objective": objective,
-        "mode": config.training.mode, "steps": progress.step, "total_steps": progress.total_steps,
+        "mode": config.training.mode, "precision": loaded.precision, "steps": progress.step,
+        "total_steps": progress.total_steps,
         "line_step": progress.line_step, "examples_trained": progress.examples, "train_examples": data.n_train,
         "holdout_examples": data.n_holdout, "tokens": progress.tokens, "loss_tokens": progress.loss_tokens,
         "first_loss": first_loss, "final_loss": progress.last_loss, "val_loss": val_loss,

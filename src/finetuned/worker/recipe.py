@@ -111,6 +111,7 @@ class Recipe:
             return False
         self.optimizer = self._setup_optimizer()
         self.progress, resumed_from = self._setup_state()
+        log.info("job %s: precision %s (%s)", self.job_id, self.loaded.precision, self.loaded.precision_reason)
         self.objective = objective_for(self.data.form, self.config.preference, self._reference)
         if self.objective.name != "sft":
             self._quiet_dropout()
@@ -148,7 +149,8 @@ class Recipe:
             log.warning("job %s: its reference log-probabilities are gone (its data was prepared again); "
                         "they are taken from the weights at step %d", self.job_id, self.progress.step)
         self._phase("scoring with the reference")
-        return self.world.from_main(lambda: reference_logps(self.loaded.model, self.data, folder))
+        return self.world.from_main(lambda: reference_logps(self.loaded.model, self.data, folder,
+                                                            self.loaded.precision))
 
     def _quiet_dropout(self) -> None:
         """Preference losses compare log-probabilities: no dropout for this job, as TRL and LLaMA-Factory do."""
@@ -206,7 +208,7 @@ class Recipe:
         previews = Previewer(config.previews, self.loaded.tokenizer, self.ws.previews_file(self.job_id))
         asks = Asks(self.loaded.tokenizer, previews, self.job_id, self.world.report)
         fitter = Fitter(self.world, self.data, self.step_model, self.step_objective, self.optimizer, self.job_id,
-                        self.loaded.tokenizer)
+                        self.loaded.tokenizer, self.loaded.precision)
         train_seconds = 0.0  # this run's time in steps: the previews' and evaluations' budgets are shares of it
         record: dict[str, Any] = {}
         stopped: dict[str, Any] | None = None

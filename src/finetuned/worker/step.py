@@ -7,24 +7,28 @@ from typing import Any
 
 import torch
 
+from finetuned.models.precision import Precision, autocast
 from finetuned.worker.objectives import Metrics, Objective
 
 
 def accumulate(model: torch.nn.Module, batches: Sequence[Any], objective: Objective, units: int | None = None,
-               ) -> tuple[torch.Tensor, Metrics]:
+               precision: Precision = "fp32") -> tuple[torch.Tensor, Metrics]:
     """Backward over the step's micro-batches; returns the step's mean loss per unit (0-dim) and each metric's
     (sum, count) (`means` divides them).
 
     `units` is the whole step's when `batches` are one rank's part of it (data/loader.py `part`): each rank's
     loss is then its share of the step's mean, and the shares sum to it. A pass without units (a rank
     without rows there, data/batches.py `idle`) runs, for the passes to match on every rank, and counts nothing.
+    In bf16 the forward and the loss run under autocast; the backward follows the dtypes they chose, outside it.
     """
     units = max(sum(objective.units(b) for b in batches) if units is None else units, 1)
-    total = torch.zeros((), device=next(model.parameters()).device)
+    device = next(model.parameters()).device
+    total = torch.zeros((), device=device)
     metrics: Metrics = {}
     for batch in batches:
         # Each micro-batch weighs by its share of the step's units, as one big batch would.
-        loss, extra = objective.loss(model, batch)
+        with autocast(device, precision):
+            loss, extra = objective.loss(model, batch)
         counted = objective.units(batch) > 0
         loss = loss / units if counted else loss * 0
         loss.backward()

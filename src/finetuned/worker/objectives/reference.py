@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from finetuned.data import JobData
+from finetuned.models.precision import Precision, autocast
 from finetuned.worker.loss import sequence_logps
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,10 @@ log = logging.getLogger(__name__)
 REFERENCE = "reference_logps.npy"
 
 
-def reference_logps(model: torch.nn.Module, data: JobData, folder: Path) -> np.ndarray:
-    """[examples, 2] summed log-probabilities of each example's two sequences under `model` as it is now."""
+def reference_logps(model: torch.nn.Module, data: JobData, folder: Path, precision: Precision = "fp32",
+                    ) -> np.ndarray:
+    """[examples, 2] summed log-probabilities of each example's two sequences under `model` as it is now,
+    computed in the job's `precision`: at the first step the policy then matches its reference exactly."""
     path = folder / REFERENCE
     if path.exists():
         kept = np.load(path)
@@ -38,7 +41,7 @@ def reference_logps(model: torch.nn.Module, data: JobData, folder: Path) -> np.n
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(next(model.parameters()).device, precision):
             for batch in data.reference_batches():
                 sums, _ = sequence_logps(model, batch.policy)
                 out[batch.examples, batch.slots] = sums.float().cpu().numpy()
