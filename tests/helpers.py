@@ -394,3 +394,36 @@ def fill(path: Path, chunk: int = 1 << 20) -> int:
 def serve_asleep(ws: Workspace, link: object) -> None:
     """A child program (processes/child.py) that reads no order: a worker deep in a long step."""
     time.sleep(120)
+
+
+class StandInWorker:
+    """What the daemon needs of a child (processes/handle.py `Child`) for a worker that lives in the test: a
+    subclass says what `send` does and puts its reports in `out`."""
+
+    def __init__(self, pid: int = 4343) -> None:
+        self.out: list[Report] = []
+        self.pid, self.last_heard, self.stopping, self._alive = pid, 1e18, False, True
+
+    def send(self, message: Order) -> bool:
+        if isinstance(message, Shutdown):
+            self._alive = False
+        return True
+
+    def receive(self) -> list[Report]:
+        out, self.out = self.out, []
+        return out
+
+    def alive(self) -> bool:
+        return self._alive
+
+    def exit_reason(self) -> str:
+        return "gone"
+
+    def kill(self) -> None:
+        self._alive = False
+
+    def abandon(self) -> None:
+        self._alive = False
+
+    def shutdown(self, timeout: float = 0) -> None:
+        self._alive = False

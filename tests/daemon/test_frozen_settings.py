@@ -9,6 +9,7 @@ import sys
 import pytest
 from helpers import (
     InlineChecker,
+    StandInWorker,
     chat_lines,
     drop,
     held_at,
@@ -25,18 +26,18 @@ from helpers import (
 from finetuned import fsio
 from finetuned.config import Config, save_config
 from finetuned.daemon.daemon import Daemon
-from finetuned.processes.protocol import Order, Report, Shutdown, Started, Train, Yield, Yielded
+from finetuned.processes.protocol import Order, Started, Train, Yield, Yielded
 from finetuned.queue.job import JobStatus
 from finetuned.workspace import Workspace
 
 
-class RecordingWorker:
+class RecordingWorker(StandInWorker):
     """Starts every job it is handed (its total steps from the settings it got), yields when asked, and keeps
     each Train order: what the daemon handed over is what a real worker would train with."""
 
     def __init__(self, orders: list[Train]) -> None:
-        self.orders, self.out = orders, []
-        self.pid, self.last_heard, self.stopping, self._alive = 4545, 1e18, False, True
+        super().__init__(pid=4545)
+        self.orders = orders
 
     def send(self, message: Order) -> bool:
         if isinstance(message, Train):
@@ -47,25 +48,7 @@ class RecordingWorker:
         elif isinstance(message, Yield):
             job = self.orders[-1].job
             self.out.append(Yielded(job_id=job.id, reason=message.reason, step=job.step, checkpoint="sim"))
-        elif isinstance(message, Shutdown):
-            self._alive = False
-        return True
-
-    def receive(self) -> list[Report]:
-        out, self.out = self.out, []
-        return out
-
-    def alive(self) -> bool:
-        return self._alive
-
-    def exit_reason(self) -> str:
-        return "gone"
-
-    def kill(self) -> None:
-        self._alive = False
-
-    def shutdown(self, timeout: float = 0) -> None:
-        self._alive = False
+        return super().send(message)
 
 
 def in_process(ws: Workspace, orders: list[Train]) -> Daemon:

@@ -9,6 +9,7 @@ import sys
 
 from helpers import (
     InlineChecker,
+    StandInWorker,
     chat_lines,
     drop,
     jobs_by_file,
@@ -21,7 +22,7 @@ from helpers import (
 
 from finetuned import fsio
 from finetuned.daemon.daemon import Daemon
-from finetuned.processes.protocol import Failed, FailKind, Order, Report, Shutdown, Train
+from finetuned.processes.protocol import Failed, FailKind, Order, Train
 from finetuned.queue.job import JobStatus
 
 
@@ -57,36 +58,14 @@ def test_a_missing_base_folder_holds_the_queue_and_it_resumes_when_the_folder_co
     assert not list(ws.failed.iterdir()), "nothing fails while the queue is held"
 
 
-class RefusingWorker:
+class RefusingWorker(StandInWorker):
     """A worker that finds the settings cannot train when it loads the model (a folder gone after the check)."""
-
-    def __init__(self) -> None:
-        self.out: list[Report] = []
-        self.pid, self.last_heard, self.stopping, self._alive = 4343, 1e18, False, True
 
     def send(self, message: Order) -> bool:
         if isinstance(message, Train):
             self.out.append(Failed(job_id=message.job.id, kind=FailKind.CONFIG, step=0,
                                    reason="base_model 'models/base/gone': no such folder"))
-        elif isinstance(message, Shutdown):
-            self._alive = False
-        return True
-
-    def receive(self) -> list[Report]:
-        out, self.out = self.out, []
-        return out
-
-    def alive(self) -> bool:
-        return self._alive
-
-    def exit_reason(self) -> str:
-        return "gone"
-
-    def kill(self) -> None:
-        self._alive = False
-
-    def shutdown(self, timeout: float = 0) -> None:
-        self._alive = False
+        return super().send(message)
 
 
 def test_settings_the_worker_refuses_hold_the_queue_but_a_file_s_own_settings_fail_that_file(
