@@ -340,9 +340,18 @@ def last_step(ws: Workspace, file: str) -> int:
 
 
 def held_at(ws: Workspace, file: str, step: int, daemon: DaemonProcess, timeout: float = 120) -> None:
-    """Wait until `file`'s job has trained exactly `step` steps and waits at the gate there."""
+    """Wait until `file`'s job has trained exactly `step` steps and waits at the gate there: its metrics line is
+    written, and the daemon has the step's report, which the worker sends once the step's checkpoint (if one is
+    due) is written, or started in the background."""
     wait_for(lambda: last_step(ws, file) >= step, timeout, f"{file} to reach step {step}", daemon=daemon)
+    wait_for(lambda: reported_step(ws) >= step, timeout, f"the daemon to hear of step {step}", daemon=daemon)
     assert last_step(ws, file) == step, f"{file} went past the gate at step {step}"
+
+
+def reported_step(ws: Workspace) -> int:
+    """The step of the job in the worker as the daemon last published it (0 when none)."""
+    job = (read_json(ws.training_status_json) or {}).get("job") or {}
+    return job.get("step") or 0
 
 
 def queue_status(ws: Workspace, file: str) -> str | None:
