@@ -1,6 +1,6 @@
 """A world of several processes under torch.distributed: rank 0 talks to the daemon, every rank trains.
 
-torchrun (worker/rank.py) or Ray Train (worker/on_ray.py) starts the processes and sets the
+torchrun (worker/rank.py `main`) or Ray Train (worker/rank.py `on_ray`) starts the processes and sets the
 environment torch.distributed reads (RANK, WORLD_SIZE, MASTER_ADDR, ...): the process group comes
 from their rendezvous, never from ours. Gloo on CPUs, NCCL on GPUs, one GPU per rank.
 
