@@ -71,7 +71,6 @@ class ChildHandle:
         self.pid: int | None = None
         self.last_heard = time.time()
         self.stopping = False  # ended on purpose: its death is no crash
-        self._retiring: list[BaseProcess] = []
         if not lazy:
             self.start()
 
@@ -102,7 +101,6 @@ class ChildHandle:
     def exited(self) -> str | None:
         """How the child ended, once, when it died since the last call: logged in one line (a warning unless
         it was ended on purpose). The next `send` starts a fresh one."""
-        self._reap()
         process = self.process
         if process is None or process.is_alive():
             return None
@@ -172,23 +170,6 @@ class ChildHandle:
                 log.warning("%s %s did not exit in %.0fs; killing it", self.name, self.pid, timeout)
                 self.kill()
             self._forget()
-        for process in self._retiring:
-            process.join(timeout)
-            if process.is_alive():
-                process.kill()
-        self._retiring = []
-
-    def retire(self) -> None:
-        """Ask it to exit without waiting: its work is done for now (it is reaped later, or by `shutdown`)."""
-        if self.process is None:
-            return
-        self.stopping = True
-        self.send(Shutdown())
-        self._retiring.append(self.process)
-        self._forget()
-
-    def _reap(self) -> None:
-        self._retiring = [p for p in self._retiring if p.is_alive()]
 
     def _forget(self) -> None:
         if self._outbox is not None:
