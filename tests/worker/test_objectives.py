@@ -104,7 +104,9 @@ def test_dpo_equals_trl(args, beta):
         assert float(value) / count == pytest.approx(trl_metrics[name], abs=1e-4), name
 
 
-def test_kto_equals_trl(args):
+def _kto_against_trl(args: dict[str, Any], precision: str) -> tuple[float, Any, dict[str, Any], Any]:
+    """TRL's KTO loss on a batch of its own collator (fp32), and ours on the same batch in `precision`:
+    (TRL's loss, our loss sum, our metrics, the trainer)."""
     from datasets import Dataset
 
     policy, ref = model(0), model(1)
@@ -117,11 +119,19 @@ def test_kto_equals_trl(args):
     expected = float(trainer.compute_loss(trainer.model, batch))
     answers = ours(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
     mismatched = ours(batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"])
-    with torch.no_grad():
-        reference = np.stack([sequence_logps(ref, answers)[0].numpy(), sequence_logps(ref, mismatched)[0].numpy()], 1)
+    cpu = torch.device("cpu")
+    with torch.no_grad(), autocast(cpu, precision):
+        reference = np.stack([sequence_logps(ref, answers)[0].float().numpy(),
+                              sequence_logps(ref, mismatched)[0].float().numpy()], 1)
     labelled = PreferenceBatch(answers, np.arange(4), np.zeros(4, dtype=np.int64), 4,
                                desirable=batch["label"].bool().numpy(), kl=mismatched)
-    loss, metrics = KTO(settings, reference).loss(policy, labelled)
+    with autocast(cpu, precision):
+        loss, metrics = KTO(settings, reference).loss(policy, labelled)
+    return expected, loss, metrics, trainer
+
+
+def test_kto_equals_trl(args):
+    expected, loss, metrics, trainer = _kto_against_trl(args, "fp32")
     assert float(loss) / 4 == pytest.approx(expected, abs=1e-5)
     assert float(metrics["kl"][0]) / 4 == pytest.approx(trainer._metrics["train"]["kl"][-1], abs=1e-5)
 
@@ -210,23 +220,5 @@ def test_dpo_in_bf16_stays_within_its_tolerance_of_trl_in_fp32(args):
 
 
 def test_kto_in_bf16_stays_within_its_tolerance_of_trl_in_fp32(args):
-    from datasets import Dataset
-
-    policy, ref = model(0), model(1)
-    settings = PreferenceSettings(beta=0.1, kto_desirable_weight=1.0, kto_undesirable_weight=1.5)
-    trainer = trl.KTOTrainer(model=policy, ref_model=ref, train_dataset=Dataset.from_list(LABELLED),
-                             processing_class=tokenizer(),
-                             args=trl.KTOConfig(per_device_train_batch_size=4, beta=0.1, desirable_weight=1.0,
-                                                undesirable_weight=1.5, **args))
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    expected = float(trainer.compute_loss(trainer.model, batch))
-    answers = ours(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-    mismatched = ours(batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"])
-    with torch.no_grad(), autocast(torch.device("cpu"), "bf16"):
-        reference = np.stack([sequence_logps(ref, answers)[0].float().numpy(),
-                              sequence_logps(ref, mismatched)[0].float().numpy()], 1)
-    labelled = PreferenceBatch(answers, np.arange(4), np.zeros(4, dtype=np.int64), 4,
-                               desirable=batch["label"].bool().numpy(), kl=mismatched)
-    with autocast(torch.device("cpu"), "bf16"):
-        loss, _ = KTO(settings, reference).loss(policy, labelled)
+    expected, loss, _, _ = _kto_against_trl(args, "bf16")
     assert float(loss) / 4 == pytest.approx(expected, abs=BF16_TOLERANCE)
