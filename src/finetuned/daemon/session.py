@@ -99,11 +99,12 @@ class Session:
 
     @property
     def training(self) -> bool:
-        return self.job is not None and self.job.status == JobStatus.TRAINING
+        """The job is in the worker's hands: starting, training or yielding."""
+        return self.state in (SessionState.STARTING, SessionState.TRAINING, SessionState.YIELDING)
 
     @property
     def paused(self) -> bool:
-        return self.job is not None and self.job.status == JobStatus.PAUSED
+        return self.state in (SessionState.PAUSED, SessionState.RELEASED)
 
     @property
     def worker_pid(self) -> int | None:
