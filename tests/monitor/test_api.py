@@ -142,10 +142,11 @@ def test_controls_create_and_remove_the_control_files(client, state: StateWorksp
 
 
 def _answer_requests(state: StateWorkspace, stop: threading.Event) -> None:
-    """The daemon's side of queue requests, as its tick does it: real `actions.answer`, fresh heartbeats."""
+    """The daemon's side of queue requests, as its tick does it: real `actions.answer` (queue.json rewritten
+    before the reply, as the daemon does), fresh heartbeats."""
     while not stop.is_set():
         for request in actions.pending(state.ws):
-            actions.answer(state.ws, state.store, request)
+            actions.answer(state.ws, state.store, request, before_reply=state.write)
         state.write()
         time.sleep(0.05)
 
